@@ -1,0 +1,86 @@
+"""The Backend protocol: what an inference engine must offer quantserve.
+
+The engine thread drives a backend with one call per step:
+
+    outputs = backend.step(batch)
+
+`batch.prefill` holds prompt chunks to put into the KV cache, `batch.decode` the running sequences that
+need one more token, `batch.released` aborted sequences whose resources must be freed. A backend that
+batches internally (vLLM) treats a sequence's first prefill chunk as "start generating" and returns
+whatever its own scheduler produced since the last step.
+
+Concrete backends are imported lazily by name (`load_backend`), so `import vllm` never runs on a machine
+that does not use it.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from serve.sequence import Batch, Sequence, StepOutput
+
+BACKEND_NAMES = ("llamacpp", "vllm")
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Everything a backend needs to load one model; chosen by the plan (serve/hardware.py)."""
+
+    model_path: Path
+    context_length: int  # per sequence, never split between sequences
+    num_parallel: int  # sequences decoded together
+    num_threads: int = 0  # 0: backend default
+    n_gpu_layers: int = 0  # llama.cpp offload; -1 offloads all
+    max_batch_tokens: int = 512  # token budget of one step (decode + prefill)
+    seed: int = 0
+    # vLLM only
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # "ray" for multi-node
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    enable_prefix_caching: bool = True
+    device: str = "auto"  # vLLM device: "cuda" or "cpu"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    name: str  # "llamacpp" or "vllm"
+    context_length: int  # per sequence
+    max_sequences: int
+    batches_internally: bool  # True: the scheduler only admits; the backend batches and prefills
+    supports_prefix_reuse: bool = False
+    vocab_size: int = 0  # for validating logit_bias token ids; 0: unknown
+
+
+class Backend(Protocol):
+    """One loaded model. All methods but `tokenize` and `render_chat` run on the engine thread."""
+
+    capabilities: Capabilities
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of an already-templated prompt (BOS handled as the model expects)."""
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        """The model's own chat template applied to OpenAI-style messages, ready for generation."""
+
+    def admit(self, sequence: Sequence) -> int:
+        """Prepare a newly scheduled sequence; return how many prompt tokens are already cached."""
+
+    def step(self, batch: Batch) -> list[StepOutput]:
+        """Run one step; a finished sequence's output carries its finish_reason and its resources
+        are freed by the backend before returning."""
+
+    def close(self) -> None:
+        """Free the model and everything it holds."""
+
+
+def load_backend(name: str, settings: BackendSettings) -> Backend:
+    """Import `backends.<name>` only now and build its backend."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    module = importlib.import_module(f"backends.{name}")
+    return module.create_backend(settings)

@@ -1,0 +1,284 @@
+"""llama.cpp through llama-cpp-python's low-level bindings: many sequences decoded in one context.
+
+One llama_context holds `num_parallel` sequences in a unified KV cache of `context_length * num_parallel`
+cells, so every sequence really gets `context_length` tokens (no silent split). Each step puts one decode
+token per running sequence plus the scheduler's prompt chunks into a single llama_batch and calls
+llama_decode once; each sequence then samples with its own native sampler chain. ctypes releases the GIL
+inside llama_decode, so the HTTP event loop keeps running while the model computes.
+
+A slot (llama.cpp sequence id) keeps its KV cache after its request ends, so a later request sharing a
+prompt prefix (same system prompt, next chat turn) starts from the cached tokens.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+import llama_cpp._logger
+import llama_cpp.llama_cpp as ll
+
+from backends.base import BackendSettings, Capabilities
+from backends.chat_template import CHATML_TEMPLATE, ChatTemplate
+from backends.text_output import TextOutput
+from serve.errors import ModelLoadError
+from serve.sequence import Batch, FinishReason, SamplingParams, Sequence, StepOutput
+
+log = logging.getLogger(__name__)
+
+PENALTY_LAST_N = 64  # tokens the repetition/frequency/presence penalties look back on (llama.cpp default)
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    cached_tokens: list[int] = field(default_factory=list)  # tokens whose KV is in this seq id
+    sequence: Sequence | None = None
+    sampler: Any = None
+    text: TextOutput | None = None
+    pending_token: int | None = None  # sampled, not yet decoded
+    num_generated: int = 0
+    last_used: int = 0
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    return len(os.path.commonprefix([a, b]))
+
+
+class LlamaCppBackend:
+    def __init__(self, settings: BackendSettings):
+        llama_cpp._logger.set_verbose(log.isEnabledFor(logging.DEBUG))
+        ll.llama_backend_init()
+        self._model = self._load_model(settings)
+        self._vocab = ll.llama_model_get_vocab(self._model)
+        n_ctx_train = ll.llama_model_n_ctx_train(self._model)
+        self._context_length = min(settings.context_length, n_ctx_train) if n_ctx_train > 0 else settings.context_length
+        if self._context_length < settings.context_length:
+            log.warning("context %d exceeds the model's training context; using %d",
+                        settings.context_length, self._context_length)
+        self._batch_capacity = settings.max_batch_tokens + settings.num_parallel
+        self._ctx = self._create_context(settings)
+        self._memory = ll.llama_get_memory(self._ctx)
+        self._batch = ll.llama_batch_init(self._batch_capacity, 0, 1)
+        self._slots = [_Slot(seq_id=i) for i in range(settings.num_parallel)]
+        self._slot_of: dict[str, _Slot] = {}
+        self._num_admitted = 0
+        self._num_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        self._eog_tokens = [t for t in range(self._num_vocab) if ll.llama_vocab_is_eog(self._vocab, t)]
+        self._piece_cache: dict[int, bytes] = {}
+        self._bos_text, self._add_bos = self._bos()
+        self._chat_template = self._load_chat_template()
+        self.capabilities = Capabilities(
+            name="llamacpp", context_length=self._context_length, max_sequences=settings.num_parallel,
+            batches_internally=False, supports_prefix_reuse=True, vocab_size=self._num_vocab)
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _load_model(settings: BackendSettings):
+        params = ll.llama_model_default_params()
+        params.n_gpu_layers = settings.n_gpu_layers
+        model = ll.llama_model_load_from_file(str(settings.model_path).encode(), params)
+        if not model:
+            raise ModelLoadError(f"llama.cpp could not load {settings.model_path}: not a valid GGUF model file?")
+        return model
+
+    def _create_context(self, settings: BackendSettings):
+        params = ll.llama_context_default_params()
+        params.n_ctx = self._context_length * settings.num_parallel
+        params.n_batch = self._batch_capacity
+        params.n_ubatch = self._batch_capacity
+        params.n_seq_max = settings.num_parallel
+        params.kv_unified = True  # sequences share the cells; each can still use its whole context
+        if settings.num_threads > 0:
+            params.n_threads = params.n_threads_batch = settings.num_threads
+        ctx = ll.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens "
+                                 f"({settings.num_parallel} x {self._context_length}); lower --ctx or --parallel")
+        return ctx
+
+    def _bos(self) -> tuple[str, bool]:
+        bos = ll.llama_vocab_bos(self._vocab)
+        if bos < 0:
+            return "", False
+        return ll.llama_vocab_get_text(self._vocab, bos).decode("utf-8", "replace"), bool(
+            ll.llama_vocab_get_add_bos(self._vocab))
+
+    def _load_chat_template(self) -> ChatTemplate:
+        source = ll.llama_model_chat_template(self._model, None)
+        eos = ll.llama_vocab_eos(self._vocab)
+        eos_text = ll.llama_vocab_get_text(self._vocab, eos).decode("utf-8", "replace") if eos >= 0 else ""
+        if not source:
+            log.warning("the model has no chat template; using ChatML")
+        return ChatTemplate(source.decode("utf-8") if source else CHATML_TEMPLATE, self._bos_text, eos_text)
+
+    # -- text ------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        # Templates often write the BOS themselves; adding another would double it.
+        add_special = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
+        capacity = len(data) + 2
+        while True:
+            buffer = (ll.llama_token * capacity)()
+            count = ll.llama_tokenize(self._vocab, data, len(data), buffer, capacity, add_special, True)
+            if count >= 0:
+                return list(buffer[:count])
+            capacity = -count
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        return self._chat_template.render(messages)
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._piece_cache.get(token)
+        if piece is None:
+            buffer = ctypes.create_string_buffer(256)
+            count = ll.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+            piece = buffer.raw[:max(count, 0)]
+            self._piece_cache[token] = piece
+        return piece
+
+    # -- sequences -------------------------------------------------------------------------------
+
+    def admit(self, sequence: Sequence) -> int:
+        prompt = sequence.request.prompt_token_ids
+        free = [slot for slot in self._slots if slot.sequence is None]
+        if not free:
+            raise RuntimeError("admit() called with every slot busy; the scheduler must respect max_sequences")
+        # The slot sharing the longest prefix wins; otherwise the least recently used one, so the
+        # caches of recent conversations survive longest.
+        slot = max(free, key=lambda s: (_common_prefix_length(s.cached_tokens, prompt), -s.last_used))
+        # At least one prompt token must be decoded to get logits for the first output token.
+        num_cached = min(_common_prefix_length(slot.cached_tokens, prompt), len(prompt) - 1)
+        if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, num_cached, -1):
+            ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)  # cannot cut partially: start over
+            num_cached = 0
+        self._num_admitted += 1
+        slot.cached_tokens = slot.cached_tokens[:num_cached]
+        slot.sequence, slot.last_used = sequence, self._num_admitted
+        slot.sampler = self._make_sampler(sequence.request.params)
+        slot.text = TextOutput(sequence.request.params.stop)
+        slot.pending_token, slot.num_generated = None, 0
+        self._slot_of[sequence.request_id] = slot
+        return num_cached
+
+    def _make_sampler(self, params: SamplingParams):
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        biases = dict(params.logit_bias)
+        if params.ignore_eos:
+            biases.update({token: float("-inf") for token in self._eog_tokens})
+        if biases:
+            array = (ll.llama_logit_bias * len(biases))(*(ll.llama_logit_bias(t, b) for t, b in biases.items()))
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(self._num_vocab, len(biases), array))
+        if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_penalties(
+                PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty))
+        if params.is_greedy:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+            return chain
+        if params.top_k > 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(params.min_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(params.temperature))
+        seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+        return chain
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            ll.llama_sampler_free(slot.sampler)
+        if slot.sequence is not None:
+            self._slot_of.pop(slot.sequence.request_id, None)
+        # The KV cache (cached_tokens) stays for prefix reuse by a later request.
+        slot.sequence, slot.sampler, slot.text, slot.pending_token = None, None, None, None
+
+    # -- the step ----------------------------------------------------------------------------------
+
+    def step(self, batch: Batch) -> list[StepOutput]:
+        for sequence in batch.released:
+            slot = self._slot_of.get(sequence.request_id)
+            if slot is not None:
+                self._release(slot)
+        to_sample = self._fill_batch(batch)
+        if self._batch.n_tokens == 0:
+            return []
+        status = ll.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status}")
+        return [self._sample(slot, index) for slot, index in to_sample]
+
+    def _fill_batch(self, batch: Batch) -> list[tuple[_Slot, int]]:
+        """Write decode tokens and prompt chunks into the llama_batch; return (slot, logits index) pairs."""
+        self._batch.n_tokens = 0
+        to_sample = []
+        for sequence in batch.decode:
+            slot = self._slot_of[sequence.request_id]
+            to_sample.append((slot, self._add_token(slot, slot.pending_token, wants_logits=True)))
+        for chunk in batch.prefill:
+            slot = self._slot_of[chunk.sequence.request_id]
+            if chunk.start != len(slot.cached_tokens):
+                raise RuntimeError(f"prefill of {chunk.sequence.request_id} starts at {chunk.start}, "
+                                   f"but {len(slot.cached_tokens)} tokens are cached")
+            tokens = chunk.sequence.request.prompt_token_ids[chunk.start:chunk.end]
+            for i, token in enumerate(tokens):
+                index = self._add_token(slot, token, wants_logits=chunk.is_last and i == len(tokens) - 1)
+            if chunk.is_last:
+                to_sample.append((slot, index))
+        return to_sample
+
+    def _add_token(self, slot: _Slot, token: int, wants_logits: bool) -> int:
+        b, i = self._batch, self._batch.n_tokens
+        if i >= self._batch_capacity:
+            raise RuntimeError(f"batch of more than {self._batch_capacity} tokens; the scheduler overran its budget")
+        b.token[i] = token
+        b.pos[i] = len(slot.cached_tokens)
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = slot.seq_id
+        b.logits[i] = 1 if wants_logits else 0
+        b.n_tokens = i + 1
+        slot.cached_tokens.append(token)
+        return i
+
+    def _sample(self, slot: _Slot, index: int) -> StepOutput:
+        sequence = slot.sequence
+        params = sequence.request.params
+        token = ll.llama_sampler_sample(slot.sampler, self._ctx, index)
+        slot.num_generated += 1
+        finish, text = None, ""
+        if ll.llama_vocab_is_eog(self._vocab, token) and not params.ignore_eos:
+            finish, text = FinishReason.STOP, slot.text.flush()
+        else:
+            text, hit_stop = slot.text.feed(self._piece(token))
+            slot.pending_token = token
+            if hit_stop:
+                finish = FinishReason.STOP
+            elif slot.num_generated >= params.max_tokens or len(slot.cached_tokens) + 1 >= self._context_length:
+                finish, text = FinishReason.LENGTH, text + slot.text.flush()
+        output = StepOutput(sequence.request_id, text=text, num_new_tokens=1, finish_reason=finish)
+        if finish is not None:
+            self._release(slot)
+        return output
+
+    def close(self) -> None:
+        for slot in self._slots:
+            self._release(slot)
+        if self._batch is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            ll.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            ll.llama_model_free(self._model)
+            self._model = None
+
+
+def create_backend(settings: BackendSettings) -> LlamaCppBackend:
+    return LlamaCppBackend(settings)

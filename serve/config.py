@@ -1,0 +1,110 @@
+"""Server configuration: frozen dataclasses, resolved once at start-up.
+
+Precedence: defaults < config file < SERVE_* environment variables < command-line flags. Nothing reads
+os.environ after start-up.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+from serve.errors import ConfigError
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+DEFAULT_CONFIG_FILE = Path("~/.config/quantserve/config.toml").expanduser()
+USER_CATALOG_FILE = Path("~/.config/quantserve/models.toml").expanduser()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: tuple[str, ...] = ()  # specs to preload; empty: the embedded default
+    backend: str | None = None  # None: the plan decides
+    context_length: int | None = None  # per sequence; None: the plan decides
+    num_threads: int | None = None
+    num_parallel: int | None = None
+    max_queue: int = 64
+    max_batch_tokens: int | None = None
+    api_key: str | None = None
+    max_body_bytes: int = 8 * 1024 * 1024
+    catalog_file: Path | None = None
+    log_level: str = "info"
+    # vLLM scale-out
+    tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
+    ray_address: str | None = None
+    gpu_memory_utilization: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
+        for name in ("context_length", "num_threads", "num_parallel", "max_batch_tokens",
+                     "tensor_parallel_size", "pipeline_parallel_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.max_queue < 0:
+            raise ConfigError(f"--max-queue must be >= 0, got {self.max_queue}")
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(ServerConfig)}
+
+
+def _coerce(name: str, value: object) -> object:
+    kind = str(_FIELD_TYPES[name])
+    if value is None:
+        return None
+    if name == "models":
+        return tuple(value) if isinstance(value, (list, tuple)) else tuple(str(value).split(","))
+    if name == "catalog_file":
+        return Path(str(value)).expanduser()
+    try:
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    return value
+
+
+def _from_env(environ: Mapping[str, str]) -> dict:
+    values = {}
+    for name in _FIELD_TYPES:
+        key = f"SERVE_{name.upper()}"
+        if key in environ:
+            values[name] = _coerce(name, environ[key])
+    return values
+
+
+def _from_file(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    unknown = set(data) - set(_FIELD_TYPES)
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
+    return {name: _coerce(name, value) for name, value in data.items()}
+
+
+def resolve_config(cli_values: Mapping[str, object], environ: Mapping[str, str] | None = None,
+                   config_file: Path | None = None) -> ServerConfig:
+    """Merge defaults < file < env < CLI (CLI values of None mean "not given")."""
+    environ = os.environ if environ is None else environ
+    merged: dict = {}
+    merged.update(_from_file(config_file or DEFAULT_CONFIG_FILE))
+    merged.update(_from_env(environ))
+    merged.update({k: _coerce(k, v) for k, v in cli_values.items() if v is not None and v != ()})
+    if merged.get("catalog_file") is None and USER_CATALOG_FILE.exists():
+        merged["catalog_file"] = USER_CATALOG_FILE
+    return ServerConfig(**merged)

@@ -1,0 +1,188 @@
+"""One model's engine: a loop thread that drives the scheduler and the backend.
+
+    HTTP route -> Engine.submit(request) -> loop thread: schedule -> backend.step -> postprocess
+         ^                                                  |
+         +------------- per-request asyncio queue <---------+
+
+The loop thread is the only one touching the backend and the running sequences. Outputs cross back to
+the event loop through `loop.call_soon_threadsafe` into one asyncio queue per request.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+from backends.base import Backend, Capabilities
+from serve.errors import ContextLengthError, InvalidRequestError
+from serve.scheduler import Scheduler
+from serve.sequence import Batch, FinishReason, Request, Sequence, StepOutput
+
+log = logging.getLogger("serve.engine")
+
+IDLE_WAIT_SECONDS = 0.5  # how long the idle loop sleeps before re-checking for a stop request
+
+
+class RequestStream:
+    """Async iterator of StepOutput for one request; ends after the output carrying finish_reason."""
+
+    def __init__(self, engine: "Engine", sequence: Sequence, queue: asyncio.Queue):
+        self._engine = engine
+        self._sequence = sequence
+        self._queue = queue
+        self._submitted_at = time.perf_counter()
+        self._first_token_at: float | None = None
+        self._done = False
+
+    @property
+    def request_id(self) -> str:
+        return self._sequence.request_id
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return self._sequence.num_prompt_tokens
+
+    @property
+    def num_cached_tokens(self) -> int:
+        """Prompt tokens reused from the KV cache (prefix reuse), known once the request is admitted."""
+        return self._sequence.num_cached_tokens
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> StepOutput:
+        if self._done:
+            raise StopAsyncIteration
+        output: StepOutput = await self._queue.get()
+        if self._first_token_at is None and output.num_new_tokens:
+            self._first_token_at = time.perf_counter()
+        if output.finish_reason is not None:
+            self._done = True
+            self._log_finished(output.finish_reason)
+        return output
+
+    def abort(self) -> None:
+        """The client went away: free the slot and its KV cache at the next step. Idempotent."""
+        if not self._done:
+            self._done = True
+            self._sequence.is_aborted = True
+            self._engine.wake()
+            self._log_finished(FinishReason.ABORT)
+
+    def _log_finished(self, reason: FinishReason) -> None:
+        now = time.perf_counter()
+        ttft = f"{(self._first_token_at - self._submitted_at) * 1000:.0f}ms" if self._first_token_at else "-"
+        log.info("%s model=%s prompt=%d cached=%d output=%d ttft=%s duration=%.0fms finish=%s",
+                 self.request_id, self._sequence.request.model, self.num_prompt_tokens,
+                 self._sequence.num_cached_tokens, self._sequence.num_output_tokens, ttft,
+                 (now - self._submitted_at) * 1000, reason.value)
+
+
+class Engine:
+    """Serves one loaded model; `submit` is called on the event loop thread."""
+
+    def __init__(self, model_name: str, backend: Backend, *, max_queue: int, max_batch_tokens: int):
+        self.model_name = model_name
+        self.backend = backend
+        self.capabilities: Capabilities = backend.capabilities
+        self.scheduler = Scheduler(
+            max_running=self.capabilities.max_sequences, max_waiting=max_queue,
+            max_batch_tokens=max(max_batch_tokens, self.capabilities.max_sequences + 1),
+            admit=self._admit, batches_internally=self.capabilities.batches_internally)
+        self._wakeup = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"engine-{model_name}", daemon=True)
+        self._thread.start()
+
+    # -- event loop side -------------------------------------------------------------------------------
+
+    def render_chat(self, messages: list[dict]) -> str:
+        try:
+            return self.backend.render_chat(messages)
+        except ValueError as exc:  # the template's raise_exception, e.g. roles out of order
+            raise InvalidRequestError(str(exc), param="messages") from None
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.backend.tokenize(text)
+
+    def submit(self, request: Request) -> RequestStream:
+        """Queue a request; raises at once when it cannot be served (too long, queue full)."""
+        self._validate(request)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        sequence = Sequence(request, deliver=lambda output: loop.call_soon_threadsafe(queue.put_nowait, output))
+        stream = RequestStream(self, sequence, queue)
+        self.scheduler.add(sequence)
+        self.wake()
+        return stream
+
+    def _validate(self, request: Request) -> None:
+        num_prompt = len(request.prompt_token_ids)
+        limit = self.capabilities.context_length
+        if num_prompt == 0:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        if num_prompt >= limit:
+            raise ContextLengthError(
+                f"the prompt has {num_prompt} tokens, but this model's context is {limit} tokens per request "
+                f"(prompt plus output); shorten the prompt or start the server with a larger --ctx",
+                param="messages" if request.messages is not None else "prompt")
+        vocab_size = self.capabilities.vocab_size
+        bad = [t for t in request.params.logit_bias if vocab_size and not 0 <= t < vocab_size]
+        if bad:
+            raise InvalidRequestError(f"logit_bias token ids {bad} are outside the vocabulary (0..{vocab_size - 1})",
+                                      param="logit_bias")
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def stats(self) -> dict:
+        return {"running": self.scheduler.num_running, "waiting": self.scheduler.num_waiting}
+
+    @property
+    def is_busy(self) -> bool:
+        return self.scheduler.has_work
+
+    # -- engine thread -------------------------------------------------------------------------------
+
+    def _admit(self, sequence: Sequence) -> int:
+        num_cached = self.backend.admit(sequence)
+        sequence.num_cached_tokens = num_cached
+        return num_cached
+
+    def _run(self) -> None:
+        while not self._stopping:
+            batch = self.scheduler.schedule()
+            if batch.is_empty and not self.scheduler.running:
+                self._wakeup.wait(IDLE_WAIT_SECONDS)
+                self._wakeup.clear()
+                continue
+            try:
+                outputs = self.backend.step(batch)
+            except Exception:
+                log.exception("backend step failed; aborting the running requests")
+                self._abort_everything()
+                continue
+            self.scheduler.postprocess(batch, outputs)
+        self._abort_everything()
+
+    def _abort_everything(self) -> None:
+        sequences = self.scheduler.abort_all()
+        try:
+            self.backend.step(Batch(released=sequences))  # free their slots
+        except Exception:
+            log.exception("could not release the aborted sequences")
+        for sequence in sequences:
+            if sequence.is_aborted:
+                continue
+            try:
+                sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT))
+            except RuntimeError:  # the event loop is already closed: nobody is listening
+                pass
+
+    def shutdown(self) -> None:
+        """Stop the loop (running requests end with finish_reason "abort") and free the model."""
+        self._stopping = True
+        self.wake()
+        self._thread.join(timeout=30)
+        self.backend.close()

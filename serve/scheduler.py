@@ -1,0 +1,144 @@
+"""Which sequences run in the next step, and how much of each prompt gets computed.
+
+- Admission: up to `max_running` sequences run; the rest wait in a FIFO bounded by `max_waiting`
+  (past it, submit raises OverloadedError -> HTTP 429 with Retry-After).
+- Budget: every step carries one decode token per running sequence first, so running streams never
+  stall; the rest of `max_batch_tokens` goes to prompt chunks (chunked prefill).
+- Fairness: the prefill budget is split evenly between all prefilling sequences (water-filling), so a
+  long prompt advances alongside short ones instead of taking the whole budget as llama-server does.
+- Abort: a sequence whose client left is dropped from the queue, or released by the backend at the next
+  step.
+
+`add` and `abort` run on the event loop thread; everything else on the engine thread.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Callable
+
+from serve.errors import OverloadedError
+from serve.sequence import Batch, PrefillChunk, Sequence, SequenceStatus, StepOutput
+
+# While streams are decoding, prefill takes at most this share of a step, so the inter-token latency
+# of running streams stays low when a long prompt arrives.
+PREFILL_SHARE_WHILE_DECODING = 0.5
+
+
+class Scheduler:
+    def __init__(self, *, max_running: int, max_waiting: int, max_batch_tokens: int,
+                 admit: Callable[[Sequence], int], batches_internally: bool = False):
+        self._max_running = max_running
+        self._max_waiting = max_waiting
+        self._max_batch_tokens = max_batch_tokens
+        self._admit = admit
+        self._batches_internally = batches_internally
+        self._lock = threading.Lock()  # guards `waiting`, shared with the event loop thread
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self.running: list[Sequence] = []
+
+    # -- event loop side ---------------------------------------------------------------------------
+
+    def add(self, sequence: Sequence) -> None:
+        with self._lock:
+            free_slots = self._max_running - len(self.running)
+            if len(self.waiting) >= self._max_waiting + max(free_slots, 0):
+                raise OverloadedError(
+                    f"server busy: {len(self.running)} requests running and {len(self.waiting)} waiting "
+                    f"(--max-queue {self._max_waiting}); retry shortly", retry_after=self._retry_after())
+            self.waiting.append(sequence)
+
+    def _retry_after(self) -> int:
+        return max(1, len(self.waiting) // max(self._max_running, 1))
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- engine thread side --------------------------------------------------------------------------
+
+    def schedule(self) -> Batch:
+        batch = Batch()
+        self._drop_aborted(batch)
+        self._admit_waiting()
+        batch.decode = [s for s in self.running if not s.is_prefilling]
+        prefilling = [s for s in self.running if s.is_prefilling]
+        if self._batches_internally:
+            batch.prefill = [PrefillChunk(s, s.num_computed_tokens, s.num_prompt_tokens) for s in prefilling]
+        else:
+            batch.prefill = self._prefill_chunks(prefilling, self._prefill_budget(len(batch.decode)))
+        return batch
+
+    def _drop_aborted(self, batch: Batch) -> None:
+        with self._lock:
+            if any(s.is_aborted for s in self.waiting):
+                self.waiting = collections.deque(s for s in self.waiting if not s.is_aborted)
+        batch.released = [s for s in self.running if s.is_aborted]
+        for sequence in batch.released:
+            sequence.status = SequenceStatus.FINISHED
+        self.running = [s for s in self.running if not s.is_aborted]
+
+    def _admit_waiting(self) -> None:
+        while len(self.running) < self._max_running:
+            with self._lock:
+                if not self.waiting:
+                    return
+                sequence = self.waiting.popleft()
+            sequence.num_computed_tokens = self._admit(sequence)
+            sequence.status = SequenceStatus.RUNNING
+            self.running.append(sequence)
+
+    def _prefill_budget(self, num_decoding: int) -> int:
+        budget = self._max_batch_tokens - num_decoding
+        if num_decoding:
+            budget = min(budget, int(self._max_batch_tokens * PREFILL_SHARE_WHILE_DECODING))
+        return max(budget, 0)
+
+    @staticmethod
+    def _prefill_chunks(prefilling: list[Sequence], budget: int) -> list[PrefillChunk]:
+        """Split `budget` evenly; what a short prompt does not need goes to the others."""
+        grants = {s.request_id: 0 for s in prefilling}
+        pending = sorted(prefilling, key=lambda s: s.num_prompt_tokens_left)
+        while pending and budget > 0:
+            share = max(budget // len(pending), 1)
+            sequence = pending.pop(0)
+            grant = min(share, sequence.num_prompt_tokens_left, budget)
+            grants[sequence.request_id] = grant
+            budget -= grant
+        return [PrefillChunk(s, s.num_computed_tokens, s.num_computed_tokens + grants[s.request_id])
+                for s in prefilling if grants[s.request_id] > 0]
+
+    def postprocess(self, batch: Batch, outputs: list[StepOutput]) -> None:
+        """Advance prompt progress, deliver outputs, retire finished sequences."""
+        for chunk in batch.prefill:
+            chunk.sequence.num_computed_tokens = chunk.end
+        by_id = {s.request_id: s for s in self.running}
+        finished = set()
+        for output in outputs:
+            sequence = by_id.get(output.request_id)
+            if sequence is None:
+                continue
+            sequence.num_output_tokens += output.num_new_tokens
+            if output.finish_reason is not None:
+                sequence.status = SequenceStatus.FINISHED
+                sequence.finish_reason = output.finish_reason
+                finished.add(sequence.request_id)
+            sequence.deliver(output)
+        if finished:
+            self.running = [s for s in self.running if s.request_id not in finished]
+
+    def abort_all(self) -> list[Sequence]:
+        """Take every sequence out (shutdown); the caller tells their clients."""
+        with self._lock:
+            everyone = list(self.waiting) + self.running
+            self.waiting.clear()
+        self.running = []
+        return everyone

@@ -1,0 +1,127 @@
+"""Internal request types shared by the scheduler, the engine and the backends.
+
+Plain dataclasses: pydantic lives only at the HTTP edge (serve/api/).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens; defaults follow the OpenAI API."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # end-of-generation token or a stop string
+    LENGTH = "length"  # max_tokens reached, or the per-sequence context is full
+    ABORT = "abort"  # the client went away or the server shuts down
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class Request:
+    """One generation request, already templated and tokenized."""
+
+    request_id: str
+    model: str
+    prompt: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    # Chat messages, for backends that template themselves (vLLM); None for plain completions.
+    messages: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class StepOutput:
+    """What one backend step produced for one sequence."""
+
+    request_id: str
+    text: str = ""  # the new text; stop strings never appear in it
+    num_new_tokens: int = 0
+    finish_reason: FinishReason | None = None
+
+
+@dataclass
+class Sequence:
+    """A request's life inside one engine; mutated only on the engine thread."""
+
+    request: Request
+    # Called on the engine thread with every StepOutput; the engine points it at an asyncio queue.
+    deliver: Callable[[StepOutput], None]
+    status: SequenceStatus = SequenceStatus.WAITING
+    num_computed_tokens: int = 0  # prompt tokens already in the KV cache
+    num_cached_tokens: int = 0  # of those, reused from an earlier request (prefix reuse)
+    num_output_tokens: int = 0
+    is_aborted: bool = False
+    finish_reason: FinishReason | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+    @property
+    def num_prompt_tokens_left(self) -> int:
+        return self.num_prompt_tokens - self.num_computed_tokens
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_computed_tokens < self.num_prompt_tokens
+
+
+@dataclass(frozen=True)
+class PrefillChunk:
+    """Prompt tokens [start, end) of a sequence to put into the KV cache this step."""
+
+    sequence: Sequence
+    start: int
+    end: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.end - self.start
+
+    @property
+    def is_last(self) -> bool:
+        return self.end == self.sequence.num_prompt_tokens
+
+
+@dataclass
+class Batch:
+    """One engine step's work for the backend."""
+
+    prefill: list[PrefillChunk] = field(default_factory=list)
+    decode: list[Sequence] = field(default_factory=list)  # one new token each
+    released: list[Sequence] = field(default_factory=list)  # aborted: free their KV and sampler
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.prefill or self.decode or self.released)
