@@ -92,7 +92,7 @@ class LlamaCppBackend:
         params.n_batch = self._batch_capacity
         params.n_ubatch = self._batch_capacity
         params.n_seq_max = settings.num_parallel
-        params.kv_unified = True  # sequences share the cells; each can still use its whole context
+        params.kv_unified = False  # one KV stream per sequence: each attends only to its own cells
         if settings.num_threads > 0:
             params.n_threads = params.n_threads_batch = settings.num_threads
         ctx = ll.llama_init_from_model(self._model, params)

@@ -1,0 +1,95 @@
+"""The `serve` command line: arguments -> configuration -> the module that does the work."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from serve.errors import ServeError
+
+
+def _add_up(subparsers) -> None:
+    up = subparsers.add_parser("up", help="serve models over an OpenAI- and Ollama-compatible HTTP API")
+    up.add_argument("--model", "-m", action="append", dest="models", default=[],
+                    help="catalog alias, hf://org/repo:QUANT, or a local path (repeatable); default: the embedded SmolLM2-135M")
+    up.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+    up.add_argument("--ctx", type=int, dest="context_length", help="context per request, in tokens")
+    up.add_argument("--threads", type=int, dest="num_threads", help="CPU threads (default: physical cores)")
+    up.add_argument("--parallel", type=int, dest="num_parallel", help="sequences decoded together")
+    up.add_argument("--max-queue", type=int, dest="max_queue", help="waiting requests before HTTP 429 (default 64)")
+    up.add_argument("--batch-tokens", type=int, dest="max_batch_tokens", help="token budget of one step")
+    up.add_argument("--api-key", dest="api_key", help="require this bearer token on every API request")
+    up.add_argument("--backend", choices=None, help="llamacpp or vllm (default: chosen by the hardware probe)")
+    up.add_argument("--catalog", type=Path, dest="catalog_file", help="a user models.toml extending the catalog")
+    up.add_argument("--tensor-parallel", type=int, dest="tensor_parallel_size", help="vLLM: GPUs per model")
+    up.add_argument("--pipeline-parallel", type=int, dest="pipeline_parallel_size", help="vLLM: pipeline stages")
+    up.add_argument("--ray-address", dest="ray_address", help="vLLM: run on this Ray cluster (multi-node)")
+    up.add_argument("--gpu-memory-utilization", type=float, dest="gpu_memory_utilization",
+                    help="vLLM: share of GPU memory (of RAM on a CPU) it may take")
+    up.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    up.set_defaults(func=_cmd_up)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from serve import server
+    from serve.config import resolve_config
+
+    names = ("models", "host", "port", "context_length", "num_threads", "num_parallel", "max_queue",
+             "max_batch_tokens", "api_key", "backend", "catalog_file", "tensor_parallel_size",
+             "pipeline_parallel_size", "ray_address", "gpu_memory_utilization", "log_level")
+    config = resolve_config({name: getattr(args, name) for name in names})
+    logging.getLogger().setLevel(config.log_level.upper())
+    server.run(config)
+    return 0
+
+
+def _add_probe(subparsers) -> None:
+    probe = subparsers.add_parser("probe", help="show the hardware and the plan for a model")
+    probe.add_argument("--model", "-m", help="model to plan for (default: the embedded SmolLM2-135M)")
+    probe.add_argument("--backend", help="force llamacpp or vllm")
+    probe.add_argument("--catalog", type=Path, dest="catalog_file")
+    probe.add_argument("--json", action="store_true", help="print one JSON object")
+    probe.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from serve.catalog import load_catalog, resolve_model
+    from serve.config import USER_CATALOG_FILE
+    from serve.hardware import format_report, hardware_report, probe
+    from serve.plan import plan
+
+    hw = probe()
+    spec = resolve_model(args.model, load_catalog(args.catalog_file or USER_CATALOG_FILE))
+    report = hardware_report(hw, plan(hw, spec, backend=args.backend))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="serve", description="quantserve: local inference for quantized open models")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_up(subparsers)
+    _add_probe(subparsers)
+    from serve.cli_models import add_model_commands
+
+    add_model_commands(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ServeError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
