@@ -1,8 +1,10 @@
 """`serve up`: load the models the plan chose, then serve HTTP until SIGINT/SIGTERM."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import signal
 import socket
 
 from backends.base import load_backend
@@ -54,8 +56,28 @@ def ensure_port_free(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def run(config: ServerConfig) -> None:
+def _uvicorn_server(app, config: ServerConfig):
     import uvicorn
+
+    class QuietExitServer(uvicorn.Server):
+        """uvicorn re-raises SIGINT after its graceful shutdown, which turns Ctrl+C into a traceback and a
+        non-zero exit; we only want the graceful shutdown."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return QuietExitServer(uvicorn.Config(
+        app, host=config.host, port=config.port, log_level=config.log_level,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, access_log=False))
+
+
+def run(config: ServerConfig) -> None:
 
     from serve.api.app import create_app
 
@@ -69,9 +91,6 @@ def run(config: ServerConfig) -> None:
         app = create_app(pool, config)
         names = ", ".join(info.name for info in pool.model_infos())
         print(f"serving {names} at http://{config.host}:{config.port}/v1 (Ctrl+C to stop)", flush=True)
-        server = uvicorn.Server(uvicorn.Config(
-            app, host=config.host, port=config.port, log_level=config.log_level,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, access_log=False))
-        server.run()
+        _uvicorn_server(app, config).run()
     finally:
         pool.shutdown()
