@@ -1,0 +1,307 @@
+"""vLLM's AsyncLLM (v1) embedded in-process: vLLM schedules, batches, prefills and caches prefixes itself.
+
+AsyncLLM is asyncio-native and its engine core runs in child processes, so the backend gives it an event
+loop of its own on a daemon thread. The engine thread talks to that loop only through thread-safe hand-offs:
+
+    engine thread: step(batch) --call_soon_threadsafe--> vllm loop: one task per request, AsyncLLM.generate()
+         ^                                                     |
+         +------------------- queue.SimpleQueue of StepOutput <+
+
+A sequence's (whole) prompt chunk starts its generation, a released sequence cancels its task (AsyncLLM
+then aborts the request and frees its KV blocks), and every step returns what vLLM produced since the last
+one, waiting briefly when nothing is ready so the engine loop does not spin.
+
+Prompts go in as token ids (the engine tokenized them with `tokenize`), so usage counts are exactly ours.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+from backends.base import BackendSettings, Capabilities
+from backends.chat_template import CHATML_TEMPLATE, ChatTemplateError
+from serve.errors import ModelLoadError
+from serve.sequence import Batch, FinishReason, SamplingParams, Sequence, StepOutput
+
+log = logging.getLogger(__name__)
+
+STEP_WAIT_SECONDS = 0.02  # how long step() waits for vLLM when nothing is ready yet
+LOAD_TIMEOUT_SECONDS = 3600  # a 70B checkpoint from a slow disk; the CPU test model takes ~35 s
+CLOSE_TIMEOUT_SECONDS = 60
+# vLLM's SamplingParams rejects values outside these (OpenAI's own ranges); clamp rather than fail a
+# request that another route (Ollama) let through.
+MAX_TEMPERATURE = 2.0
+MAX_ABS_PENALTY = 2.0
+
+_FINISH_REASONS = {
+    "stop": FinishReason.STOP,  # EOS or a stop string
+    "length": FinishReason.LENGTH,  # max_tokens or max_model_len
+    "repetition": FinishReason.STOP,  # vLLM's repetition detector ended it (off unless asked for)
+    "abort": FinishReason.ABORT,
+    "error": FinishReason.ABORT,
+}
+
+
+def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
+    """Keyword arguments for `vllm.SamplingParams` (pure: importable without vllm)."""
+    return {
+        "max_tokens": params.max_tokens,
+        "temperature": min(max(params.temperature, 0.0), MAX_TEMPERATURE),
+        "top_p": params.top_p,
+        "top_k": params.top_k if params.top_k > 0 else 0,  # vLLM >= 0.10: 0 disables (-1 is legacy)
+        "min_p": params.min_p,
+        "seed": params.seed,
+        "presence_penalty": _clamp_penalty(params.presence_penalty),
+        "frequency_penalty": _clamp_penalty(params.frequency_penalty),
+        "repetition_penalty": params.repeat_penalty,
+        "logit_bias": {int(token): float(bias) for token, bias in params.logit_bias.items()} or None,
+        "stop": list(params.stop) or None,
+        "ignore_eos": params.ignore_eos,
+        # Stop strings never reach the client; special tokens (EOS) are not text.
+        "include_stop_str_in_output": False,
+        "skip_special_tokens": True,
+    }
+
+
+def _clamp_penalty(value: float) -> float:
+    return min(max(value, -MAX_ABS_PENALTY), MAX_ABS_PENALTY)
+
+
+def engine_kwargs(settings: BackendSettings, *, on_cpu: bool) -> dict[str, Any]:
+    """Keyword arguments for `vllm.AsyncEngineArgs` (pure: importable without vllm)."""
+    kwargs: dict[str, Any] = {
+        "model": str(settings.model_path),
+        "max_model_len": settings.context_length,
+        "max_num_seqs": settings.num_parallel,
+        # vLLM needs room for one decode token per running sequence in every step.
+        "max_num_batched_tokens": max(settings.max_batch_tokens, settings.num_parallel),
+        # On the CPU this is the share of RAM vLLM takes for weights, activations and the KV cache.
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "enable_prefix_caching": settings.enable_prefix_caching,
+        "quantization": settings.quantization,
+        "kv_cache_dtype": settings.kv_cache_dtype,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "pipeline_parallel_size": settings.pipeline_parallel_size,
+        "distributed_executor_backend": settings.distributed_executor_backend,
+        "seed": settings.seed,
+        "disable_log_stats": True,  # quantserve logs one line per request itself
+    }
+    if on_cpu:
+        # torch.compile roughly doubles start-up on a small CPU box for little gain at these batch sizes.
+        kwargs["enforce_eager"] = True
+    return kwargs
+
+
+class VLLMBackend:
+    def __init__(self, settings: BackendSettings):
+        self._model_path = settings.model_path
+        self._tokenizer = _load_tokenizer(settings.model_path)
+        self._bos_id, self._add_bos = _bos(self._tokenizer)
+        self._outputs: queue.SimpleQueue[StepOutput] = queue.SimpleQueue()
+        self._tasks: dict[str, asyncio.Task] = {}  # touched only on the vLLM loop thread
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop", daemon=True)
+        self._thread.start()
+        try:
+            self._engine = self._on_loop(self._create_engine(settings), LOAD_TIMEOUT_SECONDS)
+        except Exception as exc:
+            self._stop_loop()
+            raise ModelLoadError(f"vLLM could not load {settings.model_path}: {exc}") from exc
+        model_config = self._engine.model_config
+        self.capabilities = Capabilities(
+            name="vllm", context_length=model_config.max_model_len, max_sequences=settings.num_parallel,
+            batches_internally=True, supports_prefix_reuse=settings.enable_prefix_caching,
+            vocab_size=model_config.get_vocab_size())
+
+    # -- loading -------------------------------------------------------------------------------------
+
+    async def _create_engine(self, settings: BackendSettings):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        ray_address = getattr(settings, "ray_address", None)
+        if ray_address:
+            # vLLM's engine core (a child process) calls ray.init() without an address: RAY_ADDRESS is
+            # how it finds the cluster started with `ray start --head`.
+            os.environ["RAY_ADDRESS"] = ray_address
+        args = AsyncEngineArgs(**engine_kwargs(settings, on_cpu=current_platform.is_cpu()))
+        # Created on this loop so AsyncLLM's output handler task lives here.
+        return AsyncLLM.from_engine_args(args)
+
+    def _on_loop(self, coroutine, timeout: float):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=CLOSE_TIMEOUT_SECONDS)
+
+    # -- text ----------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        # Special tokens written by the chat template (<|im_start|>) are parsed as such.
+        ids = self._tokenizer.encode(text, add_special_tokens=False)
+        if self._add_bos and (not ids or ids[0] != self._bos_id):
+            ids.insert(0, self._bos_id)
+        return ids
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        import jinja2
+
+        template = None if self._tokenizer.chat_template else CHATML_TEMPLATE
+        try:
+            return self._tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                       add_generation_prompt=True)
+        except jinja2.TemplateError as exc:  # raise_exception in the template: e.g. roles out of order
+            raise ChatTemplateError(str(exc)) from None
+
+    # -- the engine thread ---------------------------------------------------------------------------
+
+    def admit(self, sequence: Sequence) -> int:
+        return 0  # vLLM reuses cached prefixes itself; the scheduler hands over the whole prompt
+
+    def step(self, batch: Batch) -> list[StepOutput]:
+        for sequence in batch.released:
+            self._loop.call_soon_threadsafe(self._cancel, sequence.request_id)
+        for chunk in batch.prefill:
+            if chunk.start == 0:  # the first (and, with batches_internally, only) chunk
+                self._start(chunk.sequence)
+        # batch.decode needs nothing: vLLM keeps generating for its running requests.
+        return self._collect()
+
+    def _start(self, sequence: Sequence) -> None:
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        request = sequence.request
+        params = VLLMSamplingParams(**sampling_kwargs(request.params), output_kind=RequestOutputKind.DELTA)
+        self._loop.call_soon_threadsafe(self._spawn, request.request_id, list(request.prompt_token_ids), params)
+
+    def _collect(self) -> list[StepOutput]:
+        """Everything produced since the last step, one output per request (deltas joined in order)."""
+        try:
+            first = self._outputs.get(timeout=STEP_WAIT_SECONDS)
+        except queue.Empty:
+            return []
+        merged: dict[str, StepOutput] = {first.request_id: first}
+        while True:
+            try:
+                output = self._outputs.get_nowait()
+            except queue.Empty:
+                return list(merged.values())
+            known = merged.get(output.request_id)
+            if known is None:
+                merged[output.request_id] = output
+            else:
+                known.text += output.text
+                known.num_new_tokens += output.num_new_tokens
+                known.finish_reason = output.finish_reason or known.finish_reason
+
+    # -- the vLLM loop thread ------------------------------------------------------------------------
+
+    def _spawn(self, request_id: str, token_ids: list[int], params) -> None:
+        self._tasks[request_id] = self._loop.create_task(self._generate(request_id, token_ids, params))
+
+    def _cancel(self, request_id: str) -> None:
+        task = self._tasks.pop(request_id, None)
+        if task is not None:
+            task.cancel()  # AsyncLLM.generate aborts the request when cancelled
+
+    async def _generate(self, request_id: str, token_ids: list[int], params) -> None:
+        from vllm.inputs import TokensPrompt
+
+        try:
+            async for result in self._engine.generate(TokensPrompt(prompt_token_ids=token_ids), params,
+                                                      request_id):
+                completion = result.outputs[0]
+                finish = None
+                if result.finished:
+                    finish = _FINISH_REASONS.get(str(completion.finish_reason), FinishReason.STOP)
+                self._outputs.put(StepOutput(request_id, text=completion.text,
+                                             num_new_tokens=len(completion.token_ids), finish_reason=finish))
+        except asyncio.CancelledError:
+            raise  # released by the engine thread: nobody is waiting for more
+        except Exception:
+            log.exception("vLLM failed request %s", request_id)
+            self._outputs.put(StepOutput(request_id, finish_reason=FinishReason.ABORT))
+        finally:
+            self._tasks.pop(request_id, None)
+
+    async def _shutdown(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        engine, self._engine = self._engine, None
+        engine.shutdown()
+        # AsyncLLM.__del__ shuts down again; let it happen now, not at interpreter exit when the
+        # modules it calls are already torn down.
+        del engine
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            self._on_loop(self._shutdown(), CLOSE_TIMEOUT_SECONDS)
+        except Exception:
+            log.exception("vLLM did not shut down cleanly")
+        finally:
+            self._stop_loop()
+
+
+def _load_tokenizer(model_path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_path))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"no Hugging Face tokenizer in {model_path}: {exc}") from exc
+
+
+def _bos(tokenizer) -> tuple[int | None, bool]:
+    """The BOS id, and whether the model wants one in front of every prompt (as its tokenizer adds it)."""
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None:
+        return None, False
+    with_special = tokenizer.encode("a", add_special_tokens=True)
+    return bos_id, bool(with_special) and with_special[0] == bos_id
+
+
+def create_backend(settings: BackendSettings) -> VLLMBackend:
+    return VLLMBackend(settings)
+
+
+def _smoke(model_dir: Path) -> None:
+    """Drive the backend as the engine does, on a bare ChatML prompt; print the answer and timings."""
+    import time
+
+    from serve.sequence import PrefillChunk, Request
+
+    started = time.perf_counter()
+    backend = create_backend(BackendSettings(model_path=model_dir, context_length=2048, num_parallel=4,
+                                             gpu_memory_utilization=0.2))
+    print(f"loaded in {time.perf_counter() - started:.1f} s: {backend.capabilities}")
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    request = Request("smoke", "smoke", prompt, backend.tokenize(prompt), SamplingParams(temperature=0.0))
+    sequence = Sequence(request, deliver=lambda output: None)
+    batch = Batch(prefill=[PrefillChunk(sequence, 0, sequence.num_prompt_tokens)])
+    started, text, num_tokens, finish = time.perf_counter(), "", 0, None
+    while finish is None:
+        for output in backend.step(batch):
+            text, num_tokens, finish = text + output.text, num_tokens + output.num_new_tokens, output.finish_reason
+        batch = Batch(decode=[sequence])
+    elapsed = time.perf_counter() - started
+    print(f"{text!r}: {num_tokens} tokens, finish {finish.value}, {num_tokens / elapsed:.1f} tok/s")
+    backend.close()
+
+
+if __name__ == "__main__":  # vLLM starts processes: keep this guard. Usage: python -m backends.vllm HF_DIR
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    _smoke(Path(sys.argv[1]))
