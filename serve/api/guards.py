@@ -1,0 +1,110 @@
+"""What a request must pass before any route sees it: the API key (401) and the body size limit (413).
+
+Plain ASGI middleware rather than FastAPI dependencies, so that an oversized body is refused while it is
+being received (by Content-Length when the client sends one, else by counting the streamed chunks)
+instead of after the whole body sits in memory, and so that one rule covers every route.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Awaitable, Callable
+
+from serve.errors import AuthenticationError, PayloadTooLargeError, ServeError
+
+Scope = dict
+Message = dict
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = frozenset({"/health"})  # liveness probes (Docker HEALTHCHECK) carry no key
+
+
+async def send_error(send: Send, error: ServeError, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(error.to_openai()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *extra_headers]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def presented_key(scope: Scope) -> str | None:
+    """The key from `Authorization: Bearer <key>` (OpenAI clients) or `x-api-key`."""
+    authorization = _header(scope, b"authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+    return _header(scope, b"x-api-key")
+
+
+class APIKeyGuard:
+    """401 for every path but /health when the server was started with --api-key."""
+
+    def __init__(self, app: ASGIApp, api_key: str):
+        self.app = app
+        self.api_key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)
+        key = presented_key(scope)
+        if key is None:
+            error = AuthenticationError("missing API key: send the header 'Authorization: Bearer <key>'")
+        elif not hmac.compare_digest(key.encode(), self.api_key):
+            error = AuthenticationError("invalid API key")
+        else:
+            return await self.app(scope, receive, send)
+        await send_error(send, error, [(b"www-authenticate", b"Bearer")])
+
+
+class BodySizeLimit:
+    """413 when a request body is over `max_body_bytes`; the body is read here and replayed to the app."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    def _too_large(self, num_bytes: int | None) -> PayloadTooLargeError:
+        size = f"{num_bytes} bytes" if num_bytes is not None else "more than that"
+        return PayloadTooLargeError(f"request body too large: {size}; the limit is {self.max_body_bytes} bytes")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await send_error(send, self._too_large(int(declared)), [(b"connection", b"close")])
+        chunks, num_bytes = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending everything
+                return
+            chunks.append(message.get("body", b""))
+            num_bytes += len(chunks[-1])
+            if num_bytes > self.max_body_bytes:
+                return await send_error(send, self._too_large(None), [(b"connection", b"close")])
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive() that yields the buffered body once, then the real one (for disconnect detection)."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

@@ -1,0 +1,209 @@
+"""Pydantic models of the OpenAI-compatible HTTP API: request validation and response shapes.
+
+Only the HTTP edge uses pydantic; routes convert these models into serve.sequence types. Unknown fields
+are ignored (clients send many optional OpenAI fields), but every field we read is validated, so a bad
+value becomes a 400 naming the field instead of a surprise deep inside the engine.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+MAX_STOP_STRINGS = 4
+CHAT_ROLES = ("system", "user", "assistant", "tool", "developer", "function")
+
+
+def _fail(kind: str, message: str) -> PydanticCustomError:
+    # A custom error keeps our message verbatim (a plain ValueError would be prefixed "Value error, ").
+    return PydanticCustomError(kind, message)
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class SamplingFields(_Lenient):
+    """The generation parameters shared by /v1/chat/completions and /v1/completions."""
+
+    model: Optional[str] = None  # absent: the first loaded model (as llama-server does)
+    max_tokens: Optional[int] = Field(default=None, gt=0)
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    top_k: Optional[int] = Field(default=None, ge=-1)  # 0 or -1 disable it
+    min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    stop: tuple[str, ...] = ()  # a string or up to 4 strings; empty strings are dropped
+    seed: Optional[int] = None
+    presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
+    repeat_penalty: Optional[float] = Field(default=None, gt=0.0)  # llama.cpp extra; 1.0 disables it
+    logit_bias: Optional[dict[str, float]] = None
+    n: Optional[int] = Field(default=None, ge=1)
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[str] = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _check_stop(cls, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise _fail("stop_type", "Input should be a string or a list of strings")
+        if len(value) > MAX_STOP_STRINGS:
+            raise _fail("stop_count", f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(value)}")
+        return tuple(item for item in value if item)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+        for token, bias in (value or {}).items():
+            if not token.strip().lstrip("-").isdigit() or int(token) < 0:
+                raise _fail("logit_bias_key", f"keys must be token ids (non-negative integers), got {token!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise _fail("logit_bias_value", f"bias for token {token} must be between -100 and 100, got {bias}")
+        return value
+
+    @property
+    def can_include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "user", "assistant", "tool", "developer", "function"]
+    content: Optional[str] = None  # a string, or text parts joined by the validator below
+    name: Optional[str] = None
+    tool_call_id: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _flatten_content(cls, value: Any) -> Optional[str]:
+        """A string, or a list of text parts joined into one string; images are refused."""
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise _fail("content_type", "Input should be a string or a list of content parts")
+        texts = []
+        for index, part in enumerate(value):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind in ("image_url", "input_image", "image", "input_audio", "file"):
+                raise _fail("content_part", f"part {index}: {kind} content is not supported "
+                                            "(this server serves text-only models)")
+            else:
+                raise _fail("content_part", f"part {index}: expected {{'type': 'text', 'text': str}}")
+        return "\n".join(texts)
+
+    def to_template_dict(self) -> dict[str, Any]:
+        """The message as a chat template expects it (developer is the newer name of system)."""
+        role = "system" if self.role == "developer" else self.role
+        message: dict[str, Any] = {"role": role, "content": self.content or ""}
+        for key in ("name", "tool_call_id", "tool_calls"):
+            if getattr(self, key) is not None:
+                message[key] = getattr(self, key)
+        return message
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(default=None, gt=0)
+    logprobs: Optional[bool] = None
+
+    @property
+    def num_max_tokens(self) -> Optional[int]:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class CompletionRequest(SamplingFields):
+    prompt: Union[str, list[str]]
+    echo: Optional[bool] = None
+    logprobs: Optional[int] = None
+    suffix: Optional[str] = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: Union[str, list[str]]) -> str:
+        if isinstance(value, str):
+            return value
+        if len(value) != 1:
+            raise _fail("prompt_batch", f"exactly one prompt is supported per request, got {len(value)}")
+        return value[0]
+
+    @property
+    def num_max_tokens(self) -> Optional[int]:
+        return self.max_tokens
+
+
+# Responses. Stream chunks are built as plain dicts in serve/api/sse.py (they are hot); these models
+# document the non-streaming shapes and serialize them.
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Optional[str]
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: Optional[str] = None
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: Optional[str]
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    system_fingerprint: Optional[str] = None
+
+
+class ModelCard(BaseModel):
+    """One served model; `context_length` is per sequence, `num_parallel` the sequences decoded together."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "quantserve"
+    backend: str
+    context_length: int
+    num_parallel: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
