@@ -1,13 +1,19 @@
 """The model catalog (models.toml) and model-spec resolution.
 
-A model spec is one of: a catalog alias (`mistral-7b-q4`), a Hub spec (`hf://org/repo:Q4_K_M` or
-`hf://org/repo/path/file.gguf`), or a local path (a `.gguf` file, or a Hugging Face directory for vLLM).
+A model spec is one of: a catalog alias (`mistral-7b-q4`), a Hub spec (`hf://org/repo:Q4_K_M`,
+`hf://org/repo/path/file.gguf` or `hf://org/repo`), or a local path (a `.gguf` file, or a Hugging Face
+directory for vLLM).
+
+The catalog schema is strict: an unknown key, a missing source or a wrong type is a ConfigError naming the
+entry, so a typo in a user's models.toml fails at start-up instead of pulling the wrong file. A user catalog
+(`--catalog FILE` or ~/.config/quantserve/models.toml) adds entries and replaces same-named ones whole.
 """
 from __future__ import annotations
 
 import difflib
 import importlib.resources
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +25,10 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 DEFAULT_ALIAS = "smollm2-135m"
+QUANTIZE_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")  # what `serve quantize` and the auto-quantizer make
+VLLM_QUANTIZATIONS = ("awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors", "bitsandbytes")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TAG = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,8 @@ class GGUFSource:
     file: str | None = None  # path of the file inside the repo
     quant: str | None = None  # quant tag to pick a file by (as llama-server's -hf does)
     local_path: Path | None = None
+    quantize_to: str | None = None  # when the file is F16/BF16: quantize it once to this type
+    embedded: bool = False  # shipped with a Python package; the Hub repo is the fallback
 
 
 @dataclass(frozen=True)
@@ -67,43 +79,157 @@ def embedded_model_path() -> Path:
     return Path(list(found.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def _embedded_or_none() -> Path | None:
+    try:
+        path = embedded_model_path()
+    except ConfigError:
+        return None
+    return path if path.exists() else None
+
+
 def _catalog_text() -> str:
     return importlib.resources.files("serve").joinpath("models.toml").read_text()
 
 
-def _parse_entry(alias: str, entry: dict) -> ModelSpec:
-    gguf = entry.get("gguf")
-    vllm = entry.get("vllm")
-    gguf_source = None
-    if gguf is not None:
-        if gguf.get("embedded"):
-            gguf_source = GGUFSource(local_path=embedded_model_path(), repo=gguf.get("repo"), file=gguf.get("file"))
-        else:
-            gguf_source = GGUFSource(repo=gguf["repo"], file=gguf.get("file"), quant=gguf.get("quant"))
-    vllm_source = VLLMSource(repo=vllm["repo"], quantization=vllm.get("quantization")) if vllm else None
-    return ModelSpec(name=alias, gguf=gguf_source, vllm=vllm_source,
-                     context_length=int(entry.get("context_length", 4096)),
-                     num_params=int(entry.get("num_params", 0)), license=entry.get("license", ""),
-                     download_bytes=int(entry.get("download_bytes", 0)))
+# --- schema ---------------------------------------------------------------------------------------------
+
+_ENTRY_KEYS = {"gguf", "vllm", "context_length", "num_params", "license", "download_bytes"}
+_GGUF_KEYS = {"repo", "file", "quant", "embedded", "quantize_to"}
+_VLLM_KEYS = {"repo", "quantization"}
 
 
-def parse_catalog(text: str) -> Catalog:
-    data = tomllib.loads(text)
-    return Catalog({alias: _parse_entry(alias, entry) for alias, entry in data.get("models", {}).items()})
+def _expect(where: str, key: str, value, kind: type, *, positive: bool = False):
+    # bool is an int in Python; a `true` where a number belongs is still a typo
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        expected = {str: "a string", int: "an integer", bool: "true or false"}[kind]
+        raise ConfigError(f"{where}: {key} must be {expected}, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"{where}: {key} must be positive, got {value!r}")
+    return value
+
+
+def _check_keys(where: str, table, allowed: set[str]) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table, got {table!r}")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _check_repo(where: str, repo) -> str:
+    _expect(where, "repo", repo, str)
+    if not _REPO_ID.match(repo):
+        raise ConfigError(f"{where}: repo must look like org/name, got {repo!r}")
+    return repo
+
+
+def _parse_gguf(where: str, table: dict) -> GGUFSource:
+    _check_keys(where, table, _GGUF_KEYS)
+    embedded = _expect(where, "embedded", table.get("embedded", False), bool)
+    repo = _check_repo(where, table["repo"]) if "repo" in table else None
+    if repo is None and not embedded:
+        raise ConfigError(f"{where}: needs repo (a Hub repo id) unless embedded = true")
+    file, quant = table.get("file"), table.get("quant")
+    if repo is not None and (file is None) == (quant is None):
+        raise ConfigError(f"{where}: give exactly one of file or quant")
+    if file is not None and not _expect(where, "file", file, str).endswith(".gguf"):
+        raise ConfigError(f"{where}: file must name a .gguf file, got {file!r}")
+    if quant is not None and not _TAG.match(_expect(where, "quant", quant, str)):
+        raise ConfigError(f"{where}: quant must be a tag like Q4_K_M, got {quant!r}")
+    quantize_to = table.get("quantize_to")
+    tag = (quant or file or "").upper()
+    if quantize_to is None and re.search(r"(^|[-_.])B?F16([-.]|$)", tag):
+        quantize_to = "Q4_K_M"  # an F16/BF16-only source: serve a quantized copy, made once
+    if quantize_to is not None and _expect(where, "quantize_to", quantize_to, str).upper() not in QUANTIZE_TYPES:
+        raise ConfigError(f"{where}: quantize_to must be one of {', '.join(QUANTIZE_TYPES)}, got {quantize_to!r}")
+    local = _embedded_or_none() if embedded else None
+    return GGUFSource(repo=repo, file=file, quant=quant, local_path=local,
+                      quantize_to=quantize_to.upper() if quantize_to else None, embedded=embedded)
+
+
+def _parse_vllm(where: str, table: dict) -> VLLMSource:
+    _check_keys(where, table, _VLLM_KEYS)
+    if "repo" not in table:
+        raise ConfigError(f"{where}: needs repo (a Hub repo id)")
+    quantization = table.get("quantization")
+    if quantization is not None and _expect(where, "quantization", quantization, str) not in VLLM_QUANTIZATIONS:
+        raise ConfigError(f"{where}: quantization must be one of {', '.join(VLLM_QUANTIZATIONS)}, "
+                          f"got {quantization!r}")
+    return VLLMSource(repo=_check_repo(where, table["repo"]), quantization=quantization)
+
+
+def _parse_entry(alias: str, entry, origin: str = "models.toml") -> ModelSpec:
+    where = f"{origin}: models.{alias}"
+    _check_keys(where, entry, _ENTRY_KEYS)
+    if "gguf" not in entry and "vllm" not in entry:
+        raise ConfigError(f"{where}: needs a gguf and/or a vllm source")
+    for key in ("context_length", "num_params", "license", "download_bytes"):
+        if key not in entry:
+            raise ConfigError(f"{where}: missing {key}")
+    return ModelSpec(
+        name=alias,
+        gguf=_parse_gguf(f"{where}.gguf", entry["gguf"]) if "gguf" in entry else None,
+        vllm=_parse_vllm(f"{where}.vllm", entry["vllm"]) if "vllm" in entry else None,
+        context_length=_expect(where, "context_length", entry["context_length"], int, positive=True),
+        num_params=_expect(where, "num_params", entry["num_params"], int, positive=True),
+        license=_expect(where, "license", entry["license"], str),
+        download_bytes=_expect(where, "download_bytes", entry["download_bytes"], int, positive=True))
+
+
+def parse_catalog(text: str, origin: str = "models.toml") -> Catalog:
+    """Parse and validate a catalog; ConfigError (one line, naming the entry) on any malformed part."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML ({exc})") from None
+    _check_keys(origin, data, {"models"})
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError(f"{origin}: models must be a table of [models.<alias>] entries")
+    return Catalog({alias: _parse_entry(alias, entry, origin) for alias, entry in models.items()})
 
 
 def load_catalog(user_file: Path | None = None) -> Catalog:
-    """The shipped catalog, extended and overridden by the user's file."""
+    """The shipped catalog, extended and overridden (entry by entry) by the user's file."""
     models = dict(parse_catalog(_catalog_text()).models)
     if user_file is not None and user_file.exists():
-        models.update(parse_catalog(user_file.read_text()).models)
+        models.update(parse_catalog(user_file.read_text(), str(user_file)).models)
     return Catalog(models)
+
+
+# --- specs ----------------------------------------------------------------------------------------------
+
+def parse_hub_spec(spec: str) -> ModelSpec:
+    """`hf://org/repo:QUANT`, `hf://org/repo/path/file.gguf` or `hf://org/repo` -> a ModelSpec."""
+    body = spec[len("hf://"):]
+    usage = f"invalid Hub spec {spec!r}: expected hf://org/repo[:QUANT] or hf://org/repo/path/file.gguf"
+    parts = body.split("/", 2)
+    if len(parts) < 2:
+        raise ConfigError(usage)
+    repo, rest = "/".join(parts[:2]), (parts[2] if len(parts) == 3 else "")
+    quant = None
+    if not rest and ":" in repo:
+        repo, quant = repo.split(":", 1)
+        if not _TAG.match(quant):
+            raise ConfigError(usage)
+    if not _REPO_ID.match(repo):
+        raise ConfigError(usage)
+    if rest:
+        if not rest.endswith(".gguf"):
+            raise ConfigError(f"{usage} (a file spec must name a .gguf file)")
+        return ModelSpec(name=f"{repo}/{rest}", gguf=GGUFSource(repo=repo, file=rest))
+    if quant:
+        return ModelSpec(name=f"{repo}:{quant}", gguf=GGUFSource(repo=repo, quant=quant))
+    # a bare repo: llama.cpp picks Q4_K_M (else Q8_0, else the first GGUF); vLLM takes the checkpoint
+    return ModelSpec(name=repo, gguf=GGUFSource(repo=repo), vllm=VLLMSource(repo=repo))
 
 
 def resolve_model(spec: str | None, catalog: Catalog) -> ModelSpec:
     """Turn what the user typed into a ModelSpec; `None` is the embedded default."""
     if spec is None:
         return catalog.get(DEFAULT_ALIAS)
+    if spec.startswith("hf://"):
+        return parse_hub_spec(spec)
     path = Path(spec).expanduser()
     if spec.endswith(".gguf") or path.exists():
         return _local_spec(path)

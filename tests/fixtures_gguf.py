@@ -1,0 +1,110 @@
+"""Real GGUF test files made from the embedded SmolLM2-135M-Instruct Q4_1 model with the `gguf` package.
+
+- an F16 GGUF: every quantized tensor dequantized to float16 (what a Hub repo's `*-f16.gguf` looks like);
+- a split GGUF: the same Q4_1 tensors written as `<stem>-0000i-of-0000N.gguf` shards, as `gguf-split` does.
+
+Files are built once and cached under QUANTSERVE_TEST_CACHE (default ~/.cache/quantserve-tests), keyed by the
+source file's size and a builder version, because dequantizing 135M parameters takes a while on 2 cores.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+import gguf
+from serve.catalog import embedded_model_path
+
+BUILDER_VERSION = 1
+_UNQUANTIZED = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16}
+
+
+def cache_dir() -> Path:
+    source = embedded_model_path()
+    root = Path(os.environ.get("QUANTSERVE_TEST_CACHE", Path.home() / ".cache" / "quantserve-tests"))
+    path = root / f"v{BUILDER_VERSION}-{source.stat().st_size}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _copy_metadata(reader: gguf.GGUFReader, writer: gguf.GGUFWriter, overrides: dict) -> None:
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue  # written by GGUFWriter itself
+        val_type = field.types[0]
+        sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
+        value = overrides.get(field.name, field.contents())
+        writer.add_key_value(field.name, value, val_type, sub_type=sub_type)
+
+
+def _arch(reader: gguf.GGUFReader) -> str:
+    return reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+
+
+def _build_f16(src: Path, dst: Path) -> None:
+    reader = gguf.GGUFReader(src)
+    tmp = dst.with_suffix(".tmp")
+    writer = gguf.GGUFWriter(tmp, _arch(reader))
+    _copy_metadata(reader, writer, {gguf.Keys.General.FILE_TYPE: int(gguf.LlamaFileType.MOSTLY_F16)})
+    for tensor in reader.tensors:
+        if tensor.tensor_type in _UNQUANTIZED:
+            writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                                   tensor.tensor_type)
+        else:
+            shape = tuple(int(d) for d in reversed(tensor.shape))
+            writer.add_tensor_info(tensor.name, shape, np.dtype(np.float16), int(tensor.n_elements) * 2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in reader.tensors:
+        if tensor.tensor_type in _UNQUANTIZED:
+            writer.write_tensor_data(tensor.data)
+        else:
+            writer.write_tensor_data(gguf.dequantize(tensor.data, tensor.tensor_type).astype(np.float16))
+    writer.close()
+    tmp.replace(dst)
+
+
+def _build_split(src: Path, stem: Path, num_shards: int) -> list[Path]:
+    reader = gguf.GGUFReader(src)
+    per_shard = -(-len(reader.tensors) // num_shards)
+    tmp_dir = stem.parent / (stem.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir()
+    writer = gguf.GGUFWriter(tmp_dir / (stem.name + ".gguf"), _arch(reader), split_max_tensors=per_shard)
+    _copy_metadata(reader, writer, {})
+    for tensor in reader.tensors:
+        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                               tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in reader.tensors:
+        writer.write_tensor_data(tensor.data)
+    writer.close()
+    shards = sorted(tmp_dir.glob("*.gguf"))
+    final = [stem.parent / shard.name for shard in shards]
+    for shard, target in zip(shards, final):
+        shard.replace(target)
+    tmp_dir.rmdir()
+    return final
+
+
+def f16_gguf() -> Path:
+    """SmolLM2-135M-Instruct as an F16 GGUF (~270 MB), built once."""
+    dst = cache_dir() / "SmolLM2-135M-Instruct-F16.gguf"
+    if not dst.exists():
+        _build_f16(embedded_model_path(), dst)
+    return dst
+
+
+def split_gguf(num_shards: int = 2) -> list[Path]:
+    """SmolLM2-135M-Instruct Q4_1 split into `num_shards` shards, built once; first shard first."""
+    stem = cache_dir() / "SmolLM2-135M-Instruct-Q4_1"
+    expected = [stem.parent / f"{stem.name}-{i:05d}-of-{num_shards:05d}.gguf" for i in range(1, num_shards + 1)]
+    if not all(p.exists() for p in expected):
+        built = _build_split(embedded_model_path(), stem, num_shards)
+        assert built == expected, built
+    return expected
