@@ -29,6 +29,14 @@ def _add_up(subparsers) -> None:
     up.add_argument("--ray-address", dest="ray_address", help="vLLM: run on this Ray cluster (multi-node)")
     up.add_argument("--gpu-memory-utilization", type=float, dest="gpu_memory_utilization",
                     help="vLLM: share of GPU memory (of RAM on a CPU) it may take")
+    up.add_argument("--max-memory", dest="max_memory",
+                    help="memory all loaded models may take, e.g. 12GiB (default: free RAM/VRAM minus 2 GiB)")
+    up.add_argument("--max-models", type=int, dest="max_models", help="at most this many models loaded at once")
+    up.add_argument("--keep-alive", dest="keep_alive",
+                    help="unload a model idle this long, e.g. 5m (default), 0 (at once), -1 (never)")
+    up.add_argument("--pin", action="append", dest="pinned", default=[], help="never unload this model (repeatable)")
+    up.add_argument("--switch-window", dest="switch_window",
+                    help="a busy model stays at least this long before another takes its place (default 2s)")
     up.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     up.set_defaults(func=_cmd_up)
 
@@ -39,7 +47,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     names = ("models", "host", "port", "context_length", "num_threads", "num_parallel", "max_queue",
              "max_batch_tokens", "api_key", "backend", "catalog_file", "tensor_parallel_size",
-             "pipeline_parallel_size", "ray_address", "gpu_memory_utilization", "log_level")
+             "pipeline_parallel_size", "ray_address", "gpu_memory_utilization", "log_level", "max_memory",
+             "max_models", "keep_alive", "pinned", "switch_window")
     config = resolve_config({name: getattr(args, name) for name in names})
     logging.getLogger().setLevel(config.log_level.upper())
     server.run(config)

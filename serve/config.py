@@ -6,10 +6,12 @@ os.environ after start-up.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+import re
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
+from serve.duration import parse_duration
 from serve.errors import ConfigError
 
 try:
@@ -41,6 +43,12 @@ class ServerConfig:
     pipeline_parallel_size: int | None = None
     ray_address: str | None = None
     gpu_memory_utilization: float | None = None
+    # many models
+    max_memory: int | None = None  # bytes for all loaded models; None: from the probe
+    max_models: int = 0  # 0: no cap beyond memory
+    keep_alive: float = 300.0  # seconds an idle model stays loaded; negative: forever
+    pinned: tuple[str, ...] = ()  # never evicted
+    switch_window: float = 2.0  # a busy model stays at least this long before it is swapped out
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -54,6 +62,20 @@ class ServerConfig:
             raise ConfigError(f"--max-queue must be >= 0, got {self.max_queue}")
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(value: object) -> int:
+    """`8GiB`, `8G`, `512MB`, `1.5t` or a plain number of bytes (units are powers of 1024)."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ConfigError(f"not a memory size: {value!r}; use e.g. 8GiB or 512MiB")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * 1024 ** " kmgt".index(unit or " "))
+
+
 _FIELD_TYPES = {f.name: f.type for f in fields(ServerConfig)}
 
 
@@ -61,10 +83,17 @@ def _coerce(name: str, value: object) -> object:
     kind = str(_FIELD_TYPES[name])
     if value is None:
         return None
-    if name == "models":
+    if name in ("models", "pinned"):
         return tuple(value) if isinstance(value, (list, tuple)) else tuple(str(value).split(","))
     if name == "catalog_file":
         return Path(str(value)).expanduser()
+    if name == "max_memory":
+        return parse_bytes(value)
+    if name in ("keep_alive", "switch_window"):
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
     try:
         if kind.startswith("int"):
             return int(value)

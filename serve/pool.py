@@ -1,15 +1,40 @@
-"""The loaded models: name -> Engine.
+"""The loaded models: load on demand, share a memory budget, drain before evicting, expire when idle.
 
-Routes ask the pool for an engine by the model name in the request; the pool owns the engines' lives.
+Routes ask `await pool.get(name)` for an engine; everything here runs on the event loop, and blocking work
+(loading weights, freeing them) runs in a worker thread.
+
+- Load on demand: any catalog alias, hf:// spec or local path; concurrent first requests share one load.
+- Budget: loaded models' estimated sizes (weights + KV cache, from the plan) stay within `max_memory`
+  and their number within `max_models`. To make room the least recently used unpinned model goes,
+  idle ones first.
+- Drain, never drop: a busy model chosen for eviction is marked draining; its running and queued
+  requests finish, new requests for it wait, then it is unloaded (and reloaded later for them).
+- No thrash: a busy model is only drained after it has been resident for `switch_window` seconds, so
+  requests alternating A B A B cause at most one swap per window, each swap serving every request that
+  queued up meanwhile (llama-swap reloads per request).
+- Keep-alive: a model idle for its keep_alive is unloaded (0: right after its requests; negative: never).
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Protocol
 
 from serve.engine import Engine
-from serve.errors import ModelNotFoundError
+from serve.errors import ModelNotFoundError, ServeError
+
+log = logging.getLogger("serve.pool")
+
+REAP_INTERVAL_SECONDS = 0.25  # how often idle models are checked against their keep-alive
+DRAIN_POLL_SECONDS = 0.05
+
+
+class InsufficientMemoryError(ServeError):
+    status_code = 507
+    error_type = "server_error"
+    code = "insufficient_memory"
 
 
 @dataclass(frozen=True)
@@ -19,35 +44,212 @@ class ModelInfo:
     context_length: int  # per sequence
     num_parallel: int
     created: int  # unix time the model was loaded
+    size_bytes: int = 0  # estimated weights + KV cache
+    expires_at: float | None = None  # unix time it unloads if still idle; None: never / busy
+    idle_seconds: float = 0.0
+    pinned: bool = False
+
+
+class Loader(Protocol):
+    """serve.loader.ModelLoader: resolve() and plan() are cheap; load() blocks."""
+
+    def resolve(self, spec_text: str | None): ...
+    def plan(self, spec): ...
+    def load(self, spec, chosen) -> Engine: ...
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    max_memory_bytes: int
+    max_models: int = 0  # 0: no cap beyond memory
+    default_keep_alive: float = 300.0  # Ollama's 5m
+    switch_window: float = 2.0
+    pinned: tuple[str, ...] = ()
+
+
+@dataclass
+class _Resident:
+    engine: Engine
+    size_bytes: int
+    keep_alive: float
+    loaded_at: float
+    last_used: float
+    idle_since: float | None = None
+    draining: bool = False
+    pinned: bool = False
 
 
 class ModelPool:
-    def __init__(self) -> None:
-        self._engines: dict[str, Engine] = {}
-        self._loaded_at: dict[str, int] = {}
+    def __init__(self, loader: Loader, limits: PoolLimits):
+        self._loader = loader
+        self._limits = limits
+        self._resident: dict[str, _Resident] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+        self._load_lock: asyncio.Lock | None = None
+        self._reaper: asyncio.Task | None = None
+        self._aliases: dict[str, str] = {}  # what requests called a model -> its served name
 
-    def add(self, engine: Engine) -> None:
-        self._engines[engine.model_name] = engine
-        self._loaded_at[engine.model_name] = int(time.time())
+    # -- lookups --------------------------------------------------------------------------------------
+
+    async def get(self, name: str | None, *, keep_alive: float | None = None) -> Engine:
+        """The engine for `name`, loading it (and making room) if needed; raises ModelNotFoundError."""
+        self._start_reaper()
+        served = self._served_name(name)
+        while True:
+            resident = self._resident.get(served)
+            if resident is not None and not resident.draining:
+                self._touch(resident, keep_alive)
+                return resident.engine
+            if resident is not None:  # draining: wait until it is gone, then load it again
+                await asyncio.sleep(DRAIN_POLL_SECONDS)
+                continue
+            await self._load_shared(served, name, keep_alive)
+
+    def _served_name(self, name: str | None) -> str:
+        if name is None:
+            raise ModelNotFoundError(f"no model given; available models: {self._available()}", param="model")
+        name = name.removesuffix(":latest")
+        if name in self._resident or name in self._loading:
+            return name
+        if name not in self._aliases:
+            try:
+                self._aliases[name] = self._loader.resolve(name).name
+            except ModelNotFoundError as exc:
+                raise ModelNotFoundError(f"{exc.message}; loaded models: {self._available()}",
+                                         param="model") from None
+        return self._aliases[name]
+
+    def _available(self) -> str:
+        return ", ".join(sorted(self._resident)) or "none"
+
+    def _touch(self, resident: _Resident, keep_alive: float | None) -> None:
+        resident.last_used = time.time()
+        if keep_alive is not None:
+            resident.keep_alive = keep_alive
+
+    # -- loading --------------------------------------------------------------------------------------
+
+    async def _load_shared(self, served: str, spec_text: str | None, keep_alive: float | None) -> None:
+        """Load once however many requests ask at the same time; they all wait for the same future."""
+        future = self._loading.get(served)
+        if future is None:
+            future = asyncio.ensure_future(self._load(served, spec_text, keep_alive))
+            self._loading[served] = future
+            future.add_done_callback(lambda _: self._loading.pop(served, None))
+        await asyncio.shield(future)
+
+    async def _load(self, served: str, spec_text: str | None, keep_alive: float | None) -> None:
+        if self._load_lock is None:
+            self._load_lock = asyncio.Lock()
+        async with self._load_lock:  # one load at a time: the budget is checked against settled sizes
+            spec = self._loader.resolve(spec_text if spec_text is not None else served)
+            chosen = self._loader.plan(spec)
+            size = chosen.weights_bytes + chosen.kv_cache_bytes
+            await self._make_room(served, size)
+            engine = await asyncio.to_thread(self._loader.load, spec, chosen)
+            self.add(engine, size_bytes=size, keep_alive=keep_alive)
+
+    def add(self, engine: Engine, *, size_bytes: int = 0, keep_alive: float | None = None) -> None:
+        """Register a loaded engine (preloaded at start-up, or loaded on demand)."""
+        now = time.time()
+        name = engine.model_name
+        self._resident[name] = _Resident(
+            engine, size_bytes, self._limits.default_keep_alive if keep_alive is None else keep_alive,
+            loaded_at=now, last_used=now, pinned=name in self._limits.pinned)
+        log.info("loaded %s (%.2f GiB estimated); resident: %s", name, size_bytes / 2**30, self._available())
+
+    async def _make_room(self, served: str, size: int) -> None:
+        budget = self._limits.max_memory_bytes
+        if size > budget:
+            raise InsufficientMemoryError(
+                f"model {served} needs about {size / 2**30:.1f} GiB (weights + KV cache), more than the "
+                f"memory budget of {budget / 2**30:.1f} GiB; raise --max-memory or lower --ctx/--parallel")
+        while not self._fits(size):
+            victim = self._eviction_candidate()
+            if victim is None:
+                if not any(not r.pinned for r in self._resident.values()):
+                    raise InsufficientMemoryError(
+                        f"model {served} needs about {size / 2**30:.1f} GiB but pinned models use "
+                        f"{self._used() / 2**30:.1f} GiB of the {budget / 2**30:.1f} GiB budget")
+                await asyncio.sleep(DRAIN_POLL_SECONDS)  # every candidate is busy and recent: wait
+                continue
+            await self.unload(victim)
+
+    def _fits(self, size: int) -> bool:
+        cap = self._limits.max_models
+        return (self._used() + size <= self._limits.max_memory_bytes
+                and (cap <= 0 or len(self._resident) < cap))
+
+    def _used(self) -> int:
+        return sum(r.size_bytes for r in self._resident.values())
+
+    def _eviction_candidate(self) -> str | None:
+        """Idle unpinned models first (LRU); else a busy one resident for at least the switch window."""
+        now = time.time()
+        unpinned = sorted(((r.last_used, name) for name, r in self._resident.items() if not r.pinned))
+        for _, name in unpinned:
+            if not self._resident[name].engine.is_busy:
+                return name
+        for _, name in unpinned:
+            if now - self._resident[name].loaded_at >= self._limits.switch_window:
+                return name
+        return None
+
+    # -- unloading ------------------------------------------------------------------------------------
+
+    async def unload(self, name: str) -> None:
+        """Drain (running and queued requests finish; new ones wait), then free the model."""
+        resident = self._resident.get(name)
+        if resident is None:
+            return
+        resident.draining = True
+        while resident.engine.is_busy:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        if self._resident.get(name) is not resident:
+            return
+        del self._resident[name]
+        await asyncio.to_thread(resident.engine.shutdown)
+        log.info("unloaded %s; resident: %s", name, self._available())
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_SECONDS)
+            now = time.time()
+            for name, resident in list(self._resident.items()):
+                if resident.engine.is_busy:
+                    resident.idle_since = None
+                    continue
+                resident.idle_since = resident.idle_since or now
+                expired = 0 <= resident.keep_alive <= now - resident.idle_since
+                if expired and not resident.pinned and not resident.draining:
+                    await self.unload(name)
+
+    # -- reporting ------------------------------------------------------------------------------------
 
     def model_infos(self) -> list[ModelInfo]:
-        return [ModelInfo(name=name, backend=e.capabilities.name, context_length=e.capabilities.context_length,
-                          num_parallel=e.capabilities.max_sequences, created=self._loaded_at[name])
-                for name, e in self._engines.items()]
+        now = time.time()
+        return [self._info(name, r, now) for name, r in self._resident.items()]
 
-    async def get(self, name: str | None) -> Engine:
-        """The engine serving `name`; raises ModelNotFoundError naming the available models."""
-        engine = self._engines.get(name) if name else None
-        if engine is None:
-            available = ", ".join(sorted(self._engines)) or "none"
-            asked = f"model {name!r} is not served here" if name else "no model given"
-            raise ModelNotFoundError(f"{asked}; available models: {available}", param="model")
-        return engine
+    @staticmethod
+    def _info(name: str, r: _Resident, now: float) -> ModelInfo:
+        caps = r.engine.capabilities
+        idle = 0.0 if r.idle_since is None else now - r.idle_since
+        expires = None
+        if r.keep_alive >= 0 and not r.pinned:
+            expires = (r.idle_since or now) + r.keep_alive
+        return ModelInfo(name=name, backend=caps.name, context_length=caps.context_length,
+                         num_parallel=caps.max_sequences, created=int(r.loaded_at), size_bytes=r.size_bytes,
+                         expires_at=expires, idle_seconds=idle, pinned=r.pinned)
 
     def stats(self) -> dict:
-        return {name: engine.stats() for name, engine in self._engines.items()}
+        return {name: r.engine.stats() for name, r in self._resident.items()}
 
     def shutdown(self) -> None:
-        for engine in self._engines.values():
-            engine.shutdown()
-        self._engines.clear()
+        """Free every model; called after the event loop ended (which already cancelled the reaper)."""
+        for resident in self._resident.values():
+            resident.engine.shutdown()
+        self._resident.clear()

@@ -1,4 +1,4 @@
-"""`serve up`: load the models the plan chose, then serve HTTP until SIGINT/SIGTERM."""
+"""`serve up`: preload the models asked for, then serve HTTP until SIGINT/SIGTERM."""
 from __future__ import annotations
 
 import contextlib
@@ -7,41 +7,17 @@ import logging
 import signal
 import socket
 
-from backends.base import load_backend
-from serve.catalog import Catalog, load_catalog, resolve_model
+from serve.catalog import load_catalog
 from serve.config import ServerConfig
-from serve.engine import Engine
 from serve.errors import ConfigError
 from serve.hardware import Hardware, probe
-from serve.plan import Plan, plan
-from serve.pool import ModelPool
+from serve.loader import ModelLoader
+from serve.pool import ModelPool, PoolLimits
 
 log = logging.getLogger("serve")
 
 GRACEFUL_SHUTDOWN_SECONDS = 5  # running streams get this long to finish on SIGINT/SIGTERM
-
-
-def plan_for(hw: Hardware, spec, config: ServerConfig) -> Plan:
-    return plan(hw, spec, backend=config.backend, context_length=config.context_length,
-                num_threads=config.num_threads, num_parallel=config.num_parallel,
-                max_batch_tokens=config.max_batch_tokens, tensor_parallel_size=config.tensor_parallel_size,
-                pipeline_parallel_size=config.pipeline_parallel_size, ray_address=config.ray_address,
-                gpu_memory_utilization=config.gpu_memory_utilization)
-
-
-def load_engine(spec_text: str | None, config: ServerConfig, catalog: Catalog, hw: Hardware) -> Engine:
-    """Resolve, plan, fetch and load one model; prints what was chosen and why."""
-    from serve.hub import ensure_model_file  # the Hub client is only needed once a model is loaded
-
-    spec = resolve_model(spec_text, catalog)
-    chosen = plan_for(hw, spec, config)
-    print(f"model {spec.name}: backend {chosen.backend}, context {chosen.context_length} per request, "
-          f"{chosen.num_parallel} parallel, {chosen.num_threads} threads", flush=True)
-    for reason in chosen.reasons:
-        print(f"  - {reason}", flush=True)
-    model_path = ensure_model_file(spec, chosen.backend)
-    backend = load_backend(chosen.backend, chosen.backend_settings(model_path))
-    return Engine(spec.name, backend, max_queue=config.max_queue, max_batch_tokens=chosen.max_batch_tokens)
+MEMORY_MARGIN_BYTES = 2 * 2**30  # left to the OS and everything else when --max-memory is not given
 
 
 def ensure_port_free(host: str, port: int) -> None:
@@ -54,6 +30,12 @@ def ensure_port_free(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(f"port {port} on {host} is already in use; pick another with --port") from None
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def default_memory_budget(hw: Hardware) -> int:
+    """What loaded models may take together: free VRAM on a GPU box, else free RAM, minus a margin."""
+    free = sum(gpu.vram_free_bytes for gpu in hw.gpus) or hw.memory.available_bytes
+    return max(free - MEMORY_MARGIN_BYTES, free // 2)
 
 
 def _uvicorn_server(app, config: ServerConfig):
@@ -77,17 +59,28 @@ def _uvicorn_server(app, config: ServerConfig):
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, access_log=False))
 
 
-def run(config: ServerConfig) -> None:
+def build_pool(config: ServerConfig, hw: Hardware) -> ModelPool:
+    """Load the models given with --model (the embedded default when none) into a fresh pool."""
+    loader = ModelLoader(config, load_catalog(config.catalog_file), hw)
+    limits = PoolLimits(max_memory_bytes=config.max_memory or default_memory_budget(hw),
+                        max_models=config.max_models, default_keep_alive=config.keep_alive,
+                        switch_window=config.switch_window, pinned=config.pinned)
+    pool = ModelPool(loader, limits)
+    for spec_text in config.models or (None,):
+        spec = loader.resolve(spec_text)
+        chosen = loader.plan(spec)
+        # Models named at start-up stay until evicted for room: that is what `serve up --model X` asks for.
+        pool.add(loader.load(spec, chosen), size_bytes=chosen.weights_bytes + chosen.kv_cache_bytes,
+                 keep_alive=-1)
+    return pool
 
+
+def run(config: ServerConfig) -> None:
     from serve.api.app import create_app
 
     ensure_port_free(config.host, config.port)
-    catalog = load_catalog(config.catalog_file)
-    hw = probe()
-    pool = ModelPool()
+    pool = build_pool(config, probe())
     try:
-        for spec_text in config.models or (None,):
-            pool.add(load_engine(spec_text, config, catalog, hw))
         app = create_app(pool, config)
         names = ", ".join(info.name for info in pool.model_infos())
         print(f"serving {names} at http://{config.host}:{config.port}/v1 (Ctrl+C to stop)", flush=True)
