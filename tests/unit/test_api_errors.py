@@ -18,7 +18,10 @@ from serve.api.sse import CHAT_CHUNK, TEXT_CHUNK, StreamHeader, stream_events
 from serve.config import ServerConfig
 from serve.errors import (AuthenticationError, ContextLengthError, InvalidRequestError, ModelNotFoundError,
                           OverloadedError, PayloadTooLargeError, ServeError)
-from serve.pool import ModelPool
+from serve.catalog import load_catalog
+from serve.hardware import probe
+from serve.loader import ModelLoader
+from serve.pool import ModelPool, PoolLimits
 from serve.sequence import FinishReason, StepOutput
 
 CHAT = "/v1/chat/completions"
@@ -41,16 +44,23 @@ def assert_openai_error(response, status: int, param: str | None = None, fragmen
     return error
 
 
+def empty_pool(config: ServerConfig) -> ModelPool:
+    """A real pool with nothing loaded and no memory to load anything into."""
+    return ModelPool(ModelLoader(config, load_catalog(), probe()), PoolLimits(max_memory_bytes=0))
+
+
 @pytest.fixture(scope="module")
 def client():
-    app = create_app(ModelPool(), ServerConfig(max_body_bytes=MAX_BODY_BYTES))
+    config = ServerConfig(max_body_bytes=MAX_BODY_BYTES)
+    app = create_app(empty_pool(config), config)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
 
 @pytest.fixture(scope="module")
 def keyed_client():
-    app = create_app(ModelPool(), ServerConfig(api_key=API_KEY))
+    config = ServerConfig(api_key=API_KEY)
+    app = create_app(empty_pool(config), config)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
