@@ -241,4 +241,17 @@ def _local_spec(path: Path) -> ModelSpec:
         raise ConfigError(f"model file not found: {path}")
     if path.is_dir():
         return ModelSpec(name=path.name, vllm=VLLMSource(local_path=path.resolve()))
-    return ModelSpec(name=path.stem, gguf=GGUFSource(local_path=path.resolve()))
+    return _local_gguf_spec(path)
+
+
+def _local_gguf_spec(path: Path) -> ModelSpec:
+    """What the file's own header says, so --ctx can go up to the model's trained context."""
+    from serve.gguf_file import read_gguf_info
+
+    info = read_gguf_info(path)
+    arch = info.metadata.get("general.architecture", "")
+    trained_context = int(info.metadata.get(f"{arch}.context_length", 4096))
+    num_params = info.num_elements(two_dim=True) + info.num_elements(two_dim=False)
+    return ModelSpec(name=path.stem, gguf=GGUFSource(local_path=path.resolve()), context_length=trained_context,
+                     num_params=num_params, license=str(info.metadata.get("general.license", "")),
+                     download_bytes=path.stat().st_size)

@@ -71,8 +71,11 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from serve.plan import plan
 
     hw = probe()
-    spec = resolve_model(args.model, load_catalog(args.catalog_file or USER_CATALOG_FILE))
-    report = hardware_report(hw, plan(hw, spec, backend=args.backend))
+    try:
+        spec = resolve_model(args.model, load_catalog(args.catalog_file or USER_CATALOG_FILE))
+        report = hardware_report(hw, plan(hw, spec, backend=args.backend))
+    except ServeError as exc:  # still show the hardware, with why there is no plan
+        report = hardware_report(hw, None, error=exc.message)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
