@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import pytest
 
 # Suppress the end-of-generation tokens (<|endoftext|> 0, <|im_end|> 2) so a request runs to max_tokens.
@@ -325,3 +326,25 @@ def test_disconnected_stream_is_aborted(server, http):
     assert _num_running(http) == 0
     after = http.post("/v1/completions", json={"model": server.model, "prompt": STORY, "max_tokens": 2})
     assert after.status_code == 200
+
+
+# -- shutdown ----------------------------------------------------------------------------------------
+
+
+def test_sigint_with_a_stream_in_flight_exits_cleanly(tmp_path_factory):
+    from tests.integration.conftest import start_llamacpp_server
+    from tests.integration.server import stop_server
+
+    with start_llamacpp_server(tmp_path_factory, "sigint", ["--parallel", "1"]) as server:
+        body = {"model": server.model, "prompt": STORY, "max_tokens": 3000, "logit_bias": NO_EOS, "stream": True}
+        with server.http() as http, http.stream("POST", "/v1/completions", json=body) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            assert stop_server(server) == 0  # within STOP_TIMEOUT_SECONDS, while the stream was running
+            events = []
+            try:
+                events = [line for line in lines if line]  # the stream ends instead of hanging
+            except httpx.HTTPError:  # or its connection is cut
+                pass
+            if events and events[-1] == "data: [DONE]":  # an orderly end must say why it ended early
+                assert '"error"' in events[-2], events[-2:]
