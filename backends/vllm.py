@@ -179,7 +179,13 @@ class VLLMBackend:
         from vllm.sampling_params import RequestOutputKind
 
         request = sequence.request
-        params = VLLMSamplingParams(**sampling_kwargs(request.params), output_kind=RequestOutputKind.DELTA)
+        try:
+            params = VLLMSamplingParams(**sampling_kwargs(request.params), output_kind=RequestOutputKind.DELTA)
+        except Exception as exc:  # VLLMValidationError (not a ValueError in 0.32)
+            # Fail this request only: an exception out of step() would abort every running request.
+            log.warning("vLLM rejected the sampling parameters of %s: %s", request.request_id, exc)
+            self._outputs.put(StepOutput(request.request_id, finish_reason=FinishReason.ABORT))
+            return
         self._loop.call_soon_threadsafe(self._spawn, request.request_id, list(request.prompt_token_ids), params)
 
     def _collect(self) -> list[StepOutput]:
