@@ -1,0 +1,47 @@
+"""Configuration precedence and validation: defaults < file < SERVE_* env < flags."""
+import pytest
+
+from serve.config import ServerConfig, parse_bytes, resolve_config
+from serve.errors import ConfigError
+
+
+def test_flags_beat_environment_beat_file_beat_defaults(tmp_path):
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('port = 7000\nhost = "0.0.0.0"\nmax_queue = 5\n')
+    environ = {"SERVE_PORT": "7100", "SERVE_MAX_QUEUE": "6"}
+    config = resolve_config({"port": 7200, "max_queue": None}, environ, config_file)
+    assert (config.port, config.max_queue, config.host) == (7200, 6, "0.0.0.0")
+    assert config.keep_alive == 300.0  # default
+
+
+def test_durations_sizes_and_lists_are_parsed(tmp_path):
+    config = resolve_config({"keep_alive": "1h30m", "max_memory": "1.5GiB", "pinned": ["a", "b"],
+                             "models": []}, {}, tmp_path / "missing.toml")
+    assert config.keep_alive == 5400 and config.max_memory == int(1.5 * 2**30)
+    assert config.pinned == ("a", "b") and config.models == ()
+
+
+@pytest.mark.parametrize("text, size", [("8GiB", 8 * 2**30), ("512M", 512 * 2**20), ("100", 100),
+                                        ("2 gb", 2 * 2**30)])
+def test_parse_bytes(text, size):
+    assert parse_bytes(text) == size
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"port": 0}, "--port"), ({"context_length": -1}, "context_length"), ({"max_queue": -1}, "--max-queue"),
+    ({"max_memory": "lots"}, "memory size"), ({"keep_alive": "soon"}, "keep_alive"), ({"port": "x"}, "number")])
+def test_bad_values_fail_with_one_clear_line(values, fragment, tmp_path):
+    with pytest.raises(ConfigError, match=fragment):
+        resolve_config(values, {}, tmp_path / "missing.toml")
+
+
+def test_unknown_setting_in_the_file_is_named(tmp_path):
+    config_file = tmp_path / "config.toml"
+    config_file.write_text("prot = 1\n")
+    with pytest.raises(ConfigError, match="prot"):
+        resolve_config({}, {}, config_file)
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        ServerConfig().port = 1
