@@ -99,7 +99,6 @@ def engine_kwargs(settings: BackendSettings, *, on_cpu: bool) -> dict[str, Any]:
 
 class VLLMBackend:
     def __init__(self, settings: BackendSettings):
-        self._model_path = settings.model_path
         self._tokenizer = _load_tokenizer(settings.model_path)
         self._bos_id, self._add_bos = _bos(self._tokenizer)
         self._outputs: queue.SimpleQueue[StepOutput] = queue.SimpleQueue()
