@@ -1,0 +1,209 @@
+"""Run the whole benchmark: every server, closed loop at each concurrency, the mixed workload.
+
+    python -m benchmarks.run            # full run: 3 servers, concurrency 1 4 8 16, mixed (~15-20 min)
+    python -m benchmarks.run --quick    # quantserve vs llama-server, concurrency 8, mixed (~2-3 min)
+
+Writes benchmarks/results/<name>.json and <name>.png and prints the tables and the targets.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks import loadgen, peers, report
+from benchmarks.machine import ForeignLoad, describe_machine
+from benchmarks.prompts import long_prompt, short_prompts
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+LOG_DIR = peers.CACHE_DIR / "logs"
+WARMUP_FIRST_INDEX = 500_000
+MIXED_FIRST_INDEX = 900_000
+MIXED_NUM_STREAMS = 8
+MIXED_STREAM_TOKENS = 128
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="quantserve and llama-server only, concurrency 8, 2 requests per client, mixed")
+    parser.add_argument("--servers", help=f"comma-separated subset of: {','.join(peers.SERVER_NAMES)}")
+    parser.add_argument("--concurrency", help="comma-separated closed-loop concurrencies (default 1,4,8,16)")
+    parser.add_argument("--requests-per-client", type=int, default=None,
+                        help="requests per client at each concurrency (default 4; --quick: 2)")
+    parser.add_argument("--min-requests", type=int, default=8, help="at least this many requests per level")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--no-mixed", action="store_true", help="skip the mixed workload")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parallel", type=int, default=8, help="slots: quantserve --parallel, llama-server -np")
+    parser.add_argument("--ctx", type=int, default=4096, help="context per sequence")
+    parser.add_argument("--model-path", help="GGUF to serve (default: the embedded SmolLM2-135M Q4_1)")
+    parser.add_argument("--name", help="results file stem (default: 'full' or 'quick')")
+    args = parser.parse_args(argv)
+    default_servers = "quantserve,llama-server" if args.quick else ",".join(peers.SERVER_NAMES)
+    args.servers = [s.strip() for s in (args.servers or default_servers).split(",") if s.strip()]
+    unknown = [s for s in args.servers if s not in peers.SERVER_NAMES]
+    if unknown:
+        parser.error(f"unknown server(s) {unknown}; known: {', '.join(peers.SERVER_NAMES)}")
+    args.concurrency = [int(c) for c in (args.concurrency or ("8" if args.quick else "1,4,8,16")).split(",") if c]
+    if args.requests_per_client is None:
+        args.requests_per_client = 2 if args.quick else 4
+    args.name = args.name or ("quick" if args.quick else "full")
+    if args.model_path is None:
+        from serve.catalog import embedded_model_path
+        args.model_path = str(embedded_model_path())
+    return args
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+async def _check_eos_suppressed(base_url: str, model: str, model_path: str, max_tokens: int) -> dict[str, Any]:
+    """One non-streaming request: usage must show exactly max_tokens (EOS banned through logit_bias)."""
+    spec = short_prompts(model_path, WARMUP_FIRST_INDEX, 1, max_tokens)[0]
+    payload = {**loadgen.completion_payload(model, spec), "stream": False}
+    payload.pop("stream_options")
+    async with httpx.AsyncClient(timeout=600.0) as client:
+        response = await client.post(f"{base_url}/v1/completions", json=payload)
+        response.raise_for_status()
+        usage = response.json().get("usage") or {}
+    return {"completion_tokens": usage.get("completion_tokens"),
+            "ok": usage.get("completion_tokens") == max_tokens}
+
+
+async def _warm_up(base_url: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
+    check = await _check_eos_suppressed(base_url, model, args.model_path, args.max_tokens)
+    specs = short_prompts(args.model_path, WARMUP_FIRST_INDEX + 1, args.parallel, 16)
+    await loadgen.run_closed_loop(base_url, model, specs, args.parallel)
+    return check
+
+
+async def _closed_loop_phase(servers: dict[str, peers.RunningServer], args: argparse.Namespace,
+                             document: dict[str, Any]) -> None:
+    """Every concurrency level on every server, servers interleaved within a level (and their order
+    rotated between levels) so that load from other processes hits them alike."""
+    models = {}
+    for name, server in servers.items():
+        models[name] = await loadgen.first_model_id(server.base_url)
+        document["servers"][name] = {"command": server.command, "model_id": models[name],
+                                     "eos_check": await _warm_up(server.base_url, models[name], args),
+                                     "closed_loop": []}
+    names = list(servers)
+    for round_index, concurrency in enumerate(args.concurrency):
+        num_requests = max(args.min_requests, args.requests_per_client * concurrency)
+        specs = short_prompts(args.model_path, 10_000 * concurrency, num_requests, args.max_tokens)
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            load_before = _load()
+            with ForeignLoad(servers[name].process.pid) as foreign:
+                results, duration = await loadgen.run_closed_loop(servers[name].base_url, models[name],
+                                                                  specs, concurrency)
+            level = {"concurrency": concurrency, "num_requests": num_requests, "load_before": load_before,
+                     "load_after": _load(), "foreign_cpu_share": round(foreign.share, 3),
+                     **loadgen.summarize(results, duration)}
+            _log(f"{name} c={concurrency}: {level['output_throughput']:.1f} tok/s, "
+                 f"p99 TTFT {level['p99_ttft_ms']:.0f} ms, other processes {foreign.share:.0%} CPU")
+            document["servers"][name]["closed_loop"].append(level)
+
+
+async def _mixed_phase(servers: dict[str, peers.RunningServer], args: argparse.Namespace,
+                       document: dict[str, Any]) -> None:
+    streams = short_prompts(args.model_path, MIXED_FIRST_INDEX, MIXED_NUM_STREAMS, MIXED_STREAM_TOKENS)
+    long_spec = long_prompt(args.model_path, 1500, args.max_tokens)
+    for name, server in servers.items():
+        model = await loadgen.first_model_id(server.base_url)
+        await _warm_up(server.base_url, model, args)
+        load_before = _load()
+        with ForeignLoad(server.process.pid) as foreign:
+            outcome = await loadgen.run_mixed(server.base_url, model, streams, long_spec)
+        mixed = loadgen.summarize_mixed(*outcome)
+        document["servers"].setdefault(name, {})["mixed"] = {
+            "command": server.command, "load_before": load_before, "load_after": _load(),
+            "foreign_cpu_share": round(foreign.share, 3), **mixed}
+        _log(f"{name} mixed: max ITL {mixed['streams_max_itl_ms']:.0f} ms, "
+             f"{mixed['output_throughput']:.1f} tok/s, other processes {foreign.share:.0%} CPU")
+
+
+def _start_all(names: list[str], settings: peers.ServerSettings) -> dict[str, peers.RunningServer]:
+    """Start every server; idle servers use no CPU (measured: < 0.5%), so they can wait side by side."""
+    servers: dict[str, peers.RunningServer] = {}
+    try:
+        for name in names:
+            servers[name] = peers.start_server(name, settings, LOG_DIR / f"parallel{settings.num_parallel}")
+    except BaseException:
+        _stop_all(servers)
+        raise
+    return servers
+
+
+def _stop_all(servers: dict[str, peers.RunningServer]) -> None:
+    for server in servers.values():
+        server.stop()
+
+
+def _run_phase(phase, names: list[str], settings: peers.ServerSettings, args: argparse.Namespace,
+               document: dict[str, Any]) -> None:
+    servers = _start_all(names, settings)
+    try:
+        asyncio.run(phase(servers, args, document))
+    finally:
+        _stop_all(servers)
+    document["load_average_at_end"] = _load()
+    _write(document, args.name)  # partial results survive a later failure
+
+
+def _write(document: dict[str, Any], name: str) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    binary = peers.build_llama_server() if "llama-server" in args.servers else None
+    settings = peers.ServerSettings(args.model_path, args.threads, args.parallel, args.ctx)
+    document: dict[str, Any] = {
+        "name": args.name,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "settings": {"model_path": args.model_path, "num_threads": args.threads, "num_parallel": args.parallel,
+                     "ctx_per_sequence": args.ctx, "max_tokens": args.max_tokens,
+                     "concurrency": args.concurrency, "requests_per_client": args.requests_per_client,
+                     "min_requests": args.min_requests, "api": "/v1/completions, streaming, temperature 0",
+                     "eos_logit_bias": loadgen.EOS_LOGIT_BIAS},
+        "machine": describe_machine(binary),
+        "servers": {},
+    }
+    if args.concurrency:
+        _run_phase(_closed_loop_phase, args.servers, settings, args, document)
+    if not args.no_mixed:
+        # The long prompt must find a free slot on arrival, or no server can stall the running streams:
+        # llama-server and quantserve would both queue it until the 8 streams finish together.
+        mixed_settings = dataclasses.replace(settings, num_parallel=max(args.parallel, MIXED_NUM_STREAMS + 1))
+        document["settings"]["mixed_num_parallel"] = mixed_settings.num_parallel
+        _run_phase(_mixed_phase, args.servers, mixed_settings, args, document)
+    document["targets"] = report.evaluate_targets(document)
+    path = _write(document, args.name)
+    print(report.format_report(document))
+    from benchmarks.plot import plot_results
+    png = plot_results(document, RESULTS_DIR / f"{args.name}.png")
+    print(f"\nresults: {path}\nplot:    {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
