@@ -40,6 +40,7 @@ class BackendSettings:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str | None = None  # "ray" for multi-node
+    ray_address: str | None = None  # the Ray cluster to join (head node address)
     quantization: str | None = None
     kv_cache_dtype: str = "auto"
     enable_prefix_caching: bool = True

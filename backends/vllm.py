@@ -124,7 +124,7 @@ class VLLMBackend:
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        ray_address = getattr(settings, "ray_address", None)
+        ray_address = settings.ray_address
         if ray_address:
             # vLLM's engine core (a child process) calls ray.init() without an address: RAY_ADDRESS is
             # how it finds the cluster started with `ray start --head`.

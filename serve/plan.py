@@ -57,6 +57,7 @@ class Plan:
     model: str = ""
     weights_bytes: int = 0  # estimates behind the plan, for the report
     kv_cache_bytes: int = 0
+    ray_address: str | None = None  # vLLM: the Ray cluster to join
 
     def backend_settings(self, model_path: Path) -> BackendSettings:
         """The settings a backend loads `model_path` with."""
@@ -66,7 +67,7 @@ class Plan:
             gpu_memory_utilization=self.gpu_memory_utilization, tensor_parallel_size=self.tensor_parallel_size,
             pipeline_parallel_size=self.pipeline_parallel_size,
             distributed_executor_backend=self.distributed_executor_backend, quantization=self.quantization,
-            kv_cache_dtype=self.kv_cache_dtype, device=self.device)
+            kv_cache_dtype=self.kv_cache_dtype, device=self.device, ray_address=self.ray_address)
 
 
 @dataclass(frozen=True)
@@ -313,7 +314,7 @@ def _vllm_cuda_plan(hw: Hardware, spec: ModelSpec, asked: _Asked, reasons: list[
                 pipeline_parallel_size=fit.pipeline_parallel_size,
                 distributed_executor_backend="ray" if asked.ray_address else None, quantization=told,
                 kv_cache_dtype="auto", device="cuda", model=spec.name, weights_bytes=fp.weights_bytes,
-                kv_cache_bytes=fit.kv_room_bytes)
+                kv_cache_bytes=fit.kv_room_bytes, ray_address=asked.ray_address)
 
 
 def _vllm_ray_plan(hw: Hardware, spec: ModelSpec, asked: _Asked) -> Plan:
@@ -333,7 +334,7 @@ def _vllm_ray_plan(hw: Hardware, spec: ModelSpec, asked: _Asked) -> Plan:
                 tensor_parallel_size=asked.tensor_parallel_size or 1,
                 pipeline_parallel_size=asked.pipeline_parallel_size or 1, distributed_executor_backend="ray",
                 quantization=told, kv_cache_dtype="auto", device="cuda", model=spec.name,
-                weights_bytes=fp.weights_bytes)
+                weights_bytes=fp.weights_bytes, ray_address=asked.ray_address)
 
 
 def _cpu_utilization(hw: Hardware, asked: _Asked, need: int) -> float:

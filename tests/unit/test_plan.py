@@ -146,6 +146,7 @@ def test_h100_overrides_tensor_pipeline_and_ray():
         plan(hw, LLAMA_70B_AWQ, tensor_parallel_size=4)
     ray = plan(hw, LLAMA_70B_AWQ, tensor_parallel_size=4, ray_address="10.0.0.5:6379")
     assert (ray.backend, ray.distributed_executor_backend, ray.tensor_parallel_size) == ("vllm", "ray", 4)
+    assert ray.backend_settings(Path("/models/llama")).ray_address == "10.0.0.5:6379"  # reaches vLLM
     assert _mentions(ray, "Ray cluster at 10.0.0.5:6379", "assumed to match GPU 0")
 
 
