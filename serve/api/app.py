@@ -5,6 +5,7 @@ from fastapi import FastAPI
 
 from serve.api.errors import install_error_handlers
 from serve.api.guards import APIKeyGuard, BodySizeLimit
+from serve.api.ollama_routes import build_router as build_ollama_router
 from serve.api.openai_routes import build_router
 from serve.config import ServerConfig
 
@@ -17,6 +18,7 @@ def create_app(pool, config: ServerConfig) -> FastAPI:
     app.state.config = config
     install_error_handlers(app)
     app.include_router(build_router(pool))
+    app.include_router(build_ollama_router(pool, config))
     # The last middleware added runs first: the key is checked before any body is read.
     app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)
     if config.api_key:
