@@ -176,7 +176,8 @@ class LlamaCppBackend:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(self._num_vocab, len(biases), array))
         if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_penalties(
-                PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty))
+                self._num_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty,
+                params.presence_penalty))
         if params.is_greedy:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
             return chain

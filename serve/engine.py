@@ -152,21 +152,23 @@ class Engine:
 
     def _run(self) -> None:
         while not self._stopping:
-            batch = self.scheduler.schedule()
-            if batch.is_empty and not self.scheduler.running:
-                self._wakeup.wait(IDLE_WAIT_SECONDS)
-                self._wakeup.clear()
-                continue
             try:
-                outputs = self.backend.step(batch)
-            except Exception:
-                log.exception("backend step failed; aborting the running requests")
-                self._abort_everything()
-                continue
-            self.scheduler.postprocess(batch, outputs)
-        self._abort_everything()
+                self._run_once()
+            except Exception as exc:  # the loop must outlive any failure, or every later request hangs
+                log.exception("engine step failed; aborting the running requests")
+                self._abort_everything(f"the engine failed: {exc}")
+        self._abort_everything("the server is shutting down")
 
-    def _abort_everything(self) -> None:
+    def _run_once(self) -> None:
+        batch = self.scheduler.schedule()
+        if batch.is_empty and not self.scheduler.running:
+            self._wakeup.wait(IDLE_WAIT_SECONDS)
+            self._wakeup.clear()
+            return
+        outputs = self.backend.step(batch)
+        self.scheduler.postprocess(batch, outputs)
+
+    def _abort_everything(self, reason: str) -> None:
         sequences = self.scheduler.abort_all()
         try:
             self.backend.step(Batch(released=sequences))  # free their slots
@@ -176,7 +178,7 @@ class Engine:
             if sequence.is_aborted:
                 continue
             try:
-                sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT))
+                sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=reason))
             except RuntimeError:  # the event loop is already closed: nobody is listening
                 pass
 

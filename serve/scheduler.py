@@ -14,11 +14,14 @@
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 from typing import Callable
 
 from serve.errors import OverloadedError
-from serve.sequence import Batch, PrefillChunk, Sequence, SequenceStatus, StepOutput
+from serve.sequence import Batch, FinishReason, PrefillChunk, Sequence, SequenceStatus, StepOutput
+
+log = logging.getLogger("serve.scheduler")
 
 # While streams are decoding, prefill takes at most this share of a step, so the inter-token latency
 # of running streams stays low when a long prompt arrives.
@@ -92,7 +95,14 @@ class Scheduler:
                 if not self.waiting:
                     return
                 sequence = self.waiting.popleft()
-            sequence.num_computed_tokens = self._admit(sequence)
+            try:
+                sequence.num_computed_tokens = self._admit(sequence)
+            except Exception as exc:  # this request cannot run; the others can
+                log.exception("could not start %s", sequence.request_id)
+                sequence.status = SequenceStatus.FINISHED
+                sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT,
+                                            error=f"the backend could not start this request: {exc}"))
+                continue
             sequence.status = SequenceStatus.RUNNING
             self.running.append(sequence)
 

@@ -64,6 +64,7 @@ class StepOutput:
     text: str = ""  # the new text; stop strings never appear in it
     num_new_tokens: int = 0
     finish_reason: FinishReason | None = None
+    error: str | None = None  # why the server ended the request (with finish_reason ABORT)
 
 
 @dataclass

@@ -101,7 +101,7 @@ async def stream_events(outputs: AsyncIterator[StepOutput], header: StreamHeader
 def finish_reason(output: StepOutput) -> str:
     reason = output.finish_reason
     if reason == FinishReason.ABORT:  # only the server aborts a request whose client is still there
-        raise ServeError("generation was aborted (the server is shutting down)", code="aborted")
+        raise ServeError(f"generation was aborted: {output.error or 'the server is shutting down'}", code="aborted")
     return reason.value if isinstance(reason, FinishReason) else str(reason)
 
 

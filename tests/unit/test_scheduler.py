@@ -110,3 +110,19 @@ def test_internal_batching_backend_gets_whole_prompts():
     scheduler.add(make_sequence("a", 500))
     chunk = scheduler.schedule().prefill[0]
     assert (chunk.start, chunk.end) == (0, 500)
+
+
+def test_a_sequence_the_backend_cannot_start_fails_alone():
+    delivered: list = []
+
+    def admit(sequence):
+        if sequence.request_id == "bad":
+            raise ValueError("sampler refused")
+        return 0
+
+    scheduler = Scheduler(max_running=2, max_waiting=2, max_batch_tokens=16, admit=admit)
+    scheduler.add(make_sequence("bad", 4, delivered))
+    scheduler.add(make_sequence("good", 4))
+    batch = scheduler.schedule()
+    assert [c.sequence.request_id for c in batch.prefill] == ["good"]
+    assert delivered[0].finish_reason is FinishReason.ABORT and "sampler refused" in delivered[0].error
