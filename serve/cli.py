@@ -80,11 +80,29 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ps(subparsers) -> None:
+    ps = subparsers.add_parser("ps", help="list the models a running server has loaded")
+    ps.add_argument("--host", default="127.0.0.1")
+    ps.add_argument("--port", type=int, default=8000)
+    ps.add_argument("--api-key", dest="api_key")
+    ps.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    ps.set_defaults(func=_cmd_ps)
+
+
+def _cmd_ps(args: argparse.Namespace) -> int:
+    from serve.ps import fetch_running_models, format_running_models
+
+    answer = fetch_running_models(args.host, args.port, args.api_key)
+    print(json.dumps(answer, indent=2) if args.json else format_running_models(answer))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serve", description="quantserve: local inference for quantized open models")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_up(subparsers)
     _add_probe(subparsers)
+    _add_ps(subparsers)
     from serve.cli_models import add_model_commands
 
     add_model_commands(subparsers)
