@@ -1,0 +1,81 @@
+"""The `serve` command line: one actionable line per mistake, never a traceback; probe and ps output."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.conftest import start_llamacpp_server
+from tests.integration.server import REPO_ROOT, free_port
+
+
+def serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-m", "serve.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO_ROOT, env=env)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0]
+    return errors[0]
+
+
+def test_unknown_alias_suggests_close_matches():
+    assert_one_line_error(serve("up", "--model", "mistral-7b-q5", "--port", str(free_port())), "mistral-7b-q5",
+                          "did you mean", "mistral-7b-q4")
+
+
+def test_missing_model_file():
+    assert_one_line_error(serve("up", "--model", "/nowhere/model.gguf", "--port", str(free_port())), "not found", "/nowhere/model.gguf")
+
+
+def test_port_in_use():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_one_line_error(serve("up", "--port", str(port)), f"port {port}", "already in use", "--port")
+
+
+@pytest.mark.parametrize("args, fragment", [(["--ctx", "-5"], "context_length"),
+                                            (["--max-memory", "lots"], "memory size"),
+                                            (["--keep-alive", "forever"], "keep_alive"),
+                                            (["--backend", "tensorrt"], "tensorrt")])
+def test_bad_flag_values(args, fragment):
+    assert_one_line_error(serve("up", *args), fragment)
+
+
+def test_impossible_backend_override_names_what_is_missing(tmp_path):
+    assert_one_line_error(serve("up", "--backend", "vllm", "--model", str(tmp_path / "x.gguf"),
+                                "--port", str(free_port())), "not found")
+
+
+def test_probe_json_has_hardware_and_plan():
+    result = serve("probe", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {"cpu", "memory", "gpus", "plan"} <= set(report)
+    assert report["plan"]["backend"] == "llamacpp"  # no NVIDIA GPU on the test machines
+    assert report["cpu"]["num_logical_cores"] >= 1 and report["plan"]["reasons"]
+
+
+def test_ps_lists_what_a_running_server_has_loaded(tmp_path_factory):
+    with start_llamacpp_server(tmp_path_factory, "ps", ["--parallel", "2", "--ctx", "512"]) as server:
+        result = serve("ps", "--port", str(server.port))
+        assert result.returncode == 0, result.stderr
+        header, row = result.stdout.splitlines()[:2]
+        assert header.split()[:3] == ["NAME", "BACKEND", "SIZE"]
+        assert row.split()[:2] == ["smollm2-135m:latest", "llamacpp"] and row.split()[-1] == "never"
+
+
+def test_ps_without_a_server():
+    assert_one_line_error(serve("ps", "--port", str(free_port())), "no quantserve server")
