@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from serve.catalog import embedded_model_path
+
 from tests.integration.conftest import start_llamacpp_server
 from tests.integration.server import REPO_ROOT, free_port
 
@@ -55,8 +57,15 @@ def test_bad_flag_values(args, fragment):
 
 
 def test_impossible_backend_override_names_what_is_missing(tmp_path):
-    assert_one_line_error(serve("up", "--backend", "vllm", "--model", str(tmp_path / "x.gguf"),
-                                "--port", str(free_port())), "not found")
+    """A GGUF file cannot go to vLLM; a Hugging Face directory cannot go to llama.cpp."""
+    gguf = str(embedded_model_path())
+    line = assert_one_line_error(serve("up", "--backend", "vllm", "--model", gguf, "--port", str(free_port())))
+    assert "--backend llamacpp" in line or "vllm is not installed: pip install" in line
+    hf_dir = tmp_path / "some-hf-model"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text("{}")
+    assert_one_line_error(serve("up", "--backend", "llamacpp", "--model", str(hf_dir), "--port", str(free_port())),
+                          "no GGUF file")
 
 
 def test_probe_json_has_hardware_and_plan():
