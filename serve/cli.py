@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if args.command == "pull":
+            print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
 
 

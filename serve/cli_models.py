@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from serve.catalog import Catalog, load_catalog, resolve_model
-from serve.errors import ConfigError, ServeError
+from serve.errors import ConfigError
 
 QUANTIZE_CHOICES = ("q4_k_m", "q5_k_m", "q6_k", "q8_0")
 
@@ -126,21 +125,3 @@ def add_model_commands(subparsers) -> None:
                           help="quantize an already-quantized file (loses quality)")
     quantize.add_argument("--quiet", action="store_true", help="no progress bar")
     quantize.set_defaults(func=cmd_quantize)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="serve", description="quantserve model management")
-    add_model_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ServeError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

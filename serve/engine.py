@@ -15,7 +15,7 @@ import threading
 import time
 
 from backends.base import Backend, Capabilities
-from serve.errors import ContextLengthError, InvalidRequestError
+from serve.errors import ContextLengthError, InvalidRequestError, ServerStoppingError
 from serve.scheduler import Scheduler
 from serve.sequence import Batch, FinishReason, Request, Sequence, StepOutput
 
@@ -108,6 +108,8 @@ class Engine:
 
     def submit(self, request: Request) -> RequestStream:
         """Queue a request; raises at once when it cannot be served (too long, queue full)."""
+        if self._stopping:
+            raise ServerStoppingError("the server is shutting down; retry against another instance")
         self._validate(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -182,9 +184,14 @@ class Engine:
             except RuntimeError:  # the event loop is already closed: nobody is listening
                 pass
 
-    def shutdown(self) -> None:
-        """Stop the loop (running requests end with finish_reason "abort") and free the model."""
+    def stop(self) -> None:
+        """Stop at the next step: running and queued requests end at once with finish_reason "abort"
+        and an error saying the server is shutting down; returns without waiting."""
         self._stopping = True
         self.wake()
+
+    def shutdown(self) -> None:
+        """Stop the loop and free the model."""
+        self.stop()
         self._thread.join(timeout=30)
         self.backend.close()

@@ -62,6 +62,12 @@ class OverloadedError(ServeError):
         self.retry_after = retry_after
 
 
+class ServerStoppingError(ServeError):
+    status_code = 503
+    error_type = "server_error"
+    code = "shutting_down"
+
+
 class ConfigError(ServeError):
     """A bad command line, catalog entry or impossible backend choice; raised before serving."""
 

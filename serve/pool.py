@@ -248,6 +248,12 @@ class ModelPool:
     def stats(self) -> dict:
         return {name: r.engine.stats() for name, r in self._resident.items()}
 
+    def stop_engines(self) -> None:
+        """Signal-safe: end every running request now, so streams close with an error event instead of
+        being cut when the graceful-shutdown timeout expires."""
+        for resident in list(self._resident.values()):
+            resident.engine.stop()
+
     def shutdown(self) -> None:
         """Free every model; called after the event loop ended (which already cancelled the reaper)."""
         for resident in self._resident.values():

@@ -38,12 +38,17 @@ def default_memory_budget(hw: Hardware) -> int:
     return max(free - MEMORY_MARGIN_BYTES, free // 2)
 
 
-def _uvicorn_server(app, config: ServerConfig):
+def _uvicorn_server(app, config: ServerConfig, pool: ModelPool):
     import uvicorn
 
     class QuietExitServer(uvicorn.Server):
         """uvicorn re-raises SIGINT after its graceful shutdown, which turns Ctrl+C into a traceback and a
-        non-zero exit; we only want the graceful shutdown."""
+        non-zero exit; we only want the graceful shutdown. Running requests are ended at once (their
+        clients get an error event and [DONE]) rather than cut when the graceful timeout expires."""
+
+        def handle_exit(self, sig, frame) -> None:
+            pool.stop_engines()
+            super().handle_exit(sig, frame)
 
         @contextlib.contextmanager
         def capture_signals(self):
@@ -84,6 +89,6 @@ def run(config: ServerConfig) -> None:
         app = create_app(pool, config)
         names = ", ".join(info.name for info in pool.model_infos())
         print(f"serving {names} at http://{config.host}:{config.port}/v1 (Ctrl+C to stop)", flush=True)
-        _uvicorn_server(app, config).run()
+        _uvicorn_server(app, config, pool).run()
     finally:
         pool.shutdown()

@@ -1,6 +1,6 @@
 """Pulls from a local Hub-compatible server (tests/hubserver.py) serving real GGUF files.
 
-Every pull runs `python -m serve.cli_models` in a subprocess with HF_ENDPOINT and HF_HOME pointing at this
+Every pull runs `python -m serve.cli` in a subprocess with HF_ENDPOINT and HF_HOME pointing at this
 test's server and a fresh cache: huggingface_hub reads them at import time, as a user's shell would set them.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def run_cli(home: Path, endpoint: str, *args: str, env: dict | None = None, wait
     environ.update({"HF_ENDPOINT": endpoint, "HF_HOME": str(home / "hf"), "HOME": str(home),
                     "TQDM_POSITION": "-1", "PYTHONPATH": str(ROOT)})
     environ.update(env or {})
-    command = [sys.executable, "-m", "serve.cli_models", *args]
+    command = [sys.executable, "-m", "serve.cli", *args]
     if not wait:
         return subprocess.Popen(command, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)

@@ -76,7 +76,7 @@ def test_non_gguf_and_bad_arguments_fail_with_one_line(tmp_path, f16):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "serve.cli_models", "quantize", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "serve.cli", "quantize", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
