@@ -204,12 +204,10 @@ def build_router(pool) -> APIRouter:
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> JSONResponse:
-        card = _find_card(pool, model_id)
-        if card is None:
-            await pool.get(model_id)  # raises the 404 that names the available models
-            card = _find_card(pool, model_id)
-        if card is None:
-            raise ModelNotFoundError(f"model {model_id!r} is not loaded")
+        card = _find_card(pool, model_id.removesuffix(":latest"))
+        if card is None:  # a GET must not start loading (or downloading) a model
+            loaded = ", ".join(info.name for info in pool.model_infos()) or "none"
+            raise ModelNotFoundError(f"model {model_id!r} is not loaded; loaded models: {loaded}", param="model")
         return JSONResponse(card.model_dump())
 
     @router.get("/health")

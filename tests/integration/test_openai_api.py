@@ -71,6 +71,8 @@ def test_models_lists_the_served_model_with_extras(server, http, client):
     assert isinstance(card["context_length"], int) and card["context_length"] > 0
     assert isinstance(card["num_parallel"], int) and card["num_parallel"] >= 1
     assert http.get(f"/v1/models/{server.model}").json()["id"] == server.model
+    missing = http.get("/v1/models/qwen2.5-7b-q4")  # in the catalog, not loaded: a GET does not load it
+    assert missing.status_code == 404 and server.model in missing.json()["error"]["message"]
 
 
 # -- non-streaming -----------------------------------------------------------------------------------
