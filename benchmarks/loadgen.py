@@ -257,6 +257,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--num-requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--mixed", action="store_true", help="run the mixed workload instead")
+    parser.add_argument("--prompt-set", type=int, default=1,
+                        help="which deterministic prompt set; change it between runs against one server, "
+                             "or its prefix cache serves the repeated prompts")
     return parser.parse_args()
 
 
@@ -266,9 +269,10 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         args.model_path = str(embedded_model_path())
     model = await first_model_id(args.url)
     if args.mixed:
-        streams = short_prompts(args.model_path, 900_000, 8, 128)
-        return summarize_mixed(*await run_mixed(args.url, model, streams, long_prompt(args.model_path)))
-    specs = short_prompts(args.model_path, 0, args.num_requests, args.max_tokens)
+        streams = short_prompts(args.model_path, 2_000_000 + 1_000 * args.prompt_set, 8, 128)
+        long_spec = long_prompt(args.model_path, 1500, args.max_tokens, variant=1_000 + args.prompt_set)
+        return summarize_mixed(*await run_mixed(args.url, model, streams, long_spec))
+    specs = short_prompts(args.model_path, 1_000_000 + 10_000 * args.prompt_set, args.num_requests, args.max_tokens)
     if args.rate:
         return summarize(*await run_open_loop(args.url, model, specs, args.rate))
     return summarize(*await run_closed_loop(args.url, model, specs, args.concurrency))

@@ -73,7 +73,8 @@ def llama_server_version(binary: Optional[Path]) -> Optional[str]:
         return None
     out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("version")]
-    return lines[0] if lines else None
+    version = lines[0].removeprefix("version: ") if lines else "unknown"
+    return f"{version}, built from the llama.cpp vendored in the llama-cpp-python {_version('llama_cpp_python')} sdist"
 
 
 def describe_machine(llama_server_binary: Optional[Path] = None) -> dict[str, Any]:
@@ -134,3 +135,13 @@ class ForeignLoad:
         elapsed = (time.monotonic() - wall) * (psutil.cpu_count() or 1)
         foreign = (_busy_seconds() - busy) - (_own_seconds(self._server_pid) - own)
         self.share = max(0.0, foreign / elapsed) if elapsed > 0 else 0.0
+
+
+def wait_for_quiet(max_wait_s: float, max_busy_share: float = 0.08, window_s: float = 5.0) -> float:
+    """Wait until the whole machine is nearly idle for one window (or `max_wait_s` passed); return
+    the last busy share. Called between workloads, when nothing of ours is running."""
+    deadline = time.monotonic() + max_wait_s
+    busy = psutil.cpu_percent(interval=window_s) / 100
+    while busy > max_busy_share and time.monotonic() < deadline:
+        busy = psutil.cpu_percent(interval=window_s) / 100
+    return busy

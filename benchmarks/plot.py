@@ -43,12 +43,19 @@ def _mixed_panel(axis, document: dict[str, Any]) -> None:
     axis.bar([p + width / 2 for p in positions], [m["streams_max_itl_ms"] for m in mixed], width, label="max ITL")
     for container in axis.containers:
         axis.bar_label(container, fmt="%.0f", fontsize=8)
-    axis.set_xticks(list(positions), servers)
+    axis.set_xticks(list(positions), [f"{s}\nlong TTFT {m['long_ttft_ms'] / 1000:.1f} s" for s, m in zip(servers, mixed)])
     axis.set_yscale("log")  # stalls span milliseconds to seconds
     axis.set_ylabel("ms (log scale)")
-    axis.set_title("mixed: running streams' stalls\n(8 streams + 1,500-token prompt at 1.5 s)")
+    num_slots = document["settings"].get("mixed_num_parallel", "?")
+    axis.set_title(f"mixed: running streams' stalls ({num_slots} slots)\n8 streams + 1,500-token prompt at 1.5 s")
     axis.grid(True, axis="y", alpha=0.3)
     axis.legend()
+
+
+def _max_foreign(document: dict[str, Any]) -> float:
+    shares = [w.get("foreign_cpu_share", 0.0) for o in document["servers"].values()
+              for w in [*o.get("closed_loop", []), *([o["mixed"]] if "mixed" in o else [])]]
+    return max(shares, default=0.0)
 
 
 def plot_results(document: dict[str, Any], path: Path) -> Path:
@@ -62,8 +69,8 @@ def plot_results(document: dict[str, Any], path: Path) -> Path:
     machine = document["machine"]
     settings = document["settings"]
     figure.suptitle(f"{Path(settings['model_path']).name}, {settings['num_threads']} threads, {settings['max_tokens']} output tokens "
-                    f"- {machine['cpu_model']} ({machine['num_logical_cores']} cores), "
-                    f"load at start {machine['load_average_at_start'][0]}", fontsize=10)
+                    f"- {machine['cpu_model']} ({machine['num_logical_cores']} cores)"
+                    f"; other processes used <= {_max_foreign(document):.0%} CPU", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

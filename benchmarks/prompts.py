@@ -75,10 +75,12 @@ def short_prompts(model_path: str, first_index: int, num_prompts: int,
     return specs
 
 
-def long_prompt(model_path: str, num_target_tokens: int = 1500, num_max_tokens: int = 64) -> PromptSpec:
-    """A deterministic prompt of about `num_target_tokens` tokens (within a few tokens)."""
-    rng = random.Random(424242)
-    paragraphs: list[str] = ["Long document follows. Read it and write a summary."]
+def long_prompt(model_path: str, num_target_tokens: int = 1500, num_max_tokens: int = 64,
+                variant: int = 1) -> PromptSpec:
+    """A deterministic prompt of about `num_target_tokens` tokens (within ~25); each `variant` differs
+    from its first tokens on, so a rerun cannot reuse a cached prefix."""
+    rng = random.Random(424242 + variant)
+    paragraphs: list[str] = [f"Document {variant}. Read it and write a summary."]
     while count_tokens(model_path, "\n".join(paragraphs)) < num_target_tokens - 25:
         paragraphs.append(_sentence(rng, 20) + ".")
     text = "\n".join(paragraphs) + "\nSummary:"

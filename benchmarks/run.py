@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from benchmarks import loadgen, peers, report
-from benchmarks.machine import ForeignLoad, describe_machine
+from benchmarks.machine import ForeignLoad, describe_machine, wait_for_quiet
 from benchmarks.prompts import long_prompt, short_prompts
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -47,6 +47,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ctx", type=int, default=4096, help="context per sequence")
     parser.add_argument("--model-path", help="GGUF to serve (default: the embedded SmolLM2-135M Q4_1)")
     parser.add_argument("--name", help="results file stem (default: 'full' or 'quick')")
+    parser.add_argument("--max-foreign-cpu", type=float, default=0.10,
+                        help="rerun a workload when other processes used more than this share of all cores")
+    parser.add_argument("--max-attempts", type=int, default=3, help="runs of one workload at most")
+    parser.add_argument("--quiet-wait-s", type=float, default=120.0,
+                        help="before a rerun and at start, wait up to this long for the machine to be idle")
     args = parser.parse_args(argv)
     default_servers = "quantserve,llama-server" if args.quick else ",".join(peers.SERVER_NAMES)
     args.servers = [s.strip() for s in (args.servers or default_servers).split(",") if s.strip()]
@@ -104,37 +109,59 @@ async def _closed_loop_phase(servers: dict[str, peers.RunningServer], args: argp
     names = list(servers)
     for round_index, concurrency in enumerate(args.concurrency):
         num_requests = max(args.min_requests, args.requests_per_client * concurrency)
-        specs = short_prompts(args.model_path, 10_000 * concurrency, num_requests, args.max_tokens)
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            load_before = _load()
-            with ForeignLoad(servers[name].process.pid) as foreign:
+            async def workload(attempt: int, name=name):
+                # A rerun gets new prompts: the first attempt's would now hit the prefix cache.
+                first_index = 10_000 * concurrency + 1_000 * attempt
+                specs = short_prompts(args.model_path, first_index, num_requests, args.max_tokens)
                 results, duration = await loadgen.run_closed_loop(servers[name].base_url, models[name],
                                                                   specs, concurrency)
-            level = {"concurrency": concurrency, "num_requests": num_requests, "load_before": load_before,
-                     "load_after": _load(), "foreign_cpu_share": round(foreign.share, 3),
-                     **loadgen.summarize(results, duration)}
+                return loadgen.summarize(results, duration)
+
+            level = {"concurrency": concurrency, "num_requests": num_requests,
+                     **await _measure(servers[name], workload, args)}
             _log(f"{name} c={concurrency}: {level['output_throughput']:.1f} tok/s, "
-                 f"p99 TTFT {level['p99_ttft_ms']:.0f} ms, other processes {foreign.share:.0%} CPU")
+                 f"p99 TTFT {level['p99_ttft_ms']:.0f} ms, other processes {level['foreign_cpu_share']:.0%} CPU")
             document["servers"][name]["closed_loop"].append(level)
+
+
+async def _measure(server: peers.RunningServer, workload, args: argparse.Namespace) -> dict[str, Any]:
+    """Run `workload` (returns a summary); when other processes used more than --max-foreign-cpu of the
+    machine meanwhile, wait for quiet and run it again, keeping the least disturbed attempt."""
+    best: dict[str, Any] = {}
+    for attempt in range(1, args.max_attempts + 1):
+        load_before = _load()
+        with ForeignLoad(server.process.pid) as foreign:
+            summary = await workload(attempt)
+        measured = {"load_before": load_before, "load_after": _load(),
+                    "foreign_cpu_share": round(foreign.share, 3), **summary}
+        if not best or foreign.share < best["foreign_cpu_share"]:
+            best = measured
+        if foreign.share <= args.max_foreign_cpu or attempt == args.max_attempts:
+            break
+        _log(f"{server.name}: other processes used {foreign.share:.0%} of the CPU; waiting for quiet, retrying")
+        await asyncio.to_thread(wait_for_quiet, args.quiet_wait_s)
+    return {**best, "num_attempts": attempt}
 
 
 async def _mixed_phase(servers: dict[str, peers.RunningServer], args: argparse.Namespace,
                        document: dict[str, Any]) -> None:
-    streams = short_prompts(args.model_path, MIXED_FIRST_INDEX, MIXED_NUM_STREAMS, MIXED_STREAM_TOKENS)
-    long_spec = long_prompt(args.model_path, 1500, args.max_tokens)
     for name, server in servers.items():
         model = await loadgen.first_model_id(server.base_url)
         await _warm_up(server.base_url, model, args)
-        load_before = _load()
-        with ForeignLoad(server.process.pid) as foreign:
-            outcome = await loadgen.run_mixed(server.base_url, model, streams, long_spec)
-        mixed = loadgen.summarize_mixed(*outcome)
-        document["servers"].setdefault(name, {})["mixed"] = {
-            "command": server.command, "load_before": load_before, "load_after": _load(),
-            "foreign_cpu_share": round(foreign.share, 3), **mixed}
-        _log(f"{name} mixed: max ITL {mixed['streams_max_itl_ms']:.0f} ms, "
-             f"{mixed['output_throughput']:.1f} tok/s, other processes {foreign.share:.0%} CPU")
+
+        async def workload(attempt: int, server=server, model=model):
+            # A rerun gets new prompts: the first attempt's would now hit the prefix cache.
+            streams = short_prompts(args.model_path, MIXED_FIRST_INDEX + 1_000 * attempt,
+                                    MIXED_NUM_STREAMS, MIXED_STREAM_TOKENS)
+            long_spec = long_prompt(args.model_path, 1500, args.max_tokens, variant=attempt)
+            return loadgen.summarize_mixed(*await loadgen.run_mixed(server.base_url, model, streams, long_spec))
+
+        mixed = {"command": server.command, **await _measure(server, workload, args)}
+        document["servers"].setdefault(name, {})["mixed"] = mixed
+        _log(f"{name} mixed: max ITL {mixed['streams_max_itl_ms']:.0f} ms, {mixed['output_throughput']:.1f} tok/s, "
+             f"other processes {mixed['foreign_cpu_share']:.0%} CPU")
 
 
 def _start_all(names: list[str], settings: peers.ServerSettings) -> dict[str, peers.RunningServer]:
@@ -156,6 +183,9 @@ def _stop_all(servers: dict[str, peers.RunningServer]) -> None:
 
 def _run_phase(phase, names: list[str], settings: peers.ServerSettings, args: argparse.Namespace,
                document: dict[str, Any]) -> None:
+    busy = wait_for_quiet(args.quiet_wait_s)
+    if busy > 0.08:
+        _log(f"the machine is still {busy:.0%} busy with other work; measuring anyway (see 'other CPU')")
     servers = _start_all(names, settings)
     try:
         asyncio.run(phase(servers, args, document))
