@@ -30,6 +30,9 @@ from serve.sequence import Batch, FinishReason, SamplingParams, Sequence, StepOu
 log = logging.getLogger(__name__)
 
 PENALTY_LAST_N = 64  # tokens the repetition/frequency/presence penalties look back on (llama.cpp default)
+# llama_decode splits a step into micro-batches of this many tokens: llama-server's default, which bounds
+# the compute buffers while a step may carry up to max_batch_tokens.
+MICRO_BATCH_TOKENS = 512
 
 
 @dataclass
@@ -90,7 +93,7 @@ class LlamaCppBackend:
         params = ll.llama_context_default_params()
         params.n_ctx = self._context_length * settings.num_parallel
         params.n_batch = self._batch_capacity
-        params.n_ubatch = self._batch_capacity
+        params.n_ubatch = min(self._batch_capacity, MICRO_BATCH_TOKENS)
         params.n_seq_max = settings.num_parallel
         params.kv_unified = False  # one KV stream per sequence: each attends only to its own cells
         if settings.num_threads > 0:

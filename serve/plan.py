@@ -23,7 +23,7 @@ from serve.footprint import Footprint, checkpoint_quantization, fitting_context,
 from serve.hardware import GiB, MiB, Gpu, Hardware
 
 DEFAULT_CONTEXT = 4096  # llama.cpp allocates the whole KV cache up front, so keep the default modest
-CPU_BATCH_TOKENS = 512
+CPU_BATCH_TOKENS = 2048  # llama-server's n_batch: a burst of new prompts is prefilled in one step
 GPU_BATCH_TOKENS = 2048  # llama-server's and vLLM's API-server default
 BIG_GPU_BATCH_TOKENS, BIG_GPU_PARALLEL = 8192, 1024  # vLLM's defaults on >= 70 GiB GPUs other than A100
 VLLM_GPU_PARALLEL = 256  # vLLM pages its KV cache: many short sequences share it

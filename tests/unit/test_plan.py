@@ -196,7 +196,7 @@ def test_m2_mac_without_vllm_refuses_the_vllm_backend(smollm2):
 def test_avx512_server_plans_llamacpp_on_the_cpu(smollm2):
     chosen = plan(load_machine("avx512-amx-m7i", has_vllm=True), smollm2)
     assert (chosen.backend, chosen.device, chosen.n_gpu_layers) == ("llamacpp", "cpu", 0)
-    assert (chosen.num_threads, chosen.num_parallel, chosen.max_batch_tokens) == (4, 8, 512)
+    assert (chosen.num_threads, chosen.num_parallel, chosen.max_batch_tokens) == (4, 8, 2048)
     assert chosen.context_length == 4096  # the catalog allows 8192; the CPU default is 4096
     assert _mentions(chosen, "no NVIDIA GPU found, so llama.cpp on the CPU", "4 physical cores: 4 threads")
 
@@ -205,7 +205,7 @@ def test_cpu_vllm_when_asked_takes_a_small_share_of_ram(smollm2):
     chosen = plan(load_machine("avx512-amx-m7i", has_vllm=True), smollm2, backend="vllm")
     assert (chosen.backend, chosen.device, chosen.quantization) == ("vllm", "cpu", None)
     assert chosen.gpu_memory_utilization == 0.2
-    assert (chosen.num_parallel, chosen.max_batch_tokens, chosen.context_length) == (8, 512, 4096)
+    assert (chosen.num_parallel, chosen.max_batch_tokens, chosen.context_length) == (8, 2048, 4096)
     assert _mentions(chosen, "share of RAM")
 
 

@@ -126,3 +126,18 @@ def test_a_sequence_the_backend_cannot_start_fails_alone():
     batch = scheduler.schedule()
     assert [c.sequence.request_id for c in batch.prefill] == ["good"]
     assert delivered[0].finish_reason is FinishReason.ABORT and "sampler refused" in delivered[0].error
+
+
+def test_prefill_is_capped_while_streams_decode_but_takes_the_whole_step_when_idle():
+    from serve.scheduler import PREFILL_TOKENS_WHILE_DECODING
+
+    scheduler = make_scheduler(max_running=4, max_batch_tokens=2048)
+    scheduler.add(make_sequence("burst-1", 900))
+    scheduler.add(make_sequence("burst-2", 900))
+    first = scheduler.schedule()
+    assert sum(c.num_tokens for c in first.prefill) == 1800  # nothing decoding: one step for both
+    scheduler.postprocess(first, [])
+    scheduler.add(make_sequence("late", 5000))
+    second = scheduler.schedule()
+    assert len(second.decode) == 2
+    assert sum(c.num_tokens for c in second.prefill) == PREFILL_TOKENS_WHILE_DECODING
