@@ -88,6 +88,7 @@ class ModelPool:
         self._load_lock: asyncio.Lock | None = None
         self._reaper: asyncio.Task | None = None
         self._aliases: dict[str, str] = {}  # what requests called a model -> its served name
+        self._sources: dict[str, str | None] = {}  # served name -> the spec it was loaded from (to reload it)
 
     # -- lookups --------------------------------------------------------------------------------------
 
@@ -109,7 +110,7 @@ class ModelPool:
         if name is None:
             raise ModelNotFoundError(f"no model given; available models: {self._available()}", param="model")
         name = name.removesuffix(":latest")
-        if name in self._resident or name in self._loading:
+        if name in self._resident or name in self._loading or name in self._sources:
             return name
         if name not in self._aliases:
             try:
@@ -142,17 +143,21 @@ class ModelPool:
         if self._load_lock is None:
             self._load_lock = asyncio.Lock()
         async with self._load_lock:  # one load at a time: the budget is checked against settled sizes
-            spec = self._loader.resolve(spec_text if spec_text is not None else served)
+            spec_text = self._sources.get(served, spec_text if spec_text is not None else served)
+            spec = self._loader.resolve(spec_text)
             chosen = self._loader.plan(spec)
             size = chosen.weights_bytes + chosen.kv_cache_bytes
             await self._make_room(served, size)
             engine = await asyncio.to_thread(self._loader.load, spec, chosen)
-            self.add(engine, size_bytes=size, keep_alive=keep_alive)
+            self.add(engine, size_bytes=size, keep_alive=keep_alive, spec_text=spec_text)
 
-    def add(self, engine: Engine, *, size_bytes: int = 0, keep_alive: float | None = None) -> None:
-        """Register a loaded engine (preloaded at start-up, or loaded on demand)."""
+    def add(self, engine: Engine, *, size_bytes: int = 0, keep_alive: float | None = None,
+            spec_text: str | None = None) -> None:
+        """Register a loaded engine (preloaded at start-up, or loaded on demand); `spec_text` is what it
+        was loaded from, so it can be loaded again by its served name after an eviction."""
         now = time.time()
         name = engine.model_name
+        self._sources[name] = spec_text
         self._resident[name] = _Resident(
             engine, size_bytes, self._limits.default_keep_alive if keep_alive is None else keep_alive,
             loaded_at=now, last_used=now, pinned=name in self._limits.pinned)

@@ -76,7 +76,7 @@ def build_pool(config: ServerConfig, hw: Hardware) -> ModelPool:
         chosen = loader.plan(spec)
         # Models named at start-up stay until evicted for room: that is what `serve up --model X` asks for.
         pool.add(loader.load(spec, chosen), size_bytes=chosen.weights_bytes + chosen.kv_cache_bytes,
-                 keep_alive=-1)
+                 keep_alive=-1, spec_text=spec_text)
     return pool
 
 

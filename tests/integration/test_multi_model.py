@@ -110,6 +110,8 @@ def test_a_busy_model_drains_before_it_is_swapped_out(tmp_path_factory, model_fi
         assert chat(server, http, "smollm2-135m")["model"] == "smollm2-135m"
         assert finish_stream(response, lines)["completion_tokens"] == 60  # never cut short
         assert loaded(http) == {"smollm2-135m"}
+        # A model loaded from a path comes back by its served name once evicted.
+        assert chat(server, http, "smol-copy")["model"] == "smol-copy"
 
 
 def test_keep_alive_zero_unloads_after_the_request(tmp_path_factory, model_files):

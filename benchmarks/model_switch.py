@@ -1,0 +1,124 @@
+"""Two models, requests alternating A B A B at concurrency 4, against the same workload on one model.
+
+With a memory budget that holds only one model, every alternation could force a swap (llama-swap's
+thrash); quantserve's switch window groups requests by model so it swaps at most once per window.
+Reports swaps (from the server's log), output tok/s, and p50/p99 TTFT for:
+  one-model    all requests to A
+  two-resident A and B both fit the budget (switching per request costs nothing)
+  one-slot     the budget fits one model at a time (swaps needed)
+
+    python -m benchmarks.model_switch [--requests 32] [--concurrency 4]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.loadgen import make_client, stream_request, summarize
+from benchmarks.peers import free_port
+from benchmarks.prompts import short_prompts
+from serve.catalog import embedded_model_path, load_catalog, resolve_model
+from serve.hardware import probe
+from serve.plan import plan
+
+RESULTS = Path(__file__).parent / "results"
+SMALL = ["--ctx", "1024", "--parallel", "4", "--threads", "2"]
+
+
+def planned_bytes(path: Path) -> int:
+    chosen = plan(probe(), resolve_model(str(path), load_catalog()), context_length=1024, num_parallel=4)
+    return chosen.weights_bytes + chosen.kv_cache_bytes
+
+
+def start(model_a: Path, extra: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "serve.cli", "up", "--port", str(port), "--model", str(model_a), *SMALL, *extra]
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"server did not start; see {log}")
+
+
+async def alternate(url: str, models: list[str], specs, concurrency: int):
+    """Closed loop; request i names models[i % len(models)]."""
+    pending = collections.deque(enumerate(specs))
+    results = [None] * len(specs)
+    async with make_client(concurrency) as client:
+        async def loop() -> None:
+            while pending:
+                index, spec = pending.popleft()
+                results[index] = await stream_request(client, url, models[index % len(models)], spec)
+
+        begin = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        return results, time.perf_counter() - begin
+
+
+def scenario(name: str, model_a: Path, model_b: Path, models: list[str], extra: list[str], args, folder: Path):
+    log = folder / f"{name}.log"
+    process, url = start(model_a, extra, log)
+    swaps_before = 0
+    try:
+        if len(models) > 1:  # load B once before measuring, as A was loaded at start-up
+            asyncio.run(alternate(url, [str(model_b)], short_prompts(str(model_a), 9000, 1, 4), 1))
+        swaps_before = log.read_text().count("unloaded ")
+        specs = short_prompts(str(model_a), 0, args.requests, args.max_tokens)
+        names = [m if m != "B" else str(model_b) for m in models]
+        results, duration = asyncio.run(alternate(url, names, specs, args.concurrency))
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    summary = summarize(results, duration)
+    summary["swaps"] = log.read_text().count("unloaded ") - swaps_before
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--switch-window", default="2s")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="model-switch-"))
+    model_a = folder / "smol-a.gguf"
+    model_b = folder / "smol-b.gguf"
+    shutil.copyfile(embedded_model_path(), model_a)
+    shutil.copyfile(embedded_model_path(), model_b)
+    one_slot = str(int(planned_bytes(model_a) * 1.5))
+    rows: dict[str, Any] = {
+        "one-model": scenario("one-model", model_a, model_b, ["smol-a"], [], args, folder),
+        "two-resident": scenario("two-resident", model_a, model_b, ["smol-a", "B"], [], args, folder),
+        "one-slot": scenario("one-slot", model_a, model_b, ["smol-a", "B"],
+                             ["--max-memory", one_slot, "--switch-window", args.switch_window], args, folder),
+    }
+    print(f"{'scenario':14}{'swaps':>7}{'out tok/s':>11}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}{'failed':>8}")
+    for name, row in rows.items():
+        print(f"{name:14}{row['swaps']:>7}{row['output_throughput']:>11.1f}{row['p50_ttft_ms']:>13.0f}"
+              f"{row['p99_ttft_ms']:>13.0f}{row['failed']:>8}")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "model_switch.json"
+    out.write_text(json.dumps({"settings": vars(args), "scenarios": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
