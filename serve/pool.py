@@ -9,7 +9,8 @@ Routes ask `await pool.get(name)` for an engine; everything here runs on the eve
   idle ones first.
 - Drain, never drop: a busy model chosen for eviction is marked draining; its running and queued
   requests finish, new requests for it wait, then it is unloaded (and reloaded later for them).
-- No thrash: a busy model is only drained after it has been resident for `switch_window` seconds, so
+- No thrash: a busy model (or one that requests are waiting for) is only drained after it has been
+  resident for `switch_window` seconds, so
   requests alternating A B A B cause at most one swap per window, each swap serving every request that
   queued up meanwhile (llama-swap reloads per request).
 - Keep-alive: a model idle for its keep_alive is unloaded (0: right after its requests; negative: never).
@@ -17,6 +18,7 @@ Routes ask `await pool.get(name)` for an engine; everything here runs on the eve
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -89,6 +91,7 @@ class ModelPool:
         self._reaper: asyncio.Task | None = None
         self._aliases: dict[str, str] = {}  # what requests called a model -> its served name
         self._sources: dict[str, str | None] = {}  # served name -> the spec it was loaded from (to reload it)
+        self._num_waiting: collections.Counter[str] = collections.Counter()  # requests inside get(), by model
 
     # -- lookups --------------------------------------------------------------------------------------
 
@@ -96,15 +99,19 @@ class ModelPool:
         """The engine for `name`, loading it (and making room) if needed; raises ModelNotFoundError."""
         self._start_reaper()
         served = self._served_name(name)
-        while True:
-            resident = self._resident.get(served)
-            if resident is not None and not resident.draining:
-                self._touch(resident, keep_alive)
-                return resident.engine
-            if resident is not None:  # draining: wait until it is gone, then load it again
-                await asyncio.sleep(DRAIN_POLL_SECONDS)
-                continue
-            await self._load_shared(served, name, keep_alive)
+        self._num_waiting[served] += 1
+        try:
+            while True:
+                resident = self._resident.get(served)
+                if resident is not None and not resident.draining:
+                    self._touch(resident, keep_alive)
+                    return resident.engine
+                if resident is not None:  # draining: wait until it is gone, then load it again
+                    await asyncio.sleep(DRAIN_POLL_SECONDS)
+                    continue
+                await self._load_shared(served, name, keep_alive)
+        finally:
+            self._num_waiting[served] -= 1
 
     def _served_name(self, name: str | None) -> str:
         if name is None:
@@ -189,16 +196,21 @@ class ModelPool:
         return sum(r.size_bytes for r in self._resident.values())
 
     def _eviction_candidate(self) -> str | None:
-        """Idle unpinned models first (LRU); else a busy one resident for at least the switch window."""
+        """The least recently used unpinned idle model; else, the least recently used one resident for at
+        least the switch window (it will be drained). A model that requests are waiting for counts as busy,
+        even before they reach it: evicting it would let two models evict each other for ever."""
         now = time.time()
-        unpinned = sorted(((r.last_used, name) for name, r in self._resident.items() if not r.pinned))
+        unpinned = sorted((r.last_used, name) for name, r in self._resident.items() if not r.pinned)
         for _, name in unpinned:
-            if not self._resident[name].engine.is_busy:
+            if not self._is_wanted(name):
                 return name
         for _, name in unpinned:
             if now - self._resident[name].loaded_at >= self._limits.switch_window:
                 return name
         return None
+
+    def _is_wanted(self, name: str) -> bool:
+        return self._resident[name].engine.is_busy or self._num_waiting.get(name, 0) > 0
 
     # -- unloading ------------------------------------------------------------------------------------
 
@@ -225,7 +237,7 @@ class ModelPool:
             await asyncio.sleep(REAP_INTERVAL_SECONDS)
             now = time.time()
             for name, resident in list(self._resident.items()):
-                if resident.engine.is_busy:
+                if self._is_wanted(name):
                     resident.idle_since = None
                     continue
                 resident.idle_since = resident.idle_since or now
