@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
 import pytest
 
 # Suppress the end-of-generation tokens (<|endoftext|> 0, <|im_end|> 2) so a request runs to max_tokens.
