@@ -183,7 +183,8 @@ class VLLMBackend:
         except Exception as exc:  # VLLMValidationError (not a ValueError in 0.32)
             # Fail this request only: an exception out of step() would abort every running request.
             log.warning("vLLM rejected the sampling parameters of %s: %s", request.request_id, exc)
-            self._outputs.put(StepOutput(request.request_id, finish_reason=FinishReason.ABORT))
+            self._outputs.put(StepOutput(request.request_id, finish_reason=FinishReason.ABORT,
+                                         error=f"vLLM rejected the sampling parameters: {exc}"))
             return
         self._loop.call_soon_threadsafe(self._spawn, request.request_id, list(request.prompt_token_ids), params)
 
@@ -233,7 +234,8 @@ class VLLMBackend:
             raise  # released by the engine thread: nobody is waiting for more
         except Exception:
             log.exception("vLLM failed request %s", request_id)
-            self._outputs.put(StepOutput(request_id, finish_reason=FinishReason.ABORT))
+            self._outputs.put(StepOutput(request_id, finish_reason=FinishReason.ABORT,
+                                         error="vLLM failed this request; the server log has the details"))
         finally:
             self._tasks.pop(request_id, None)
 
