@@ -33,6 +33,12 @@ PENALTY_LAST_N = 64  # tokens the repetition/frequency/presence penalties look b
 # llama_decode splits a step into micro-batches of this many tokens: llama-server's default, which bounds
 # the compute buffers while a step may carry up to max_batch_tokens.
 MICRO_BATCH_TOKENS = 512
+# A cached prefix shorter than this is not worth keeping: the request takes the least recently used
+# slot, cleared whole. Measured here: choosing slots by prefixes of a token or two and cutting them
+# partially made 8-sequence decode steps grow from 30 ms to 56 ms over a few dozen requests (our guess:
+# llama.cpp then places new tokens after the old cells, widening the span each decode attends over).
+# Real reuse (a system prompt, the earlier turns of a chat) is far longer and worth it.
+MIN_PREFIX_REUSE_TOKENS = 64
 
 
 @dataclass
@@ -152,11 +158,13 @@ class LlamaCppBackend:
         free = [slot for slot in self._slots if slot.sequence is None]
         if not free:
             raise RuntimeError("admit() called with every slot busy; the scheduler must respect max_sequences")
-        # The slot sharing the longest prefix wins; otherwise the least recently used one, so the
-        # caches of recent conversations survive longest.
-        slot = max(free, key=lambda s: (_common_prefix_length(s.cached_tokens, prompt), -s.last_used))
+        # The slot sharing the longest worthwhile prefix wins; otherwise the least recently used one,
+        # cleared whole, so the caches of recent conversations survive longest.
+        slot = max(free, key=lambda s: _common_prefix_length(s.cached_tokens, prompt))
         # At least one prompt token must be decoded to get logits for the first output token.
         num_cached = min(_common_prefix_length(slot.cached_tokens, prompt), len(prompt) - 1)
+        if num_cached < MIN_PREFIX_REUSE_TOKENS:
+            slot, num_cached = min(free, key=lambda s: s.last_used), 0
         if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, num_cached, -1):
             ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)  # cannot cut partially: start over
             num_cached = 0
