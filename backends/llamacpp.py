@@ -76,7 +76,8 @@ class LlamaCppBackend:
         self._slot_of: dict[str, _Slot] = {}
         self._num_admitted = 0
         self._num_vocab = ll.llama_vocab_n_tokens(self._vocab)
-        self._eog_tokens = [t for t in range(self._num_vocab) if ll.llama_vocab_is_eog(self._vocab, t)]
+        # Looked up once: the per-token check then needs no call into llama.cpp (each releases the GIL).
+        self._eog_tokens = frozenset(t for t in range(self._num_vocab) if ll.llama_vocab_is_eog(self._vocab, t))
         self._piece_cache: dict[int, bytes] = {}
         self._bos_text, self._add_bos = self._bos()
         self._chat_template = self._load_chat_template()
@@ -160,9 +161,10 @@ class LlamaCppBackend:
             raise RuntimeError("admit() called with every slot busy; the scheduler must respect max_sequences")
         # The slot sharing the longest worthwhile prefix wins; otherwise the least recently used one,
         # cleared whole, so the caches of recent conversations survive longest.
-        slot = max(free, key=lambda s: _common_prefix_length(s.cached_tokens, prompt))
+        num_shared, slot = max(((_common_prefix_length(s.cached_tokens, prompt), s) for s in free),
+                               key=lambda pair: pair[0])
         # At least one prompt token must be decoded to get logits for the first output token.
-        num_cached = min(_common_prefix_length(slot.cached_tokens, prompt), len(prompt) - 1)
+        num_cached = min(num_shared, len(prompt) - 1)
         if num_cached < MIN_PREFIX_REUSE_TOKENS:
             slot, num_cached = min(free, key=lambda s: s.last_used), 0
         if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, num_cached, -1):
@@ -264,7 +266,7 @@ class LlamaCppBackend:
         token = ll.llama_sampler_sample(slot.sampler, self._ctx, index)
         slot.num_generated += 1
         finish, text = None, ""
-        if ll.llama_vocab_is_eog(self._vocab, token) and not params.ignore_eos:
+        if token in self._eog_tokens and not params.ignore_eos:
             finish, text = FinishReason.STOP, slot.text.flush()
         else:
             text, hit_stop = slot.text.feed(self._piece(token))
