@@ -143,6 +143,26 @@ def event_stream(generation: Generation, body: protocol.SamplingFields, is_chat:
     return EventStreamResponse(events, on_close=generation.abort_unless_finished)
 
 
+async def answer(http_request: HTTPRequest, generation: Generation, body: protocol.SamplingFields,
+                 is_chat: bool) -> Response:
+    """A stream of server-sent events, or the whole output as one chat/text completion object."""
+    if body.stream:
+        return event_stream(generation, body, is_chat=is_chat)
+    result = await collect_unless_gone(http_request, generation)
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    text, num_tokens, reason = result
+    common = dict(id=generation.request.request_id, created=int(time.time()), model=generation.request.model,
+                  usage=usage(generation, num_tokens))
+    if is_chat:
+        choice = protocol.ChatChoice(message=protocol.AssistantMessage(content=text), finish_reason=reason)
+        response = protocol.ChatCompletionResponse(choices=[choice], **common)
+    else:
+        response = protocol.CompletionResponse(
+            choices=[protocol.CompletionChoice(text=text, finish_reason=reason)], **common)
+    return JSONResponse(response.model_dump())
+
+
 def _model_card(info) -> protocol.ModelCard:
     return protocol.ModelCard(id=info.name, created=info.created, backend=info.backend,
                               context_length=info.context_length, num_parallel=info.num_parallel)
@@ -167,17 +187,7 @@ def build_router(pool) -> APIRouter:
         messages = [message.to_template_dict() for message in body.messages]
         prompt = engine.render_chat(messages)
         generation = submit(engine, f"chatcmpl-{uuid.uuid4().hex}", prompt, body, messages)
-        if body.stream:
-            return event_stream(generation, body, is_chat=True)
-        result = await collect_unless_gone(http_request, generation)
-        if result is None:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        text, num_tokens, reason = result
-        response = protocol.ChatCompletionResponse(
-            id=generation.request.request_id, created=int(time.time()), model=engine.model_name,
-            choices=[protocol.ChatChoice(message=protocol.AssistantMessage(content=text), finish_reason=reason)],
-            usage=usage(generation, num_tokens))
-        return JSONResponse(response.model_dump())
+        return await answer(http_request, generation, body, is_chat=True)
 
     @router.post("/v1/completions")
     async def completions(http_request: HTTPRequest) -> Response:
@@ -185,17 +195,7 @@ def build_router(pool) -> APIRouter:
         check_unsupported(body)
         engine = await engine_for(pool, body.model)
         generation = submit(engine, f"cmpl-{uuid.uuid4().hex}", body.prompt, body, None)
-        if body.stream:
-            return event_stream(generation, body, is_chat=False)
-        result = await collect_unless_gone(http_request, generation)
-        if result is None:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        text, num_tokens, reason = result
-        response = protocol.CompletionResponse(
-            id=generation.request.request_id, created=int(time.time()), model=engine.model_name,
-            choices=[protocol.CompletionChoice(text=text, finish_reason=reason)],
-            usage=usage(generation, num_tokens))
-        return JSONResponse(response.model_dump())
+        return await answer(http_request, generation, body, is_chat=False)
 
     @router.get("/v1/models")
     async def list_models() -> JSONResponse:
