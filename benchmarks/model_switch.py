@@ -16,45 +16,24 @@ import asyncio
 import collections
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import make_client, stream_request, summarize
-from benchmarks.peers import free_port
+from benchmarks.peers import ServerSettings, start_server
 from benchmarks.prompts import short_prompts
 from serve.catalog import embedded_model_path, load_catalog, resolve_model
 from serve.hardware import probe
 from serve.plan import plan
 
 RESULTS = Path(__file__).parent / "results"
-SMALL = ["--ctx", "1024", "--parallel", "4", "--threads", "2"]
 
 
 def planned_bytes(path: Path) -> int:
     chosen = plan(probe(), resolve_model(str(path), load_catalog()), context_length=1024, num_parallel=4)
     return chosen.weights_bytes + chosen.kv_cache_bytes
-
-
-def start(model_a: Path, extra: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "serve.cli", "up", "--port", str(port), "--model", str(model_a), *SMALL, *extra]
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"server did not start; see {log}")
 
 
 async def alternate(url: str, models: list[str], specs, concurrency: int):
@@ -73,21 +52,21 @@ async def alternate(url: str, models: list[str], specs, concurrency: int):
 
 
 def scenario(name: str, model_a: Path, model_b: Path, models: list[str], extra: list[str], args, folder: Path):
-    log = folder / f"{name}.log"
-    process, url = start(model_a, extra, log)
+    settings = ServerSettings(model_path=str(model_a), num_threads=2, num_parallel=4, ctx_per_sequence=1024,
+                              quantserve_args=tuple(extra))
+    server = start_server("quantserve", settings, folder / name)
     swaps_before = 0
     try:
         if len(models) > 1:  # load B once before measuring, as A was loaded at start-up
-            asyncio.run(alternate(url, [str(model_b)], short_prompts(str(model_a), 9000, 1, 4), 1))
-        swaps_before = log.read_text().count("unloaded ")
+            asyncio.run(alternate(server.base_url, [str(model_b)], short_prompts(str(model_a), 9000, 1, 4), 1))
+        swaps_before = server.log_path.read_text().count("unloaded ")
         specs = short_prompts(str(model_a), 0, args.requests, args.max_tokens)
         names = [m if m != "B" else str(model_b) for m in models]
-        results, duration = asyncio.run(alternate(url, names, specs, args.concurrency))
+        results, duration = asyncio.run(alternate(server.base_url, names, specs, args.concurrency))
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        server.stop()
     summary = summarize(results, duration)
-    summary["swaps"] = log.read_text().count("unloaded ") - swaps_before
+    summary["swaps"] = server.log_path.read_text().count("unloaded ") - swaps_before
     return summary
 
 

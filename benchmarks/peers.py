@@ -31,6 +31,7 @@ class ServerSettings:
     num_threads: int = 2
     num_parallel: int = 8
     ctx_per_sequence: int = 4096
+    quantserve_args: tuple[str, ...] = ()  # extra `serve up` flags (e.g. a memory budget)
 
 
 @dataclasses.dataclass
@@ -116,7 +117,8 @@ def server_command(name: str, settings: ServerSettings, port: int) -> list[str]:
     if name == "quantserve":
         return [sys.executable, "-m", "serve.cli", "up", "--port", str(port),
                 "--model", settings.model_path, "--threads", threads,
-                "--parallel", str(settings.num_parallel), "--ctx", str(settings.ctx_per_sequence)]
+                "--parallel", str(settings.num_parallel), "--ctx", str(settings.ctx_per_sequence),
+                *settings.quantserve_args]
     if name == "llama-server":
         total_ctx = settings.ctx_per_sequence * settings.num_parallel
         return [str(build_llama_server()), "-m", settings.model_path, "--host", "127.0.0.1",
