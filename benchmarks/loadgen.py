@@ -212,6 +212,23 @@ def summarize(results: list[RequestResult], duration_s: float) -> dict[str, Any]
     return summary
 
 
+def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary for repeated runs of a workload: the median of every measured value (each metric on
+    its own), the sum of every count (requests, failures, tokens), every run's errors, the other fields
+    of the first run, and every run's output tok/s under `runs_output_throughput`.
+    On a shared VM one run can be off by +-5%; the median of interleaved repeats is what we compare."""
+    combined = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            combined[key] = float(np.median([run[key] for run in runs]))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            combined[key] = sum(run[key] for run in runs)
+    combined["errors"] = sorted({error for run in runs for error in run.get("errors", [])})[:5]
+    combined["num_runs"] = len(runs)
+    combined["runs_output_throughput"] = [round(run["output_throughput"], 2) for run in runs]
+    return combined
+
+
 def summarize_mixed(streams: list[RequestResult], long_result: RequestResult,
                     duration_s: float) -> dict[str, Any]:
     """The mixed workload: running streams' ITL p99 and max, the long prompt's latency, aggregate tok/s."""

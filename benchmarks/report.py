@@ -64,14 +64,20 @@ def _foreign(workload: dict[str, Any]) -> str:
     return "?" if share is None else f"{share:.0%}"
 
 
+def _spread(workload: dict[str, Any]) -> str:
+    """The range of output tok/s over a workload's runs (the table shows their median)."""
+    runs = workload.get("runs_output_throughput") or [workload["output_throughput"]]
+    return f"{min(runs):.0f}-{max(runs):.0f}" if len(runs) > 1 else "-"
+
+
 def closed_loop_table(document: dict[str, Any]) -> str:
-    headers = ["server", "conc", "reqs", "out tok/s", "req/s", "TTFT p50", "TTFT p99", "ITL p50",
+    headers = ["server", "conc", "reqs", "out tok/s", "runs tok/s", "req/s", "TTFT p50", "TTFT p99", "ITL p50",
                "ITL p99", "TPOT p50", "E2E p50", "E2E p99", "other CPU"]
     rows = []
     for server, outcome in document["servers"].items():
         for lv in outcome.get("closed_loop", []):
             rows.append([server, str(lv["concurrency"]), f"{lv['completed']}/{lv['num_requests']}",
-                         f"{lv['output_throughput']:.1f}", f"{lv['request_throughput']:.2f}",
+                         f"{lv['output_throughput']:.1f}", _spread(lv), f"{lv['request_throughput']:.2f}",
                          *(f"{lv[key]:.0f}" for key in ("p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms",
                                                          "p99_itl_ms", "p50_tpot_ms", "p50_e2el_ms",
                                                          "p99_e2el_ms")),
@@ -80,13 +86,13 @@ def closed_loop_table(document: dict[str, Any]) -> str:
 
 
 def mixed_table(document: dict[str, Any]) -> str:
-    headers = ["server", "out tok/s", "streams ITL p50", "streams ITL p99", "streams max ITL",
+    headers = ["server", "out tok/s", "runs tok/s", "streams ITL p50", "streams ITL p99", "streams max ITL",
                "long TTFT", "long E2E", "long prompt tok", "other CPU"]
     rows = []
     for server, outcome in document["servers"].items():
         mx = outcome.get("mixed")
         if mx:
-            rows.append([server, f"{mx['output_throughput']:.1f}",
+            rows.append([server, f"{mx['output_throughput']:.1f}", _spread(mx),
                          *(f"{mx[key]:.0f}" for key in ("streams_p50_itl_ms", "streams_p99_itl_ms",
                                                          "streams_max_itl_ms", "long_ttft_ms", "long_e2el_ms")),
                          str(mx["long_prompt_tokens"]), _foreign(mx)])
@@ -105,6 +111,8 @@ def format_report(document: dict[str, Any]) -> str:
     parts = [f"{machine['cpu_model']}, {machine['num_logical_cores']} logical cores, {machine['ram_gib']} GiB; "
              f"load at start {machine['load_average_at_start']}",
              "'other CPU': share of all cores that other processes used during the workload (noise).",
+             f"Each row is the median of {document['settings'].get('repeats', 1)} interleaved runs; "
+             "'runs tok/s' is the range of their output tok/s.",
              "", "Closed loop (times in ms):", closed_loop_table(document)]
     if any("mixed" in o for o in document["servers"].values()):
         parts += ["", "Mixed workload (times in ms):", mixed_table(document)]

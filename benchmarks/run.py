@@ -1,6 +1,6 @@
 """Run the whole benchmark: every server, closed loop at each concurrency, the mixed workload.
 
-    python -m benchmarks.run            # full run: 3 servers, concurrency 1 4 8 16, mixed (~15-20 min)
+    python -m benchmarks.run            # full run: 3 servers, concurrency 1 4 8 16, mixed (~30 min)
     python -m benchmarks.run --quick    # quantserve vs llama-server, concurrency 8, mixed (~2-3 min)
 
 Writes benchmarks/results/<name>.json and <name>.png and prints the tables and the targets.
@@ -42,6 +42,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-requests", type=int, default=8, help="at least this many requests per level")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--no-mixed", action="store_true", help="skip the mixed workload")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="runs of every workload on every server, interleaved; the median is reported "
+                             "(default 3; --quick: 1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=8, help="slots: quantserve --parallel, llama-server -np")
     parser.add_argument("--ctx", type=int, default=4096, help="context per sequence")
@@ -59,6 +62,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown server(s) {unknown}; known: {', '.join(peers.SERVER_NAMES)}")
     args.concurrency = [int(c) for c in (args.concurrency or ("8" if args.quick else "1,4,8,16")).split(",") if c]
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     if args.requests_per_client is None:
         args.requests_per_client = 2 if args.quick else 4
     args.name = args.name or ("quick" if args.quick else "full")
@@ -98,8 +103,9 @@ async def _warm_up(base_url: str, model: str, args: argparse.Namespace) -> dict[
 
 async def _closed_loop_phase(servers: dict[str, peers.RunningServer], args: argparse.Namespace,
                              document: dict[str, Any]) -> None:
-    """Every concurrency level on every server, servers interleaved within a level (and their order
-    rotated between levels) so that load from other processes hits them alike."""
+    """Every concurrency level on every server, --repeats times, servers interleaved within a level (their
+    order rotated between repeats and levels) so that load from other processes hits them alike; each
+    level reports the median of its runs."""
     models = {}
     for name, server in servers.items():
         models[name] = await loadgen.first_model_id(server.base_url)
@@ -107,23 +113,34 @@ async def _closed_loop_phase(servers: dict[str, peers.RunningServer], args: argp
                                      "eos_check": await _warm_up(server.base_url, models[name], args),
                                      "closed_loop": []}
     names = list(servers)
-    for round_index, concurrency in enumerate(args.concurrency):
+    for level_index, concurrency in enumerate(args.concurrency):
         num_requests = max(args.min_requests, args.requests_per_client * concurrency)
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            async def workload(attempt: int, name=name):
-                # A rerun gets new prompts: the first attempt's would now hit the prefix cache.
-                first_index = 10_000 * concurrency + 1_000 * attempt
-                specs = short_prompts(args.model_path, first_index, num_requests, args.max_tokens)
-                results, duration = await loadgen.run_closed_loop(servers[name].base_url, models[name],
-                                                                  specs, concurrency)
-                return loadgen.summarize(results, duration)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for repeat in range(args.repeats):
+            shift = (level_index + repeat) % len(names)
+            for name in names[shift:] + names[:shift]:
+                workload = _closed_loop_workload(servers[name].base_url, models[name], concurrency,
+                                                 num_requests, repeat, args)
+                run = await _measure(servers[name], workload, args)
+                _log(f"{name} c={concurrency} run {repeat + 1}/{args.repeats}: {run['output_throughput']:.1f} tok/s, "
+                     f"p99 TTFT {run['p99_ttft_ms']:.0f} ms, other processes {run['foreign_cpu_share']:.0%} CPU")
+                runs[name].append(run)
+        for name in names:
+            document["servers"][name]["closed_loop"].append(
+                {"concurrency": concurrency, "num_requests": num_requests * args.repeats,
+                 **loadgen.median_of_runs(runs[name])})
 
-            level = {"concurrency": concurrency, "num_requests": num_requests,
-                     **await _measure(servers[name], workload, args)}
-            _log(f"{name} c={concurrency}: {level['output_throughput']:.1f} tok/s, "
-                 f"p99 TTFT {level['p99_ttft_ms']:.0f} ms, other processes {level['foreign_cpu_share']:.0%} CPU")
-            document["servers"][name]["closed_loop"].append(level)
+
+def _closed_loop_workload(base_url: str, model: str, concurrency: int, num_requests: int, repeat: int,
+                          args: argparse.Namespace):
+    async def workload(attempt: int) -> dict[str, Any]:
+        # Every run and rerun gets new prompts: earlier ones would now hit the prefix cache.
+        first_index = 1_000_000 * (repeat + 1) + 10_000 * concurrency + 1_000 * attempt
+        specs = short_prompts(args.model_path, first_index, num_requests, args.max_tokens)
+        results, duration = await loadgen.run_closed_loop(base_url, model, specs, concurrency)
+        return loadgen.summarize(results, duration)
+
+    return workload
 
 
 async def _measure(server: peers.RunningServer, workload, args: argparse.Namespace) -> dict[str, Any]:
@@ -147,21 +164,35 @@ async def _measure(server: peers.RunningServer, workload, args: argparse.Namespa
 
 async def _mixed_phase(servers: dict[str, peers.RunningServer], args: argparse.Namespace,
                        document: dict[str, Any]) -> None:
+    models = {}
     for name, server in servers.items():
-        model = await loadgen.first_model_id(server.base_url)
-        await _warm_up(server.base_url, model, args)
+        models[name] = await loadgen.first_model_id(server.base_url)
+        await _warm_up(server.base_url, models[name], args)
+    names = list(servers)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            workload = _mixed_workload(servers[name].base_url, models[name], repeat, args)
+            run = await _measure(servers[name], workload, args)
+            _log(f"{name} mixed run {repeat + 1}/{args.repeats}: max ITL {run['streams_max_itl_ms']:.0f} ms, "
+                 f"{run['output_throughput']:.1f} tok/s, other processes {run['foreign_cpu_share']:.0%} CPU")
+            runs[name].append(run)
+    for name, server in servers.items():
+        document["servers"].setdefault(name, {})["mixed"] = {"command": server.command,
+                                                            **loadgen.median_of_runs(runs[name])}
 
-        async def workload(attempt: int, server=server, model=model):
-            # A rerun gets new prompts: the first attempt's would now hit the prefix cache.
-            streams = short_prompts(args.model_path, MIXED_FIRST_INDEX + 1_000 * attempt,
-                                    MIXED_NUM_STREAMS, MIXED_STREAM_TOKENS)
-            long_spec = long_prompt(args.model_path, 1500, args.max_tokens, variant=attempt)
-            return loadgen.summarize_mixed(*await loadgen.run_mixed(server.base_url, model, streams, long_spec))
 
-        mixed = {"command": server.command, **await _measure(server, workload, args)}
-        document["servers"].setdefault(name, {})["mixed"] = mixed
-        _log(f"{name} mixed: max ITL {mixed['streams_max_itl_ms']:.0f} ms, {mixed['output_throughput']:.1f} tok/s, "
-             f"other processes {mixed['foreign_cpu_share']:.0%} CPU")
+def _mixed_workload(base_url: str, model: str, repeat: int, args: argparse.Namespace):
+    async def workload(attempt: int) -> dict[str, Any]:
+        # Every run and rerun gets new prompts: earlier ones would now hit the prefix cache.
+        variant = 10 * (repeat + 1) + attempt
+        streams = short_prompts(args.model_path, MIXED_FIRST_INDEX + 1_000 * variant,
+                                MIXED_NUM_STREAMS, MIXED_STREAM_TOKENS)
+        long_spec = long_prompt(args.model_path, 1500, args.max_tokens, variant=variant)
+        return loadgen.summarize_mixed(*await loadgen.run_mixed(base_url, model, streams, long_spec))
+
+    return workload
 
 
 def _start_all(names: list[str], settings: peers.ServerSettings) -> dict[str, peers.RunningServer]:
@@ -213,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"model_path": args.model_path, "num_threads": args.threads, "num_parallel": args.parallel,
                      "ctx_per_sequence": args.ctx, "max_tokens": args.max_tokens,
                      "concurrency": args.concurrency, "requests_per_client": args.requests_per_client,
-                     "min_requests": args.min_requests, "api": "/v1/completions, streaming, temperature 0",
+                     "min_requests": args.min_requests, "repeats": args.repeats, "api": "/v1/completions, streaming, temperature 0",
                      "eos_logit_bias": loadgen.EOS_LOGIT_BIAS},
         "machine": describe_machine(binary),
         "servers": {},
