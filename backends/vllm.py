@@ -207,6 +207,8 @@ class VLLMBackend:
                 known.text += output.text
                 known.num_new_tokens += output.num_new_tokens
                 known.finish_reason = output.finish_reason or known.finish_reason
+                if known.num_cached_tokens is None:
+                    known.num_cached_tokens = output.num_cached_tokens
 
     # -- the vLLM loop thread ------------------------------------------------------------------------
 
@@ -229,7 +231,8 @@ class VLLMBackend:
                 if result.finished:
                     finish = _FINISH_REASONS.get(str(completion.finish_reason), FinishReason.STOP)
                 self._outputs.put(StepOutput(request_id, text=completion.text,
-                                             num_new_tokens=len(completion.token_ids), finish_reason=finish))
+                                             num_new_tokens=len(completion.token_ids), finish_reason=finish,
+                                             num_cached_tokens=result.num_cached_tokens))
         except asyncio.CancelledError:
             raise  # released by the engine thread: nobody is waiting for more
         except Exception:

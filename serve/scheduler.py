@@ -139,6 +139,8 @@ class Scheduler:
             if sequence is None:
                 continue
             sequence.num_output_tokens += output.num_new_tokens
+            if output.num_cached_tokens is not None:
+                sequence.num_cached_tokens = output.num_cached_tokens
             if output.finish_reason is not None:
                 sequence.status = SequenceStatus.FINISHED
                 sequence.finish_reason = output.finish_reason

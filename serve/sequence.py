@@ -65,6 +65,9 @@ class StepOutput:
     num_new_tokens: int = 0
     finish_reason: FinishReason | None = None
     error: str | None = None  # why the server ended the request (with finish_reason ABORT)
+    # Prompt tokens the backend reused from its own prefix cache, for backends that learn it only once
+    # the request runs (vLLM); backends that choose the reuse at admission return it from admit().
+    num_cached_tokens: int | None = None
 
 
 @dataclass

@@ -130,16 +130,19 @@ async def collect_unless_gone(http_request: HTTPRequest, generation: Generation)
 
 
 def usage(generation: Generation, num_completion_tokens: int) -> protocol.Usage:
-    num_prompt_tokens = generation.stream.num_prompt_tokens
-    return protocol.Usage(prompt_tokens=num_prompt_tokens, completion_tokens=num_completion_tokens,
-                          total_tokens=num_prompt_tokens + num_completion_tokens)
+    """Token counts as OpenAI reports them; cached_tokens shows prefix reuse (same system prompt, the
+    earlier turns of a chat) at work."""
+    stream = generation.stream
+    return protocol.Usage(prompt_tokens=stream.num_prompt_tokens, completion_tokens=num_completion_tokens,
+                          total_tokens=stream.num_prompt_tokens + num_completion_tokens,
+                          prompt_tokens_details=protocol.PromptTokensDetails(cached_tokens=stream.num_cached_tokens))
 
 
 def event_stream(generation: Generation, body: protocol.SamplingFields, is_chat: bool) -> EventStreamResponse:
     header = StreamHeader(request_id=generation.request.request_id, model=generation.request.model,
                           created=int(time.time()), shape=CHAT_CHUNK if is_chat else TEXT_CHUNK,
                           include_usage=body.can_include_usage)
-    events = stream_events(generation.outputs(), header, generation.stream.num_prompt_tokens)
+    events = stream_events(generation.outputs(), header, lambda n: usage(generation, n).model_dump())
     return EventStreamResponse(events, on_close=generation.abort_unless_finished)
 
 

@@ -28,11 +28,6 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
-def usage_dict(num_prompt_tokens: int, num_completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": num_prompt_tokens, "completion_tokens": num_completion_tokens,
-            "total_tokens": num_prompt_tokens + num_completion_tokens}
-
-
 @dataclass(frozen=True)
 class ChunkShape:
     """What differs between chat and text completion chunks."""
@@ -73,8 +68,9 @@ class StreamHeader:
 
 
 async def stream_events(outputs: AsyncIterator[StepOutput], header: StreamHeader,
-                        num_prompt_tokens: int) -> AsyncIterator[bytes]:
-    """The SSE byte stream of one request; errors after the first byte become an error event."""
+                        usage_of: Callable[[int], dict[str, Any]]) -> AsyncIterator[bytes]:
+    """The SSE byte stream of one request; errors after the first byte become an error event.
+    `usage_of(num_completion_tokens)` gives the usage object of the last chunk."""
     shape = header.shape
     num_completion_tokens = 0
     try:
@@ -88,7 +84,7 @@ async def stream_events(outputs: AsyncIterator[StepOutput], header: StreamHeader
                 yield header.chunk([shape.choice(None if shape.is_chat else "", finish_reason(output))])
                 break
         if header.include_usage:
-            yield header.chunk([], usage_dict(num_prompt_tokens, num_completion_tokens))
+            yield header.chunk([], usage_of(num_completion_tokens))
     except ServeError as exc:
         yield sse_event(exc.to_openai())
     except Exception:  # noqa: BLE001 - the client gets a generic error, the log the details

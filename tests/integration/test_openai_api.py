@@ -36,6 +36,7 @@ def stream_post(http, path: str, body: dict) -> list[dict]:
 def assert_usage(usage, *, num_completion_tokens: int | None = None) -> None:
     usage = usage if isinstance(usage, dict) else usage.model_dump()
     assert usage["prompt_tokens"] > 0
+    assert 0 <= usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]
     assert usage["completion_tokens"] >= 0
     assert usage["prompt_tokens"] + usage["completion_tokens"] == usage["total_tokens"]
     if num_completion_tokens is not None:
@@ -147,6 +148,25 @@ def test_multi_turn_and_text_parts(server, http):
     assert_usage(response.json()["usage"])
 
 
+def test_repeated_prompt_reports_cached_tokens(server, client):
+    """A second request with the same long system prompt reuses its KV (prefix reuse) and says so in
+    usage.prompt_tokens_details.cached_tokens, as OpenAI does; the first one computes everything."""
+    system = "You are a careful assistant for a museum. " + " ".join(
+        f"Rule {i}: answer about exhibit {i} in one short sentence." for i in range(40))
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Which rule is first?"}]
+
+    def cached_and_prompt_tokens() -> tuple[int, int]:
+        usage = client.chat.completions.create(model=server.model, messages=messages, max_tokens=2,
+                                               temperature=0).usage
+        return usage.prompt_tokens_details.cached_tokens, usage.prompt_tokens
+
+    first_cached, num_prompt = cached_and_prompt_tokens()
+    second_cached, _ = cached_and_prompt_tokens()
+    assert num_prompt > 400
+    assert first_cached == 0
+    assert num_prompt // 2 <= second_cached < num_prompt  # vLLM caches whole blocks; llama.cpp all but one token
+
+
 def test_model_may_be_omitted(server, http):
     response = http.post("/v1/completions", json={"prompt": STORY, "max_tokens": 2, "temperature": 0})
     assert response.status_code == 200, response.text
@@ -180,7 +200,9 @@ def test_chat_stream_sends_role_deltas_finish_usage_done(server, http):
     streamed = "".join(text_deltas(chunks))
     whole = http.post("/v1/chat/completions", json={**body, "stream_options": None}).json()
     assert streamed == whole["choices"][0]["message"]["content"]
-    assert usage_chunk["usage"] == whole["usage"]
+    # cached_tokens may differ: the second request reuses the first one's prompt (prefix cache)
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        assert usage_chunk["usage"][key] == whole["usage"][key]
     assert chunks[finish_positions[0]]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
 
 

@@ -227,7 +227,10 @@ def _events(outputs: list, *, is_chat: bool, include_usage: bool, fail_after: in
 
     async def run() -> list[str]:
         header = StreamHeader("id-1", "m", 0, CHAT_CHUNK if is_chat else TEXT_CHUNK, include_usage)
-        return [event.decode() async for event in stream_events(produce(), header, num_prompt_tokens=5)]
+        def usage_of(num_completion_tokens: int) -> dict:
+            return {"prompt_tokens": 5, "completion_tokens": num_completion_tokens}
+
+        return [event.decode() async for event in stream_events(produce(), header, usage_of)]
 
     return asyncio.run(run())
 
@@ -244,8 +247,7 @@ def test_chat_stream_order_role_deltas_finish_usage_done():
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [c["choices"][0]["delta"].get("content") for c in chunks[1:4]] == ["Hel", "lo", "!"]
     assert chunks[4]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
-    assert chunks[5]["choices"] == [] and chunks[5]["usage"] == {
-        "prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+    assert chunks[5]["choices"] == [] and chunks[5]["usage"] == {"prompt_tokens": 5, "completion_tokens": 4}
     assert all(chunk["usage"] is None for chunk in chunks[:5])
 
 
