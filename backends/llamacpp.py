@@ -1,9 +1,9 @@
 """llama.cpp through llama-cpp-python's low-level bindings: many sequences decoded in one context.
 
-One llama_context holds `num_parallel` sequences in a unified KV cache of `context_length * num_parallel`
-cells, so every sequence really gets `context_length` tokens (no silent split). Each step puts one decode
-token per running sequence plus the scheduler's prompt chunks into a single llama_batch and calls
-llama_decode once; each sequence then samples with its own native sampler chain. ctypes releases the GIL
+One llama_context holds `num_parallel` sequences, each in its own KV stream of `context_length` cells, so
+every sequence really gets `context_length` tokens (no silent split) and attends only to its own cells.
+Each step puts one decode token per running sequence plus the scheduler's prompt chunks into a single
+llama_batch and calls llama_decode once; each sequence then samples with its own native sampler chain. ctypes releases the GIL
 inside llama_decode, so the HTTP event loop keeps running while the model computes.
 
 A slot (llama.cpp sequence id) keeps its KV cache after its request ends, so a later request sharing a
@@ -25,7 +25,7 @@ from backends.base import BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplate
 from backends.text_output import TextOutput
 from serve.errors import ModelLoadError
-from serve.sequence import Batch, FinishReason, SamplingParams, Sequence, StepOutput
+from serve.sequence import Batch, FinishReason, PrefillChunk, SamplingParams, Sequence, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,12 @@ class _Slot:
 
 def _common_prefix_length(a: list[int], b: list[int]) -> int:
     return len(os.path.commonprefix([a, b]))
+
+
+def _num_runs(seq_ids: list[int]) -> int:
+    """Runs of consecutive ids: [0, 1, 2, 5, 6] has 2. A step computes one micro-batch per run."""
+    ordered = sorted(seq_ids)
+    return 1 + sum(b != a + 1 for a, b in zip(ordered, ordered[1:])) if ordered else 0
 
 
 class LlamaCppBackend:
@@ -156,17 +162,7 @@ class LlamaCppBackend:
 
     def admit(self, sequence: Sequence) -> int:
         prompt = sequence.request.prompt_token_ids
-        free = [slot for slot in self._slots if slot.sequence is None]
-        if not free:
-            raise RuntimeError("admit() called with every slot busy; the scheduler must respect max_sequences")
-        # The slot sharing the longest worthwhile prefix wins; otherwise the least recently used one,
-        # cleared whole, so the caches of recent conversations survive longest.
-        num_shared, slot = max(((_common_prefix_length(s.cached_tokens, prompt), s) for s in free),
-                               key=lambda pair: pair[0])
-        # At least one prompt token must be decoded to get logits for the first output token.
-        num_cached = min(num_shared, len(prompt) - 1)
-        if num_cached < MIN_PREFIX_REUSE_TOKENS:
-            slot, num_cached = min(free, key=lambda s: s.last_used), 0
+        slot, num_cached = self._choose_slot(prompt)
         if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, num_cached, -1):
             ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)  # cannot cut partially: start over
             num_cached = 0
@@ -178,6 +174,23 @@ class LlamaCppBackend:
         slot.pending_token, slot.num_generated = None, 0
         self._slot_of[sequence.request_id] = slot
         return num_cached
+
+    def _choose_slot(self, prompt: list[int]) -> tuple[_Slot, int]:
+        """The free slot sharing the longest worthwhile prefix with `prompt`, and how many tokens it
+        reuses; otherwise a slot cleared whole (0 reused): one that keeps the running sequence ids
+        consecutive (see _fill_batch), the least recently used among those, so the caches of recent
+        conversations survive longest."""
+        free = [slot for slot in self._slots if slot.sequence is None]
+        if not free:
+            raise RuntimeError("admit() called with every slot busy; the scheduler must respect max_sequences")
+        num_shared, slot = max(((_common_prefix_length(s.cached_tokens, prompt), s) for s in free),
+                               key=lambda pair: pair[0])
+        # At least one prompt token must be decoded to get logits for the first output token.
+        num_cached = min(num_shared, len(prompt) - 1)
+        if num_cached >= MIN_PREFIX_REUSE_TOKENS:
+            return slot, num_cached
+        busy = [s.seq_id for s in self._slots if s.sequence is not None]
+        return min(free, key=lambda s: (_num_runs([*busy, s.seq_id]), s.last_used)), 0
 
     def _make_sampler(self, params: SamplingParams):
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
@@ -229,23 +242,34 @@ class LlamaCppBackend:
         return [self._sample(slot, index) for slot, index in to_sample]
 
     def _fill_batch(self, batch: Batch) -> list[tuple[_Slot, int]]:
-        """Write decode tokens and prompt chunks into the llama_batch; return (slot, logits index) pairs."""
+        """Write decode tokens and prompt chunks into the llama_batch; return (slot, logits index) pairs.
+
+        Sequences go in ascending id order. With one KV stream per sequence, llama.cpp puts only
+        consecutive sequence ids into one micro-batch: any other order (or a gap) splits the step into
+        several graph computations and defeats graph reuse. Measured here: 8-sequence decode steps took
+        40 ms instead of 30 ms when sequence 0 came last."""
         self._batch.n_tokens = 0
+        work = [(self._slot_of[s.request_id], None) for s in batch.decode]
+        work += [(self._slot_of[chunk.sequence.request_id], chunk) for chunk in batch.prefill]
         to_sample = []
-        for sequence in batch.decode:
-            slot = self._slot_of[sequence.request_id]
-            to_sample.append((slot, self._add_token(slot, slot.pending_token, wants_logits=True)))
-        for chunk in batch.prefill:
-            slot = self._slot_of[chunk.sequence.request_id]
-            if chunk.start != len(slot.cached_tokens):
-                raise RuntimeError(f"prefill of {chunk.sequence.request_id} starts at {chunk.start}, "
-                                   f"but {len(slot.cached_tokens)} tokens are cached")
-            tokens = chunk.sequence.request.prompt_token_ids[chunk.start:chunk.end]
-            for i, token in enumerate(tokens):
-                index = self._add_token(slot, token, wants_logits=chunk.is_last and i == len(tokens) - 1)
-            if chunk.is_last:
-                to_sample.append((slot, index))
+        for slot, chunk in sorted(work, key=lambda item: item[0].seq_id):
+            if chunk is None:
+                to_sample.append((slot, self._add_token(slot, slot.pending_token, wants_logits=True)))
+            elif chunk.is_last:
+                to_sample.append((slot, self._add_prompt_chunk(slot, chunk)))
+            else:
+                self._add_prompt_chunk(slot, chunk)
         return to_sample
+
+    def _add_prompt_chunk(self, slot: _Slot, chunk: PrefillChunk) -> int:
+        """Add the chunk's prompt tokens; logits only for the prompt's last one. Returns its index."""
+        if chunk.start != len(slot.cached_tokens):
+            raise RuntimeError(f"prefill of {chunk.sequence.request_id} starts at {chunk.start}, "
+                               f"but {len(slot.cached_tokens)} tokens are cached")
+        tokens = chunk.sequence.request.prompt_token_ids[chunk.start:chunk.end]
+        for token in tokens[:-1]:
+            self._add_token(slot, token, wants_logits=False)
+        return self._add_token(slot, tokens[-1], wants_logits=chunk.is_last)
 
     def _add_token(self, slot: _Slot, token: int, wants_logits: bool) -> int:
         b, i = self._batch, self._batch.n_tokens
