@@ -212,17 +212,23 @@ def summarize(results: list[RequestResult], duration_s: float) -> dict[str, Any]
     return summary
 
 
+# Fields of a run summary that count things: repeated runs add them up, so a failure in any run shows.
+COUNT_FIELDS = ("completed", "failed", "num_short_of_max_tokens", "total_input_tokens", "total_output_tokens",
+                "num_attempts")
+
+
 def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One summary for repeated runs of a workload: the median of every measured value (each metric on
-    its own), the sum of every count (requests, failures, tokens), every run's errors, the other fields
-    of the first run, and every run's output tok/s under `runs_output_throughput`.
+    """One summary for repeated runs of a workload: the median of every other number (each metric on its
+    own), the sum of every count (COUNT_FIELDS), every run's errors, the other fields of the first run,
+    and every run's output tok/s under `runs_output_throughput`.
     On a shared VM one run can be off by +-5%; the median of interleaved repeats is what we compare."""
     combined = dict(runs[0])
     for key, value in runs[0].items():
-        if isinstance(value, float):
-            combined[key] = float(np.median([run[key] for run in runs]))
-        elif isinstance(value, int) and not isinstance(value, bool):
+        if key in COUNT_FIELDS:
             combined[key] = sum(run[key] for run in runs)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            median = float(np.median([run[key] for run in runs]))
+            combined[key] = median if isinstance(value, float) else round(median)
     combined["errors"] = sorted({error for run in runs for error in run.get("errors", [])})[:5]
     combined["num_runs"] = len(runs)
     combined["runs_output_throughput"] = [round(run["output_throughput"], 2) for run in runs]
