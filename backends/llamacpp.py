@@ -3,8 +3,8 @@
 One llama_context holds `num_parallel` sequences, each in its own KV stream of `context_length` cells, so
 every sequence really gets `context_length` tokens (no silent split) and attends only to its own cells.
 Each step puts one decode token per running sequence plus the scheduler's prompt chunks into a single
-llama_batch and calls llama_decode once; each sequence then samples with its own native sampler chain. ctypes releases the GIL
-inside llama_decode, so the HTTP event loop keeps running while the model computes.
+llama_batch and calls llama_decode once; each sequence then samples with its own native sampler chain.
+ctypes releases the GIL inside llama_decode, so the HTTP event loop keeps running while the model computes.
 
 A slot (llama.cpp sequence id) keeps its KV cache after its request ends, so a later request sharing a
 prompt prefix (same system prompt, next chat turn) starts from the cached tokens.

@@ -103,32 +103,44 @@ async def _warm_up(base_url: str, model: str, args: argparse.Namespace) -> dict[
 
 async def _closed_loop_phase(servers: dict[str, peers.RunningServer], args: argparse.Namespace,
                              document: dict[str, Any]) -> None:
-    """Every concurrency level on every server, --repeats times, servers interleaved within a level (their
-    order rotated between repeats and levels) so that load from other processes hits them alike; each
-    level reports the median of its runs."""
+    """Every concurrency level on every server (see _interleaved_runs)."""
     models = {}
     for name, server in servers.items():
         models[name] = await loadgen.first_model_id(server.base_url)
         document["servers"][name] = {"command": server.command, "model_id": models[name],
                                      "eos_check": await _warm_up(server.base_url, models[name], args),
                                      "closed_loop": []}
-    names = list(servers)
     for level_index, concurrency in enumerate(args.concurrency):
         num_requests = max(args.min_requests, args.requests_per_client * concurrency)
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-        for repeat in range(args.repeats):
-            shift = (level_index + repeat) % len(names)
-            for name in names[shift:] + names[:shift]:
-                workload = _closed_loop_workload(servers[name].base_url, models[name], concurrency,
-                                                 num_requests, repeat, args)
-                run = await _measure(servers[name], workload, args)
-                _log(f"{name} c={concurrency} run {repeat + 1}/{args.repeats}: {run['output_throughput']:.1f} tok/s, "
-                     f"p99 TTFT {run['p99_ttft_ms']:.0f} ms, other processes {run['foreign_cpu_share']:.0%} CPU")
-                runs[name].append(run)
-        for name in names:
+
+        def workload(name: str, repeat: int, concurrency=concurrency, num_requests=num_requests):
+            return _closed_loop_workload(servers[name].base_url, models[name], concurrency, num_requests,
+                                         repeat, args)
+
+        def describe(run: dict[str, Any], concurrency=concurrency) -> str:
+            return f"c={concurrency}: {run['output_throughput']:.1f} tok/s, p99 TTFT {run['p99_ttft_ms']:.0f} ms"
+
+        medians = await _interleaved_runs(servers, workload, describe, args, first_shift=level_index)
+        for name, median in medians.items():
             document["servers"][name]["closed_loop"].append(
-                {"concurrency": concurrency, "num_requests": num_requests * args.repeats,
-                 **loadgen.median_of_runs(runs[name])})
+                {"concurrency": concurrency, "num_requests": num_requests * args.repeats, **median})
+
+
+async def _interleaved_runs(servers: dict[str, peers.RunningServer], workload, describe,
+                            args: argparse.Namespace, first_shift: int = 0) -> dict[str, dict[str, Any]]:
+    """Run `workload(name, repeat)` --repeats times on every server, servers interleaved and their order
+    rotated every repeat, so that load from other processes hits them alike; the median of each server's
+    runs (loadgen.median_of_runs)."""
+    names = list(servers)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        shift = (first_shift + repeat) % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = await _measure(servers[name], workload(name, repeat), args)
+            _log(f"{name} run {repeat + 1}/{args.repeats}, {describe(run)}, "
+                 f"other processes {run['foreign_cpu_share']:.0%} CPU")
+            runs[name].append(run)
+    return {name: loadgen.median_of_runs(runs[name]) for name in names}
 
 
 def _closed_loop_workload(base_url: str, model: str, concurrency: int, num_requests: int, repeat: int,
@@ -168,19 +180,16 @@ async def _mixed_phase(servers: dict[str, peers.RunningServer], args: argparse.N
     for name, server in servers.items():
         models[name] = await loadgen.first_model_id(server.base_url)
         await _warm_up(server.base_url, models[name], args)
-    names = list(servers)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for repeat in range(args.repeats):
-        shift = repeat % len(names)
-        for name in names[shift:] + names[:shift]:
-            workload = _mixed_workload(servers[name].base_url, models[name], repeat, args)
-            run = await _measure(servers[name], workload, args)
-            _log(f"{name} mixed run {repeat + 1}/{args.repeats}: max ITL {run['streams_max_itl_ms']:.0f} ms, "
-                 f"{run['output_throughput']:.1f} tok/s, other processes {run['foreign_cpu_share']:.0%} CPU")
-            runs[name].append(run)
-    for name, server in servers.items():
-        document["servers"].setdefault(name, {})["mixed"] = {"command": server.command,
-                                                            **loadgen.median_of_runs(runs[name])}
+
+    def workload(name: str, repeat: int):
+        return _mixed_workload(servers[name].base_url, models[name], repeat, args)
+
+    def describe(run: dict[str, Any]) -> str:
+        return f"mixed: max ITL {run['streams_max_itl_ms']:.0f} ms, {run['output_throughput']:.1f} tok/s"
+
+    medians = await _interleaved_runs(servers, workload, describe, args)
+    for name, median in medians.items():
+        document["servers"].setdefault(name, {})["mixed"] = {"command": servers[name].command, **median}
 
 
 def _mixed_workload(base_url: str, model: str, repeat: int, args: argparse.Namespace):
@@ -244,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"model_path": args.model_path, "num_threads": args.threads, "num_parallel": args.parallel,
                      "ctx_per_sequence": args.ctx, "max_tokens": args.max_tokens,
                      "concurrency": args.concurrency, "requests_per_client": args.requests_per_client,
-                     "min_requests": args.min_requests, "repeats": args.repeats, "api": "/v1/completions, streaming, temperature 0",
+                     "min_requests": args.min_requests, "repeats": args.repeats,
+                     "api": "/v1/completions, streaming, temperature 0",
                      "eos_logit_bias": loadgen.EOS_LOGIT_BIAS},
         "machine": describe_machine(binary),
         "servers": {},
