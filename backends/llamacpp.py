@@ -35,8 +35,8 @@ PENALTY_LAST_N = 64  # tokens the repetition/frequency/presence penalties look b
 MICRO_BATCH_TOKENS = 512
 # A cached prefix shorter than this is not worth keeping: the request takes the least recently used
 # slot, cleared whole. Measured here: choosing slots by prefixes of a token or two and cutting them
-# partially made 8-sequence decode steps grow from 30 ms to 56 ms over a few dozen requests (our guess:
-# llama.cpp then places new tokens after the old cells, widening the span each decode attends over).
+# partially made 8-sequence decode steps grow from 30 ms to 56 ms over a few dozen requests (measured
+# before _fill_batch kept sequences in id order, which may have been the cause; not re-measured).
 # Real reuse (a system prompt, the earlier turns of a chat) is far longer and worth it.
 MIN_PREFIX_REUSE_TOKENS = 64
 
