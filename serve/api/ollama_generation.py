@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from serve.api.ndjson import NDJSONResponse
 from serve.api.ollama_models import timestamp
 from serve.api.ollama_protocol import (DEFAULT_REPEAT_PENALTY, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P,
-                                       GenerateRequest, Options)
+                                       ChatRequest, GenerateRequest, Options)
 from serve.api.ollama_template import TemplateError, render_prompt_template
 from serve.api.openai_routes import CLIENT_CLOSED_REQUEST, Generation, collect_unless_gone
 from serve.api.sse import finish_reason
@@ -183,6 +183,12 @@ async def answer(http_request: HTTPRequest, generation: Generation, shape: Reply
     text, num_tokens, reason = result
     metrics = timings.metrics(generation.stream.num_prompt_tokens, num_tokens)
     return JSONResponse(shape.reply(model, text, done=True, done_reason=reason, **metrics))
+
+
+def chat_prompt(engine: Any, body: ChatRequest) -> tuple[str, list[dict]]:
+    """The conversation rendered with the model's chat template, and its messages."""
+    messages = [message.to_template_dict() for message in body.messages]
+    return engine.render_chat(messages), messages
 
 
 def generate_prompt(engine: Any, body: GenerateRequest) -> tuple[str, list[dict] | None]:

@@ -248,6 +248,10 @@ class ChatRequest(_GenerationFields):
     messages: list[ChatMessage] = Field(default_factory=list)  # empty: load (or unload) the model only
     tools: Optional[list[Any]] = None
 
+    @property
+    def is_load_only(self) -> bool:
+        return not self.messages
+
     @field_validator("tools", mode="before")
     @classmethod
     def _no_tools(cls, value: Any) -> Any:
@@ -264,6 +268,10 @@ class GenerateRequest(_GenerationFields):
     suffix: Optional[str] = None
     context: Optional[list[int]] = None
     images: Any = None
+
+    @property
+    def is_load_only(self) -> bool:
+        return not self.prompt
 
     @field_validator("images", mode="before")
     @classmethod

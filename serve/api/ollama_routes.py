@@ -21,7 +21,7 @@ from serve.api import ollama_models
 from serve.api.errors import parse_json_object, validate
 from serve.api.ndjson import NDJSONResponse
 from serve.api.ollama_generation import (CHAT, GENERATE, INTERNAL_ERROR, ReplyShape, Timings, answer,
-                                         generate_prompt, submit)
+                                         chat_prompt, generate_prompt, submit)
 from serve.api.ollama_models import find_model, local_models
 from serve.api.ollama_protocol import ChatRequest, GenerateRequest, ModelRequest, normalize_model_name
 from serve.api.ollama_pull import pull_backend, pull_progress
@@ -117,28 +117,27 @@ def _add_generation_routes(router: APIRouter, api: OllamaAPI) -> None:
     @router.post("/api/chat")
     @ollama_errors
     async def chat(http_request: HTTPRequest) -> Response:
-        timings = Timings(started=time.perf_counter())
-        body = validate(ChatRequest, parse_json_object(await http_request.body()))
-        name = normalize_model_name(body.model)
-        if not body.messages:
-            return await api.load_or_unload(name, body.model, body.keep_alive, CHAT, timings)
-        engine = await api.engine(name, body.keep_alive, timings)
-        messages = [message.to_template_dict() for message in body.messages]
-        generation = submit(engine, engine.render_chat(messages), body.sampling_options, messages, timings)
-        return await answer(http_request, generation, CHAT, body.model, timings, body.can_stream)
+        return await _generation(api, http_request, ChatRequest, CHAT, chat_prompt)
 
     @router.post("/api/generate")
     @ollama_errors
     async def generate(http_request: HTTPRequest) -> Response:
-        timings = Timings(started=time.perf_counter())
-        body = validate(GenerateRequest, parse_json_object(await http_request.body()))
-        name = normalize_model_name(body.model)
-        if not body.prompt:
-            return await api.load_or_unload(name, body.model, body.keep_alive, GENERATE, timings)
-        engine = await api.engine(name, body.keep_alive, timings)
-        prompt, messages = generate_prompt(engine, body)
-        generation = submit(engine, prompt, body.sampling_options, messages, timings)
-        return await answer(http_request, generation, GENERATE, body.model, timings, body.can_stream)
+        return await _generation(api, http_request, GenerateRequest, GENERATE, generate_prompt)
+
+
+async def _generation(api: OllamaAPI, http_request: HTTPRequest, request_class: type, shape: ReplyShape,
+                      prompt_of: Callable[[Any, Any], tuple[str, list[dict] | None]]) -> Response:
+    """/api/chat or /api/generate: a request without input loads (or unloads) the model; otherwise the
+    prompt made by `prompt_of(engine, body)` is generated and answered in `shape`."""
+    timings = Timings(started=time.perf_counter())
+    body = validate(request_class, parse_json_object(await http_request.body()))
+    name = normalize_model_name(body.model)
+    if body.is_load_only:
+        return await api.load_or_unload(name, body.model, body.keep_alive, shape, timings)
+    engine = await api.engine(name, body.keep_alive, timings)
+    prompt, messages = prompt_of(engine, body)
+    generation = submit(engine, prompt, body.sampling_options, messages, timings)
+    return await answer(http_request, generation, shape, body.model, timings, body.can_stream)
 
 
 def _model_name(body: ModelRequest) -> str:
