@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 import time
+from pathlib import Path
 
 from backends.base import Backend, Capabilities
 from serve.errors import ContextLengthError, InvalidRequestError, ServerStoppingError
@@ -82,8 +83,10 @@ class RequestStream:
 class Engine:
     """Serves one loaded model; `submit` is called on the event loop thread."""
 
-    def __init__(self, model_name: str, backend: Backend, *, max_queue: int, max_batch_tokens: int):
+    def __init__(self, model_name: str, backend: Backend, *, max_queue: int, max_batch_tokens: int,
+                 model_path: Path | None = None):
         self.model_name = model_name
+        self.model_path = model_path  # the GGUF file or Hugging Face directory the weights came from
         self.backend = backend
         self.capabilities: Capabilities = backend.capabilities
         self.scheduler = Scheduler(

@@ -41,4 +41,4 @@ class ModelLoader:
         model_path = ensure_model_file(spec, chosen.backend)
         backend = load_backend(chosen.backend, chosen.backend_settings(model_path))
         return Engine(spec.name, backend, max_queue=self._config.max_queue,
-                      max_batch_tokens=chosen.max_batch_tokens)
+                      max_batch_tokens=chosen.max_batch_tokens, model_path=model_path)

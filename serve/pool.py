@@ -22,6 +22,7 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from serve.engine import Engine
@@ -39,6 +40,9 @@ class InsufficientMemoryError(ServeError):
     code = "insufficient_memory"
 
 
+LATEST_TAG = ":latest"  # Ollama's default tag: `smollm2-135m:latest` is `smollm2-135m`
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -50,6 +54,7 @@ class ModelInfo:
     expires_at: float | None = None  # unix time it unloads if still idle; None: never / busy
     idle_seconds: float = 0.0
     pinned: bool = False
+    model_path: Path | None = None  # where its weights were loaded from
 
 
 class Loader(Protocol):
@@ -113,10 +118,17 @@ class ModelPool:
         finally:
             self._num_waiting[served] -= 1
 
+    def loaded_name(self, name: str) -> str | None:
+        """The served name of the resident model that `name` (as requests call it: an alias, a Hub spec,
+        Ollama's `:latest`) refers to; None when it is not loaded. Never loads or resolves anything."""
+        name = name.removesuffix(LATEST_TAG)
+        served = self._aliases.get(name, name)
+        return served if served in self._resident else None
+
     def _served_name(self, name: str | None) -> str:
         if name is None:
             raise ModelNotFoundError(f"no model given; available models: {self._available()}", param="model")
-        name = name.removesuffix(":latest")
+        name = name.removesuffix(LATEST_TAG)
         if name in self._resident or name in self._loading or name in self._sources:
             return name
         if name not in self._aliases:
@@ -260,7 +272,7 @@ class ModelPool:
             expires = (r.idle_since or now) + r.keep_alive
         return ModelInfo(name=name, backend=caps.name, context_length=caps.context_length,
                          num_parallel=caps.max_sequences, created=int(r.loaded_at), size_bytes=r.size_bytes,
-                         expires_at=expires, idle_seconds=idle, pinned=r.pinned)
+                         expires_at=expires, idle_seconds=idle, pinned=r.pinned, model_path=r.engine.model_path)
 
     def stats(self) -> dict:
         return {name: r.engine.stats() for name, r in self._resident.items()}

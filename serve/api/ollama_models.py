@@ -153,16 +153,15 @@ def tag_entry(model: LocalModel) -> dict[str, Any]:
 def ps_entry(model: LocalModel) -> dict[str, Any]:
     """One model of GET /api/ps; `model.loaded` is its serve.pool.ModelInfo."""
     info = model.loaded
-    expires_at = getattr(info, "expires_at", None)
-    size = getattr(info, "size_bytes", 0) or model.size
-    return {"name": model.ollama_name, "model": model.ollama_name, "size": size, "digest": digest(model),
-            "details": details(model),
-            "expires_at": timestamp(expires_at if expires_at is not None else time.time() + FOREVER_SECONDS),
-            "size_vram": getattr(info, "size_vram_bytes", 0), "context_length": info.context_length,
+    expires_at = info.expires_at if info.expires_at is not None else time.time() + FOREVER_SECONDS
+    return {"name": model.ollama_name, "model": model.ollama_name, "size": info.size_bytes or model.size,
+            "digest": digest(model), "details": details(model), "expires_at": timestamp(expires_at),
+            "size_vram": 0,  # no VRAM accounting yet: the pool's budget is one memory figure
+            "context_length": info.context_length,
             # what `serve ps` shows beyond Ollama's fields
             "quantserve": {"backend": info.backend, "num_parallel": info.num_parallel,
-                           "context_length": info.context_length, "idle_seconds": getattr(info, "idle_seconds", 0.0),
-                           "pinned": getattr(info, "pinned", False)}}
+                           "context_length": info.context_length, "idle_seconds": info.idle_seconds,
+                           "pinned": info.pinned}}
 
 
 def context_length(model: LocalModel, metadata: dict) -> int:
@@ -216,11 +215,6 @@ def _first_weights_path(paths: list[str]) -> Path | None:
     return Path(paths[0]) if paths else None
 
 
-def _path_of_loaded(info: Any, catalog_paths: dict[str, Path | None]) -> Path | None:
-    path = getattr(info, "model_path", None)  # when the pool tells us; else the catalog's copy
-    return Path(path) if path else catalog_paths.get(info.name)
-
-
 def _file_size(path: Path | None) -> int:
     if path is None or not path.exists():
         return 0
@@ -237,7 +231,7 @@ def local_models(infos: list, catalog: Catalog) -> list[LocalModel]:
     catalog_paths = {name: _first_weights_path(row["paths"]) for name, row in rows.items()}
     models: list[LocalModel] = []
     for info in infos:
-        path = _path_of_loaded(info, catalog_paths)
+        path = info.model_path or catalog_paths.get(info.name)
         size = rows[info.name]["size_bytes"] if info.name in rows else _file_size(path)
         models.append(LocalModel(info.name, path, size, catalog.models.get(info.name), info))
     loaded = {info.name for info in infos}

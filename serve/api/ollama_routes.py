@@ -81,7 +81,7 @@ class OllamaAPI:
 
     async def model(self, name: str) -> ollama_models.LocalModel:
         models = await self.local_models()
-        found = find_model(models, name)
+        found = find_model(models, self.pool.loaded_name(name) or name)
         if found is None:
             raise ModelNotFoundError(f"model {name!r} not found; available models: "
                                      f"{ollama_models.available_names(models)}", param="model")

@@ -171,7 +171,7 @@ def _model_card(info) -> protocol.ModelCard:
                               context_length=info.context_length, num_parallel=info.num_parallel)
 
 
-def _find_card(pool, model_id: str) -> protocol.ModelCard | None:
+def _find_card(pool, model_id: str | None) -> protocol.ModelCard | None:
     for info in pool.model_infos():
         if info.name == model_id:
             return _model_card(info)
@@ -207,7 +207,7 @@ def build_router(pool) -> APIRouter:
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> JSONResponse:
-        card = _find_card(pool, model_id.removesuffix(":latest"))
+        card = _find_card(pool, pool.loaded_name(model_id))
         if card is None:  # a GET must not start loading (or downloading) a model
             loaded = ", ".join(info.name for info in pool.model_infos()) or "none"
             raise ModelNotFoundError(f"model {model_id!r} is not loaded; loaded models: {loaded}", param="model")

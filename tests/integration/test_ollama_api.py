@@ -202,6 +202,16 @@ def test_pull_from_the_hub_then_load_unload_and_reload(client, server, hub):
     assert expires > datetime.now(timezone.utc) + timedelta(days=365)
 
 
+def test_show_details_of_a_model_loaded_by_hub_spec(client, hub):
+    """A model named by its Hub spec (no catalog entry) is described from the GGUF it was loaded from."""
+    name = f"hf.co/{REPO}:Q4_1"
+    client.generate(model=name, prompt="", keep_alive="1m")  # loads it (downloading when not cached)
+    details = client.show(name).details
+    assert (details.format, details.family, details.quantization_level) == ("gguf", "llama", "Q4_1")
+    assert details.parameter_size == "134.52M"
+    client.generate(model=name, prompt="", keep_alive=0)
+
+
 # --- errors ---------------------------------------------------------------------------------------------
 
 def ollama_error(response: httpx.Response, status: int, fragment: str = "") -> str:
