@@ -10,9 +10,8 @@ Routes ask `await pool.get(name)` for an engine; everything here runs on the eve
 - Drain, never drop: a busy model chosen for eviction is marked draining; its running and queued
   requests finish, new requests for it wait, then it is unloaded (and reloaded later for them).
 - No thrash: a busy model (or one that requests are waiting for) is only drained after it has been
-  resident for `switch_window` seconds, so
-  requests alternating A B A B cause at most one swap per window, each swap serving every request that
-  queued up meanwhile (llama-swap reloads per request).
+  resident for `switch_window` seconds, so requests alternating A B A B cause at most one swap per
+  window, each swap serving every request that queued up meanwhile (llama-swap reloads per request).
 - Keep-alive: a model idle for its keep_alive is unloaded (0: right after its requests; negative: never).
 """
 from __future__ import annotations

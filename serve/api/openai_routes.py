@@ -133,9 +133,9 @@ def usage(generation: Generation, num_completion_tokens: int) -> protocol.Usage:
     """Token counts as OpenAI reports them; cached_tokens shows prefix reuse (same system prompt, the
     earlier turns of a chat) at work."""
     stream = generation.stream
+    cached = protocol.PromptTokensDetails(cached_tokens=stream.num_cached_tokens)
     return protocol.Usage(prompt_tokens=stream.num_prompt_tokens, completion_tokens=num_completion_tokens,
-                          total_tokens=stream.num_prompt_tokens + num_completion_tokens,
-                          prompt_tokens_details=protocol.PromptTokensDetails(cached_tokens=stream.num_cached_tokens))
+                          total_tokens=stream.num_prompt_tokens + num_completion_tokens, prompt_tokens_details=cached)
 
 
 def event_stream(generation: Generation, body: protocol.SamplingFields, is_chat: bool) -> EventStreamResponse:
