@@ -14,16 +14,6 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _cpu_identity() -> str:
     """Vendor, family and model numbers: the model name alone can be as vague as "AMD EPYC" in a VM."""
     fields: dict[str, str] = {}
@@ -35,19 +25,6 @@ def _cpu_identity() -> str:
         return ""
     return (f"{fields.get('vendor_id', '?')} family {fields.get('cpu family', '?')} "
             f"model {fields.get('model', '?')}" + (" (virtual machine)" if "hypervisor" in fields.get("flags", "") else ""))
-
-
-def _cpu_flags() -> list[str]:
-    """The SIMD extensions llama.cpp's CPU kernels care about."""
-    wanted = ("avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "f16c", "amx_int8")
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [flag for flag in wanted if flag in flags]
-    except OSError:
-        pass
-    return []
 
 
 def _version(distribution: str) -> Optional[str]:
@@ -79,14 +56,16 @@ def llama_server_version(binary: Optional[Path]) -> Optional[str]:
 
 def describe_machine(llama_server_binary: Optional[Path] = None) -> dict[str, Any]:
     """CPU, cores, RAM, OS and the versions of everything measured."""
-    memory = psutil.virtual_memory()
+    from serve.hardware import probe  # the same probe `serve up` plans with
+
+    hw = probe()
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": hw.cpu.model,
         "cpu_identity": _cpu_identity(),
-        "cpu_flags": _cpu_flags(),
-        "num_physical_cores": psutil.cpu_count(logical=False),
-        "num_logical_cores": psutil.cpu_count(logical=True),
-        "ram_gib": round(memory.total / 2**30, 1),
+        "cpu_flags": list(hw.cpu.isa),  # the SIMD extensions llama.cpp's CPU kernels care about
+        "num_physical_cores": hw.cpu.num_physical_cores,
+        "num_logical_cores": hw.cpu.num_logical_cores,
+        "ram_gib": round(hw.memory.total_bytes / 2**30, 1),
         "os": platform.platform(),
         "python": platform.python_version(),
         "quantserve_commit": _git_commit(),
