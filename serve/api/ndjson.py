@@ -7,11 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator, Callable
 
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
-
-NDJSON_MEDIA_TYPE = "application/x-ndjson"
-NDJSON_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+from serve.api.streaming import ClosingStreamingResponse
 
 
 def ndjson_line(payload: dict[str, Any]) -> bytes:
@@ -23,21 +19,10 @@ async def _encode(objects: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes
         yield ndjson_line(payload)
 
 
-class NDJSONResponse(StreamingResponse):
-    """An application/x-ndjson response of `objects`. `on_close` runs once the response ends, also when the
-    client left before the first byte (Starlette then never starts the iterator, so its `finally` would not
-    run): that is where a generation whose reader went away gets aborted."""
+class NDJSONResponse(ClosingStreamingResponse):
+    """An application/x-ndjson response of `objects`, one JSON object per line."""
 
-    media_type = NDJSON_MEDIA_TYPE
+    media_type = "application/x-ndjson"
 
-    def __init__(self, objects: AsyncIterator[dict[str, Any]], on_close: Callable[[], None] | None = None,
-                 status_code: int = 200):
-        super().__init__(_encode(objects), status_code=status_code, headers=NDJSON_HEADERS)
-        self.on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if self.on_close is not None:
-                self.on_close()
+    def __init__(self, objects: AsyncIterator[dict[str, Any]], on_close: Callable[[], None] | None = None):
+        super().__init__(_encode(objects), on_close)

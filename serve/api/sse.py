@@ -12,16 +12,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
-
+from serve.api.streaming import ClosingStreamingResponse
 from serve.errors import ServeError
 from serve.sequence import FinishReason, StepOutput
 
 logger = logging.getLogger("serve.api")
 
 DONE = b"data: [DONE]\n\n"
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:
@@ -101,18 +98,7 @@ def finish_reason(output: StepOutput) -> str:
     return reason.value if isinstance(reason, FinishReason) else str(reason)
 
 
-class EventStreamResponse(StreamingResponse):
-    """A text/event-stream response that always runs `on_close` once it ends, also when the client left
-    before the first byte (Starlette then never starts the body iterator, so its `finally` would not run)."""
+class EventStreamResponse(ClosingStreamingResponse):
+    """A text/event-stream response of SSE byte events (stream_events)."""
 
     media_type = "text/event-stream"
-
-    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None]):
-        super().__init__(content, headers=SSE_HEADERS)
-        self.on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.on_close()
