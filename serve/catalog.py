@@ -58,6 +58,10 @@ class ModelSpec:
     license: str = ""
     download_bytes: int = 0
 
+    def source(self, backend: str) -> GGUFSource | VLLMSource | None:
+        """Where `backend` gets the model from: the GGUF for llama.cpp, the checkpoint for vLLM."""
+        return self.gguf if backend == "llamacpp" else self.vllm
+
 
 @dataclass(frozen=True)
 class Catalog:

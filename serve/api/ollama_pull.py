@@ -34,12 +34,12 @@ def pull_backend(spec: ModelSpec, configured_backend: str | None) -> str:
 
 def is_on_disk(spec: ModelSpec, backend: str) -> bool:
     """An embedded or local model: nothing to download."""
-    source = spec.gguf if backend == "llamacpp" else spec.vllm
+    source = spec.source(backend)
     return source is not None and source.local_path is not None and Path(source.local_path).exists()
 
 
 def _repo(spec: ModelSpec, backend: str) -> str | None:
-    source = spec.gguf if backend == "llamacpp" else spec.vllm
+    source = spec.source(backend)
     return source.repo if source is not None else None
 
 
