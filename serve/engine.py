@@ -142,7 +142,10 @@ class Engine:
         self._wakeup.set()
 
     def stats(self) -> dict:
-        return {"running": self.scheduler.num_running, "waiting": self.scheduler.num_waiting}
+        """Load and capacity for /health: each request gets the whole `context_length` (never a share of
+        it split between the `num_parallel` sequences)."""
+        return {"running": self.scheduler.num_running, "waiting": self.scheduler.num_waiting,
+                "num_parallel": self.capabilities.max_sequences, "context_length": self.capabilities.context_length}
 
     @property
     def is_busy(self) -> bool:

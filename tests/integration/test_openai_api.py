@@ -56,10 +56,14 @@ def text_deltas(chunks: list[dict]) -> list[str]:
 # -- discovery ---------------------------------------------------------------------------------------
 
 
-def test_health_is_ok(server, http):
+def test_health_is_ok_and_reports_the_context_per_request(server, http):
     response = http.get("/health")
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+    card = http.get("/v1/models").json()["data"][0]
+    stats = response.json()["stats"][server.model]
+    assert stats["context_length"] == card["context_length"] > 0
+    assert stats["num_parallel"] == card["num_parallel"] >= 1
 
 
 def test_models_lists_the_served_model_with_extras(server, http, client):
