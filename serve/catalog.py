@@ -25,6 +25,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 DEFAULT_ALIAS = "smollm2-135m"
+LATEST_TAG = ":latest"  # Ollama's default tag: `smollm2-135m:latest` is `smollm2-135m`
 QUANTIZE_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")  # what `serve quantize` and the auto-quantizer make
 VLLM_QUANTIZATIONS = ("awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors", "bitsandbytes")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

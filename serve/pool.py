@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from serve.catalog import LATEST_TAG
 from serve.engine import Engine
 from serve.errors import ModelNotFoundError, ServeError
 
@@ -37,9 +38,6 @@ class InsufficientMemoryError(ServeError):
     status_code = 507
     error_type = "server_error"
     code = "insufficient_memory"
-
-
-LATEST_TAG = ":latest"  # Ollama's default tag: `smollm2-135m:latest` is `smollm2-135m`
 
 
 @dataclass(frozen=True)

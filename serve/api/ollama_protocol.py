@@ -15,9 +15,9 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from serve.catalog import LATEST_TAG
 from serve.duration import parse_duration
 
-LATEST_TAG = ":latest"
 FOREVER = -1.0  # keep_alive for "never unload" (the pool's convention: negative means forever)
 
 # Ollama's DefaultOptions (api/types.go): what a request without `options` gets.
@@ -61,9 +61,7 @@ def parse_keep_alive(value: Any) -> float | None:
 def normalize_model_name(name: str) -> str:
     """An Ollama model name as the pool knows it: `smollm2-135m:latest` -> `smollm2-135m`, and Ollama's
     Hugging Face syntax `hf.co/org/repo:Q4_K_M` -> our `hf://org/repo:Q4_K_M`."""
-    name = name.strip()
-    if name.endswith(LATEST_TAG):
-        name = name[:-len(LATEST_TAG)]
+    name = name.strip().removesuffix(LATEST_TAG)
     for prefix in ("hf.co/", "huggingface.co/"):
         if name.startswith(prefix):
             return "hf://" + name[len(prefix):]
