@@ -26,7 +26,7 @@ BACKEND_NAMES = ("llamacpp", "vllm")
 
 @dataclass(frozen=True)
 class BackendSettings:
-    """Everything a backend needs to load one model; chosen by the plan (serve/hardware.py)."""
+    """Everything a backend needs to load one model; chosen by the plan (serve/placement/plan.py)."""
 
     model_path: Path
     context_length: int  # per sequence, never split between sequences

@@ -288,7 +288,7 @@ def _parse_args() -> argparse.Namespace:
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     if args.model_path is None:
-        from serve.catalog import embedded_model_path
+        from serve.models.catalog import embedded_model_path
         args.model_path = str(embedded_model_path())
     model = await first_model_id(args.url)
     if args.mixed:

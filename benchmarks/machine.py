@@ -56,7 +56,7 @@ def llama_server_version(binary: Optional[Path]) -> Optional[str]:
 
 def describe_machine(llama_server_binary: Optional[Path] = None) -> dict[str, Any]:
     """CPU, cores, RAM, OS and the versions of everything measured."""
-    from serve.hardware import probe  # the same probe `serve up` plans with
+    from serve.placement.hardware import probe  # the same probe `serve up` plans with
 
     hw = probe()
     return {

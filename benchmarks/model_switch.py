@@ -24,9 +24,9 @@ from typing import Any
 from benchmarks.loadgen import make_client, stream_request, summarize
 from benchmarks.peers import ServerSettings, start_server
 from benchmarks.prompts import short_prompts
-from serve.catalog import embedded_model_path, load_catalog, resolve_model
-from serve.hardware import probe
-from serve.plan import plan
+from serve.models.catalog import embedded_model_path, load_catalog, resolve_model
+from serve.placement.hardware import probe
+from serve.placement.plan import plan
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -68,7 +68,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.requests_per_client = 2 if args.quick else 4
     args.name = args.name or ("quick" if args.quick else "full")
     if args.model_path is None:
-        from serve.catalog import embedded_model_path
+        from serve.models.catalog import embedded_model_path
         args.model_path = str(embedded_model_path())
     return args
 

@@ -7,12 +7,12 @@ import logging
 import signal
 import socket
 
-from serve.catalog import load_catalog
+from serve.models.catalog import load_catalog
 from serve.config import ServerConfig
 from serve.errors import ConfigError
-from serve.hardware import Hardware, probe
-from serve.loader import ModelLoader
-from serve.pool import ModelPool, PoolLimits
+from serve.placement.hardware import Hardware, probe
+from serve.runtime.loader import ModelLoader
+from serve.runtime.pool import ModelPool, PoolLimits
 
 log = logging.getLogger("serve")
 

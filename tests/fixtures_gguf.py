@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import gguf
-from serve.catalog import embedded_model_path
+from serve.models.catalog import embedded_model_path
 
 BUILDER_VERSION = 1
 _UNQUANTIZED = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16}

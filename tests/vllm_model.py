@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from serve.catalog import embedded_model_path
+from serve.models.catalog import embedded_model_path
 
 CACHE_DIR = Path(os.environ.get("QUANTSERVE_TEST_CACHE", "~/.cache/quantserve-tests")).expanduser()
 MODEL_DIR_NAME = "smollm2-135m-hf"

@@ -5,13 +5,13 @@ from fastapi import FastAPI
 
 from serve.api.errors import install_error_handlers
 from serve.api.guards import APIKeyGuard, BodySizeLimit
-from serve.api.ollama_routes import build_router as build_ollama_router
-from serve.api.openai_routes import build_router
+from serve.api.ollama.routes import build_router as build_ollama_router
+from serve.api.openai.routes import build_router
 from serve.config import ServerConfig
 
 
 def create_app(pool, config: ServerConfig) -> FastAPI:
-    """The FastAPI app serving `pool` (a serve.pool.ModelPool) with `config`'s API key and body limit."""
+    """The FastAPI app serving `pool` (a serve.runtime.pool.ModelPool) with `config`'s API key and body limit."""
     app = FastAPI(title="quantserve", summary="OpenAI-compatible server for quantized models",
                   docs_url="/docs", redoc_url=None)
     app.state.pool = pool

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from serve.catalog import embedded_model_path
+from serve.models.catalog import embedded_model_path
 
 from tests.integration.conftest import start_llamacpp_server
 from tests.integration.server import REPO_ROOT, free_port

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from serve.catalog import embedded_model_path
-from serve.gguf_file import read_gguf_info
-from serve.hub_cache import file_digest
+from serve.models.catalog import embedded_model_path
+from serve.models.gguf import read_gguf_info
+from serve.models.cache import file_digest
 from tests.fixtures_gguf import f16_gguf, split_gguf
 from tests.hubserver import HubFile, HubRepo, HubServer
 

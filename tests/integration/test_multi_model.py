@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve.catalog import embedded_model_path, load_catalog, resolve_model
-from serve.hardware import probe
-from serve.plan import plan
+from serve.models.catalog import embedded_model_path, load_catalog, resolve_model
+from serve.placement.hardware import probe
+from serve.placement.plan import plan
 from tests.integration.conftest import start_llamacpp_server
 
 SMALL = ["--ctx", "512", "--parallel", "2"]
@@ -25,7 +25,7 @@ NO_EOS = {"2": -100, "0": -100}
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory) -> dict[str, Path]:
-    from serve.quantize import quantize_file
+    from serve.models.quantize import quantize_file
 
     folder = tmp_path_factory.mktemp("models")
     q8 = quantize_file(embedded_model_path(), "q8_0", folder / "smol-q8.gguf", allow_requantize=True,

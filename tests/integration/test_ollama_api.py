@@ -16,8 +16,8 @@ import httpx
 import ollama
 import pytest
 
-from serve.catalog import embedded_model_path
-from serve.hub_cache import file_digest
+from serve.models.catalog import embedded_model_path
+from serve.models.cache import file_digest
 from tests.hubserver import HubFile, HubRepo, HubServer
 from tests.integration.conftest import start_llamacpp_server
 

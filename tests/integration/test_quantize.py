@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from serve.catalog import embedded_model_path
+from serve.models.catalog import embedded_model_path
 from serve.errors import ConfigError
-from serve.gguf_file import read_gguf_info
-from serve.quantize import quantize_file
+from serve.models.gguf import read_gguf_info
+from serve.models.quantize import quantize_file
 from tests.fixtures_gguf import f16_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serve.hardware import (Hardware, apple_from_sysctl, cpu_from_sysctl, parse_cpuinfo, parse_meminfo,
+from serve.placement.hardware import (Hardware, apple_from_sysctl, cpu_from_sysctl, parse_cpuinfo, parse_meminfo,
                             parse_nvidia_smi_csv, parse_sysctl, parse_vm_stat)
 
 MACHINES = Path(__file__).parent / "fixtures" / "machines"

@@ -11,17 +11,17 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from serve.api import protocol
+from serve.api.openai import protocol
 from serve.api.app import create_app
 from serve.api.errors import error_response, field_path, validate
-from serve.api.sse import CHAT_CHUNK, TEXT_CHUNK, StreamHeader, stream_events
+from serve.api.openai.sse import CHAT_CHUNK, TEXT_CHUNK, StreamHeader, stream_events
 from serve.config import ServerConfig
 from serve.errors import (AuthenticationError, ContextLengthError, InvalidRequestError, ModelNotFoundError,
                           OverloadedError, PayloadTooLargeError, ServeError)
-from serve.catalog import load_catalog
-from serve.hardware import probe
-from serve.loader import ModelLoader
-from serve.pool import ModelPool, PoolLimits
+from serve.models.catalog import load_catalog
+from serve.placement.hardware import probe
+from serve.runtime.loader import ModelLoader
+from serve.runtime.pool import ModelPool, PoolLimits
 from serve.sequence import FinishReason, StepOutput
 
 CHAT = "/v1/chat/completions"

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from serve.catalog import (DEFAULT_ALIAS, GGUFSource, embedded_model_path, load_catalog, parse_catalog,
+from serve.models.catalog import (DEFAULT_ALIAS, GGUFSource, embedded_model_path, load_catalog, parse_catalog,
                            parse_hub_spec, resolve_model)
 from serve.errors import ConfigError, HubError, ModelNotFoundError
-from serve.gguf_file import read_gguf_info
-from serve.hub_cache import check_disk_space, human_bytes
-from serve.hub_select import available_quants, quant_tag, select_explicit, select_gguf, split_info
-from serve.quantize import default_output
+from serve.models.gguf import read_gguf_info
+from serve.models.cache import check_disk_space, human_bytes
+from serve.models.select import available_quants, quant_tag, select_explicit, select_gguf, split_info
+from serve.models.quantize import default_output
 
 REQUIRED_ALIASES = {"mistral-7b-q4", "mistral-7b-q8", "llama-3.1-8b-q4", "qwen2.5-7b-q4", "qwen2.5-1.5b-q4",
                     "qwen2.5-0.5b-q8", "phi-3.5-mini-q4", "gemma-2-2b-q4", "smollm2-135m", "smollm2-360m",

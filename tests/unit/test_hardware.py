@@ -7,12 +7,13 @@ from pathlib import Path
 
 from machines import load_machine, recorded
 
-from serve import hardware
-from serve.hardware import (GiB, MiB, Cpu, Gpu, Memory, apple_from_sysctl, apply_limits, cpu_from_sysctl,
-                            format_report, hardware_report, parse_cgroup_cpu_limit, parse_cgroup_memory_limit,
-                            parse_cpuinfo, parse_lscpu, parse_meminfo, parse_nvidia_smi_csv, parse_sysctl,
-                            parse_vm_stat, probe, select_visible)
-from serve.plan import plan
+from serve.placement import hardware
+from serve.placement.hardware import (GiB, MiB, Cpu, Gpu, Memory, apple_from_sysctl, apply_limits, cpu_from_sysctl,
+                                      parse_cgroup_cpu_limit, parse_cgroup_memory_limit, parse_cpuinfo, parse_lscpu,
+                                      parse_meminfo, parse_nvidia_smi_csv, parse_sysctl, parse_vm_stat, probe,
+                                      select_visible)
+from serve.placement.plan import plan
+from serve.placement.report import format_report, hardware_report
 
 # ---- CPUs ----------------------------------------------------------------------------------------
 
@@ -218,6 +219,6 @@ def test_a_missing_command_reads_as_nothing():
 
 
 def _catalog_default():
-    from serve.catalog import load_catalog, resolve_model
+    from serve.models.catalog import load_catalog, resolve_model
 
     return resolve_model(None, load_catalog())

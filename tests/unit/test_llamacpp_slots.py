@@ -6,7 +6,7 @@ import pytest
 
 from backends.base import BackendSettings
 from backends.llamacpp import LlamaCppBackend, _num_runs
-from serve.catalog import embedded_model_path
+from serve.models.catalog import embedded_model_path
 from serve.sequence import Batch, Request, SamplingParams, Sequence
 
 

@@ -7,11 +7,11 @@ import re
 import pytest
 
 from serve.api.errors import validate
-from serve.api.ollama_models import parameter_size, timestamp
-from serve.api.ollama_protocol import (FOREVER, ChatRequest, GenerateRequest, ModelRequest, Options,
+from serve.api.ollama.models import parameter_size, timestamp
+from serve.api.ollama.protocol import (FOREVER, ChatRequest, GenerateRequest, ModelRequest, Options,
                                        normalize_model_name, ollama_model_name, parse_keep_alive)
-from serve.api.ollama_generation import sampling_params
-from serve.api.ollama_template import TemplateError, render_prompt_template
+from serve.api.ollama.generation import sampling_params
+from serve.api.ollama.template import TemplateError, render_prompt_template
 from serve.errors import InvalidRequestError
 
 CHATML = ("{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}<|im_start|>user\n"

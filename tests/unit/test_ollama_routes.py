@@ -9,11 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve.api.app import create_app
-from serve.catalog import embedded_model_path, load_catalog
+from serve.models.catalog import embedded_model_path, load_catalog
 from serve.config import ServerConfig
-from serve.hardware import probe
-from serve.loader import ModelLoader
-from serve.pool import ModelPool, PoolLimits
+from serve.placement.hardware import probe
+from serve.runtime.loader import ModelLoader
+from serve.runtime.pool import ModelPool, PoolLimits
 
 EMBEDDED = "smollm2-135m:latest"
 HELLO = [{"role": "user", "content": "hello"}]

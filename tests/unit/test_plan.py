@@ -9,11 +9,11 @@ import pytest
 from machines import load_machine
 
 from backends.base import BackendSettings
-from serve.catalog import GGUFSource, ModelSpec, VLLMSource, load_catalog, resolve_model
+from serve.models.catalog import GGUFSource, ModelSpec, VLLMSource, load_catalog, resolve_model
 from serve.errors import ConfigError
-from serve.footprint import gguf_footprint, vllm_footprint
-from serve.hardware import GiB, probe
-from serve.plan import VLLM_INSTALL_HINT, plan
+from serve.placement.footprint import gguf_footprint, vllm_footprint
+from serve.placement.hardware import GiB, probe
+from serve.placement.plan import VLLM_INSTALL_HINT, plan
 
 MISTRAL_7B_AWQ = ModelSpec(
     name="mistral-7b-q4",

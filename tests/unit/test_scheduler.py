@@ -2,7 +2,7 @@
 import pytest
 
 from serve.errors import OverloadedError
-from serve.scheduler import Scheduler
+from serve.runtime.scheduler import Scheduler
 from serve.sequence import Request, SamplingParams, Sequence, SequenceStatus, StepOutput, FinishReason
 
 
@@ -129,7 +129,7 @@ def test_a_sequence_the_backend_cannot_start_fails_alone():
 
 
 def test_prefill_is_capped_while_streams_decode_but_takes_the_whole_step_when_idle():
-    from serve.scheduler import PREFILL_TOKENS_WHILE_DECODING
+    from serve.runtime.scheduler import PREFILL_TOKENS_WHILE_DECODING
 
     scheduler = make_scheduler(max_running=4, max_batch_tokens=2048)
     scheduler.add(make_sequence("burst-1", 900))

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from serve.errors import ConfigError, ModelLoadError
-from serve.gguf_file import read_gguf_info
-from serve.hub_cache import check_disk_space, human_bytes
+from serve.models.gguf import read_gguf_info
+from serve.models.cache import check_disk_space, human_bytes
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from serve.api.ollama_protocol import ollama_model_name
-from serve.catalog import Catalog, ModelSpec
+from serve.api.ollama.protocol import ollama_model_name
+from serve.models.catalog import Catalog, ModelSpec
 from serve.errors import ConfigError
 
 # llama.h LLAMA_FTYPE_*: the `general.file_type` of a GGUF file, as Ollama shows it (quantization_level).
@@ -55,7 +55,7 @@ class LocalModel:
     path: Path | None  # a GGUF file or a Hugging Face directory; None when unknown
     size: int  # bytes on disk (or in memory, for a loaded model whose files we cannot see)
     spec: ModelSpec | None = None  # the catalog entry, when there is one
-    loaded: Any = None  # serve.pool.ModelInfo when loaded
+    loaded: Any = None  # serve.runtime.pool.ModelInfo when loaded
 
     @property
     def ollama_name(self) -> str:
@@ -67,7 +67,7 @@ class LocalModel:
 @lru_cache(maxsize=64)
 def _gguf_metadata(path: str, mtime_ns: int) -> tuple[dict, int]:
     """(header metadata, parameter count) of a GGUF file; cached per file version."""
-    from serve.gguf_file import read_gguf_info
+    from serve.models.gguf import read_gguf_info
 
     info = read_gguf_info(Path(path))
     num_params = info.num_elements(two_dim=True) + info.num_elements(two_dim=False)
@@ -151,7 +151,7 @@ def tag_entry(model: LocalModel) -> dict[str, Any]:
 
 
 def ps_entry(model: LocalModel) -> dict[str, Any]:
-    """One model of GET /api/ps; `model.loaded` is its serve.pool.ModelInfo."""
+    """One model of GET /api/ps; `model.loaded` is its serve.runtime.pool.ModelInfo."""
     info = model.loaded
     expires_at = info.expires_at if info.expires_at is not None else time.time() + FOREVER_SECONDS
     return {"name": model.ollama_name, "model": model.ollama_name, "size": info.size_bytes or model.size,
@@ -224,8 +224,8 @@ def _file_size(path: Path | None) -> int:
 
 
 def local_models(infos: list, catalog: Catalog) -> list[LocalModel]:
-    """The loaded models (`infos`: serve.pool.ModelInfo), then the catalog's models with files on disk."""
-    from serve.hub import list_models  # the Hub client is only imported when a listing is asked for
+    """The loaded models (`infos`: serve.runtime.pool.ModelInfo), then the catalog's models with files on disk."""
+    from serve.models.hub import list_models  # the Hub client is only imported when a listing is asked for
 
     rows = {row["name"]: row for row in list_models(catalog) if row["downloaded"]}
     catalog_paths = {name: _first_weights_path(row["paths"]) for name, row in rows.items()}

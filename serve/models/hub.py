@@ -10,12 +10,12 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
-from serve.catalog import Catalog, GGUFSource, ModelSpec
+from serve.models.catalog import Catalog, GGUFSource, ModelSpec
 from serve.errors import ConfigError, HubError, ModelNotFoundError
-from serve.gguf_file import read_gguf_info
-from serve.hub_cache import (RemoteFile, bytes_to_fetch, cached_repos, cached_snapshot, check_disk_space,
+from serve.models.gguf import read_gguf_info
+from serve.models.cache import (RemoteFile, bytes_to_fetch, cached_repos, cached_snapshot, check_disk_space,
                              download_file, hub_settings, human_bytes, remove_snapshot_files, snapshot_files)
-from serve.hub_select import select_explicit, select_gguf
+from serve.models.select import select_explicit, select_gguf
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _maybe_quantize(source: GGUFSource, path: Path, progress: bool) -> Path:
     target = quantized_cache_path(path, source.repo, source.quantize_to.upper())
     if target.exists():
         return target
-    from serve.quantize import quantize_file
+    from serve.models.quantize import quantize_file
 
     log.info("quantizing %s to %s once; the result is cached at %s", path.name, source.quantize_to, target)
     return quantize_file(path, source.quantize_to, target, progress=progress)

@@ -1,7 +1,7 @@
 """The `serve probe` report: a Hardware (and the plan for a model) as JSON-able data and as text.
 
-Kept apart from serve/hardware.py, which re-exports both functions; it reads its inputs through
-`dataclasses.asdict` only, so it imports nothing from the probe at run time.
+It reads its inputs through `dataclasses.asdict` only, so it imports nothing from the probe or the plan at
+run time (they are imported for type checking only).
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from serve.hardware import Hardware
-    from serve.plan import Plan
+    from serve.placement.hardware import Hardware
+    from serve.placement.plan import Plan
 
 GiB = 1024**3
 

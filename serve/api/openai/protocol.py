@@ -143,7 +143,7 @@ class CompletionRequest(SamplingFields):
         return self.max_tokens
 
 
-# Responses. Stream chunks are built as plain dicts in serve/api/sse.py (they are hot); these models
+# Responses. Stream chunks are built as plain dicts in serve/api/openai/sse.py (they are hot); these models
 # document the non-streaming shapes and serialize them.
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from serve.catalog import ModelSpec
-from serve.footprint import Footprint, checkpoint_quantization, fitting_context, gib
-from serve.hardware import GiB, Gpu
+from serve.models.catalog import ModelSpec
+from serve.placement.footprint import Footprint, checkpoint_quantization, fitting_context, gib
+from serve.placement.hardware import GiB, Gpu
 
 CUDA_OVERHEAD_BYTES = int(1.5 * GiB)  # per GPU: CUDA context, CUDA graphs, activation peak (7B-70B models)
 VLLM_GPU_UTILIZATION = 0.9

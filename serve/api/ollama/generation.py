@@ -17,13 +17,13 @@ from typing import Any, AsyncIterator
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response
 
-from serve.api.ndjson import NDJSONResponse
-from serve.api.ollama_models import timestamp
-from serve.api.ollama_protocol import (DEFAULT_REPEAT_PENALTY, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P,
+from serve.api.ollama.ndjson import NDJSONResponse
+from serve.api.ollama.models import timestamp
+from serve.api.ollama.protocol import (DEFAULT_REPEAT_PENALTY, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P,
                                        ChatRequest, GenerateRequest, Options)
-from serve.api.ollama_template import TemplateError, render_prompt_template
-from serve.api.openai_routes import CLIENT_CLOSED_REQUEST, Generation, collect_unless_gone
-from serve.api.sse import finish_reason
+from serve.api.ollama.template import TemplateError, render_prompt_template
+from serve.api.openai.routes import CLIENT_CLOSED_REQUEST, Generation, collect_unless_gone
+from serve.api.openai.sse import finish_reason
 from serve.errors import ContextLengthError, InvalidRequestError, ServeError
 from serve.sequence import Request, SamplingParams, StepOutput
 
@@ -57,7 +57,7 @@ class Timings:
 
 
 class TimedStream:
-    """A serve.engine.RequestStream that marks when the first token and the finish arrived."""
+    """A serve.runtime.engine.RequestStream that marks when the first token and the finish arrived."""
 
     def __init__(self, stream: Any, timings: Timings):
         self._stream = stream

@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve.catalog import ModelSpec
+from serve.models.catalog import ModelSpec
 from serve.errors import ConfigError
-from serve.gguf_file import read_gguf_info
+from serve.models.gguf import read_gguf_info
 
 GiB = 1024**3
 CONTEXT_STEP = 256

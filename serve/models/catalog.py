@@ -251,7 +251,7 @@ def _local_spec(path: Path) -> ModelSpec:
 
 def _local_gguf_spec(path: Path) -> ModelSpec:
     """What the file's own header says, so --ctx can go up to the model's trained context."""
-    from serve.gguf_file import read_gguf_info
+    from serve.models.gguf import read_gguf_info
 
     info = read_gguf_info(path)
     arch = info.metadata.get("general.architecture", "")

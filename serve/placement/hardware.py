@@ -3,7 +3,7 @@
 `probe()` gathers raw text (/proc/cpuinfo, sysctl, nvidia-smi, cgroup files) or library answers (psutil,
 NVML) and hands it to pure parsers, so every parser is unit-tested with recorded output of machines we do
 not have. A probe never raises: whatever cannot be read is reported as absent. The backend plan built
-from a `Hardware` lives in serve/plan.py.
+from a `Hardware` lives in serve/placement/plan.py.
 """
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from typing import Callable, TypeVar
-
-from serve.probe_report import format_report, hardware_report  # noqa: F401  (part of this module's API)
 
 GiB = 1024**3
 MiB = 1024**2

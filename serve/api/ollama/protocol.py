@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from serve.catalog import LATEST_TAG
+from serve.models.catalog import LATEST_TAG
 from serve.duration import parse_duration
 
 FOREVER = -1.0  # keep_alive for "never unload" (the pool's convention: negative means forever)
@@ -261,7 +261,7 @@ class ChatRequest(_GenerationFields):
 class GenerateRequest(_GenerationFields):
     prompt: Optional[str] = ""  # empty: load (or unload) the model only
     system: Optional[str] = None  # replaces the model's default system prompt
-    template: Optional[str] = None  # a Go template using .System / .Prompt (see serve/api/ollama_template.py)
+    template: Optional[str] = None  # a Go template using .System / .Prompt (see serve/api/ollama/template.py)
     raw: Optional[bool] = False  # the prompt is sent as is, without any template
     suffix: Optional[str] = None
     context: Optional[list[int]] = None

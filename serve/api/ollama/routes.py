@@ -2,7 +2,7 @@
 /api/pull, /api/version, and `GET /` answering "Ollama is running".
 
 Generation goes the same way as the OpenAI routes (pool -> engine.submit -> per-request stream): only the
-edges differ (serve/api/ollama_generation.py). Replies stream as NDJSON unless `"stream": false`. Every error
+edges differ (serve/api/ollama/generation.py). Replies stream as NDJSON unless `"stream": false`. Every error
 on these routes has Ollama's shape `{"error": "..."}` (the OpenAI routes keep OpenAI's), with the status of
 the ServeError behind it. Model names may carry Ollama's `:latest` tag; keep_alive goes to the pool.
 """
@@ -17,15 +17,15 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from fastapi import APIRouter, Request as HTTPRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from serve.api import ollama_models
+from serve.api.ollama import models as ollama_models
 from serve.api.errors import parse_json_object, validate
-from serve.api.ndjson import NDJSONResponse
-from serve.api.ollama_generation import (CHAT, GENERATE, INTERNAL_ERROR, ReplyShape, Timings, answer,
+from serve.api.ollama.ndjson import NDJSONResponse
+from serve.api.ollama.generation import (CHAT, GENERATE, INTERNAL_ERROR, ReplyShape, Timings, answer,
                                          chat_prompt, generate_prompt, submit)
-from serve.api.ollama_models import find_model, local_models
-from serve.api.ollama_protocol import ChatRequest, GenerateRequest, ModelRequest, normalize_model_name
-from serve.api.ollama_pull import pull_backend, pull_progress
-from serve.catalog import Catalog, load_catalog, resolve_model
+from serve.api.ollama.models import find_model, local_models
+from serve.api.ollama.protocol import ChatRequest, GenerateRequest, ModelRequest, normalize_model_name
+from serve.api.ollama.pull import pull_backend, pull_progress
+from serve.models.catalog import Catalog, load_catalog, resolve_model
 from serve.errors import InvalidRequestError, ModelNotFoundError, OverloadedError, ServeError
 
 logger = logging.getLogger("serve.api")
@@ -104,7 +104,7 @@ class OllamaAPI:
 
 
 def build_router(pool: Any, config: Any = None) -> APIRouter:
-    """Ollama's routes over a serve.pool.ModelPool; `config` is the server's ServerConfig."""
+    """Ollama's routes over a serve.runtime.pool.ModelPool; `config` is the server's ServerConfig."""
     api = OllamaAPI(pool, config)
     router = APIRouter()
     _add_generation_routes(router, api)

@@ -16,9 +16,9 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response
 
-from serve.api import protocol
+from serve.api.openai import protocol
 from serve.api.errors import parse_json_object, validate
-from serve.api.sse import (CHAT_CHUNK, TEXT_CHUNK, EventStreamResponse, StreamHeader, finish_reason,
+from serve.api.openai.sse import (CHAT_CHUNK, TEXT_CHUNK, EventStreamResponse, StreamHeader, finish_reason,
                            stream_events)
 from serve.errors import InvalidRequestError, ModelNotFoundError, ServeError
 from serve.sequence import Request, SamplingParams, StepOutput
@@ -33,7 +33,7 @@ class Generation:
     """A submitted request and what the route needs to answer it."""
 
     request: Request
-    stream: Any  # serve.engine.RequestStream
+    stream: Any  # serve.runtime.engine.RequestStream
     is_finished: bool = False
 
     async def outputs(self) -> AsyncIterator[StepOutput]:
@@ -179,7 +179,7 @@ def _find_card(pool, model_id: str | None) -> protocol.ModelCard | None:
 
 
 def build_router(pool) -> APIRouter:
-    """The OpenAI routes over a serve.pool.ModelPool."""
+    """The OpenAI routes over a serve.runtime.pool.ModelPool."""
     router = APIRouter()
 
     @router.post("/v1/chat/completions")

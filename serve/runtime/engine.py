@@ -17,10 +17,10 @@ from pathlib import Path
 
 from backends.base import Backend, Capabilities
 from serve.errors import ContextLengthError, InvalidRequestError, ServerStoppingError
-from serve.scheduler import Scheduler
+from serve.runtime.scheduler import Scheduler
 from serve.sequence import Batch, FinishReason, Request, Sequence, StepOutput
 
-log = logging.getLogger("serve.engine")
+log = logging.getLogger("serve.runtime.engine")
 
 IDLE_WAIT_SECONDS = 0.5  # how long the idle loop sleeps before re-checking for a stop request
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import logging
 
 from backends.base import load_backend
-from serve.catalog import Catalog, ModelSpec, resolve_model
+from serve.models.catalog import Catalog, ModelSpec, resolve_model
 from serve.config import ServerConfig
-from serve.engine import Engine
-from serve.hardware import Hardware
-from serve.plan import Plan, plan
+from serve.runtime.engine import Engine
+from serve.placement.hardware import Hardware
+from serve.placement.plan import Plan, plan
 
-log = logging.getLogger("serve.loader")
+log = logging.getLogger("serve.runtime.loader")
 
 
 class ModelLoader:
@@ -32,7 +32,7 @@ class ModelLoader:
 
     def load(self, spec: ModelSpec, chosen: Plan) -> Engine:
         """Blocking: download what is missing, load the weights, start the engine thread."""
-        from serve.hub import ensure_model_file  # the Hub client is only needed once a model is loaded
+        from serve.models.hub import ensure_model_file  # the Hub client is only needed once a model is loaded
 
         print(f"model {spec.name}: backend {chosen.backend}, context {chosen.context_length} per request, "
               f"{chosen.num_parallel} parallel, {chosen.num_threads} threads", flush=True)

@@ -7,7 +7,7 @@ VRAM (the CUDA fit check below); otherwise llama.cpp, with every layer on the GP
 model fits there, else on the CPU. Every choice adds a reason in plain words; an impossible explicit
 choice raises ConfigError with one line saying what is missing, with numbers when memory is short.
 
-Context is per sequence and never split between sequences. KV-cache sizes come from serve/footprint.py.
+Context is per sequence and never split between sequences. KV-cache sizes come from serve/placement/footprint.py.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.base import BACKEND_NAMES, BackendSettings
-from serve.catalog import ModelSpec
-from serve.cuda_fit import MIN_CONTEXT, VLLM_GPU_UTILIZATION, NoFit, choose_quantization, fit_cuda, told_quantization
+from serve.models.catalog import ModelSpec
+from serve.placement.cuda_fit import MIN_CONTEXT, VLLM_GPU_UTILIZATION, NoFit, choose_quantization, fit_cuda, told_quantization
 from serve.errors import ConfigError
-from serve.footprint import Footprint, checkpoint_quantization, fitting_context, gguf_footprint, gib, vllm_footprint
-from serve.hardware import GiB, MiB, Gpu, Hardware
+from serve.placement.footprint import Footprint, checkpoint_quantization, fitting_context, gguf_footprint, gib, vllm_footprint
+from serve.placement.hardware import GiB, MiB, Gpu, Hardware
 
 DEFAULT_CONTEXT = 4096  # llama.cpp allocates the whole KV cache up front, so keep the default modest
 CPU_BATCH_TOKENS = 2048  # llama-server's n_batch: a burst of new prompts is prefilled in one step

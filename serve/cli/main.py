@@ -65,10 +65,11 @@ def _add_probe(subparsers) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from serve.catalog import load_catalog, resolve_model
+    from serve.models.catalog import load_catalog, resolve_model
     from serve.config import USER_CATALOG_FILE
-    from serve.hardware import format_report, hardware_report, probe
-    from serve.plan import plan
+    from serve.placement.hardware import probe
+    from serve.placement.report import format_report, hardware_report
+    from serve.placement.plan import plan
 
     hw = probe()
     try:
@@ -90,7 +91,7 @@ def _add_ps(subparsers) -> None:
 
 
 def _cmd_ps(args: argparse.Namespace) -> int:
-    from serve.ps import fetch_running_models, format_running_models
+    from serve.cli.ps import fetch_running_models, format_running_models
 
     answer = fetch_running_models(args.host, args.port, args.api_key)
     print(json.dumps(answer, indent=2) if args.json else format_running_models(answer))
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up(subparsers)
     _add_probe(subparsers)
     _add_ps(subparsers)
-    from serve.cli_models import add_model_commands
+    from serve.cli.models import add_model_commands
 
     add_model_commands(subparsers)
     return parser
@@ -122,6 +123,3 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

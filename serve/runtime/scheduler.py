@@ -22,7 +22,7 @@ from typing import Callable
 from serve.errors import OverloadedError
 from serve.sequence import Batch, FinishReason, PrefillChunk, Sequence, SequenceStatus, StepOutput
 
-log = logging.getLogger("serve.scheduler")
+log = logging.getLogger("serve.runtime.scheduler")
 
 # While streams are decoding, a step carries at most this many prompt tokens, so running streams see a
 # bounded inter-token latency when a long prompt arrives (about 0.6 s for a 135M model on 2 cores).

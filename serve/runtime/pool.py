@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from serve.catalog import LATEST_TAG
-from serve.engine import Engine
+from serve.models.catalog import LATEST_TAG
+from serve.runtime.engine import Engine
 from serve.errors import ModelNotFoundError, ServeError
 
-log = logging.getLogger("serve.pool")
+log = logging.getLogger("serve.runtime.pool")
 
 REAP_INTERVAL_SECONDS = 0.25  # how often idle models are checked against their keep-alive
 DRAIN_POLL_SECONDS = 0.05
@@ -55,7 +55,7 @@ class ModelInfo:
 
 
 class Loader(Protocol):
-    """serve.loader.ModelLoader: resolve() and plan() are cheap; load() blocks."""
+    """serve.runtime.loader.ModelLoader: resolve() and plan() are cheap; load() blocks."""
 
     def resolve(self, spec_text: str | None): ...
     def plan(self, spec): ...

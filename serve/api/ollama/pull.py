@@ -1,11 +1,11 @@
-"""POST /api/pull: serve.hub.pull in a worker thread, reported as Ollama's progress objects.
+"""POST /api/pull: serve.models.hub.pull in a worker thread, reported as Ollama's progress objects.
 
     {"status": "pulling manifest"}
     {"status": "pulling 8eeb52dfb3bb", "digest": "sha256:8eeb...", "total": 98362432, "completed": 41943040}
     ...
     {"status": "verifying sha256 digest"} {"status": "writing manifest"} {"status": "success"}
 
-serve.hub has no progress callback, so progress is read where the download lands: the partial file
+serve.models.hub has no progress callback, so progress is read where the download lands: the partial file
 `blobs/<sha256>.incomplete` in the Hugging Face cache, polled while the pull runs. Its final size and digest
 are reported exactly once the blob is complete; `total` during the download is the catalog's declared
 download size (omitted when the catalog does not know it, e.g. an hf:// spec).
@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from serve.catalog import ModelSpec
+from serve.models.catalog import ModelSpec
 
 log = logging.getLogger("serve.api")
 
@@ -44,7 +44,7 @@ def _repo(spec: ModelSpec, backend: str) -> str | None:
 
 
 def _blobs_dir(repo: str) -> Path:
-    from serve.hub_cache import hub_settings, repo_dir
+    from serve.models.cache import hub_settings, repo_dir
 
     return repo_dir(hub_settings().cache_dir, repo) / "blobs"
 
@@ -82,7 +82,7 @@ def progress(sha: str, completed: int, total: int | None) -> dict[str, Any]:
 
 async def pull_progress(spec: ModelSpec, backend: str) -> AsyncIterator[dict[str, Any]]:
     """Ollama's progress objects for pulling `spec`; a failed pull raises its ServeError from the thread."""
-    from serve import hub
+    from serve.models import hub
 
     yield {"status": "pulling manifest"}
     repo = _repo(spec, backend)

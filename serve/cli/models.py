@@ -1,8 +1,7 @@
 """`serve pull | models | rm | quantize`: model management commands.
 
-serve/cli.py registers them with `add_model_commands(subparsers)`; each handler takes the parsed Namespace,
+serve/cli/main.py registers them with `add_model_commands(subparsers)`; each handler takes the parsed Namespace,
 returns an exit code and raises ServeError for anything the user can fix (the CLI prints `error: <message>`).
-`python -m serve.cli_models ...` runs them on their own (the tests use this).
 """
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from serve.catalog import Catalog, load_catalog, resolve_model
+from serve.models.catalog import Catalog, load_catalog, resolve_model
 from serve.errors import ConfigError
 
 QUANTIZE_CHOICES = ("q4_k_m", "q5_k_m", "q6_k", "q8_0")
@@ -31,7 +30,7 @@ def _catalog(args: argparse.Namespace) -> Catalog:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """Download a model (alias, hf:// spec) into the HF cache, resuming and verifying; print its path."""
-    from serve.hub import describe_size, pull
+    from serve.models.hub import describe_size, pull
 
     spec = resolve_model(args.spec, _catalog(args))
     backend = getattr(args, "backend", None) or "llamacpp"
@@ -42,7 +41,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _format_rows(rows: list[dict]) -> str:
-    from serve.hub_cache import human_bytes
+    from serve.models.cache import human_bytes
 
     header = ("NAME", "PARAMS", "DOWNLOAD", "HAVE", "GGUF SOURCE")
     table = [header]
@@ -59,7 +58,7 @@ def _format_rows(rows: list[dict]) -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the catalog and what is downloaded (size, paths); `--json` for one JSON array."""
-    from serve.hub import list_models
+    from serve.models.hub import list_models
 
     rows = list_models(_catalog(args))
     print(json.dumps(rows, indent=2) if getattr(args, "json", False) else _format_rows(rows))
@@ -68,7 +67,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     """Remove a model's downloaded files from the HF cache."""
-    from serve.hub import remove
+    from serve.models.hub import remove
 
     spec = resolve_model(args.spec, _catalog(args))
     removed = remove(spec)
@@ -82,8 +81,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Quantize a local F16/BF16/F32 GGUF file with llama.cpp's quantizer."""
-    from serve.hub_cache import human_bytes
-    from serve.quantize import quantize_file
+    from serve.models.cache import human_bytes
+    from serve.models.quantize import quantize_file
 
     out = quantize_file(Path(args.src), args.type, args.output, allow_requantize=args.allow_requantize,
                         progress=not getattr(args, "quiet", False))
