@@ -24,11 +24,12 @@ from serve.sequence import Batch, Sequence, StepOutput
 BACKEND_NAMES = ("llamacpp", "vllm")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BackendSettings:
-    """Everything a backend needs to load one model; chosen by the plan (serve/placement/plan.py)."""
+    """Everything a backend needs to load one model; chosen by the plan (serve/placement/plan.py), which
+    leaves `model_path` to the loader: the file is known only once it is fetched."""
 
-    model_path: Path
+    model_path: Path | None = None
     context_length: int  # per sequence, never split between sequences
     num_parallel: int  # sequences decoded together
     num_threads: int = 0  # 0: backend default
@@ -51,9 +52,8 @@ class BackendSettings:
 class Capabilities:
     name: str  # "llamacpp" or "vllm"
     context_length: int  # per sequence
-    max_sequences: int
+    num_parallel: int  # sequences running at once
     batches_internally: bool  # True: the scheduler only admits; the backend batches and prefills
-    supports_prefix_reuse: bool = False
     vocab_size: int = 0  # for validating logit_bias token ids; 0: unknown
 
 

@@ -88,8 +88,8 @@ class LlamaCppBackend:
         self._bos_text, self._add_bos = self._bos()
         self._chat_template = self._load_chat_template()
         self.capabilities = Capabilities(
-            name="llamacpp", context_length=self._context_length, max_sequences=settings.num_parallel,
-            batches_internally=False, supports_prefix_reuse=True, vocab_size=self._num_vocab)
+            name="llamacpp", context_length=self._context_length, num_parallel=settings.num_parallel,
+            batches_internally=False, vocab_size=self._num_vocab)
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -182,7 +182,7 @@ class LlamaCppBackend:
         conversations survive longest."""
         free = [slot for slot in self._slots if slot.sequence is None]
         if not free:
-            raise RuntimeError("admit() called with every slot busy; the scheduler must respect max_sequences")
+            raise RuntimeError("admit() called with every slot busy; the scheduler must respect num_parallel")
         num_shared, slot = max(((_common_prefix_length(s.cached_tokens, prompt), s) for s in free),
                                key=lambda pair: pair[0])
         # At least one prompt token must be decoded to get logits for the first output token.

@@ -113,9 +113,8 @@ class VLLMBackend:
             raise ModelLoadError(f"vLLM could not load {settings.model_path}: {exc}") from exc
         model_config = self._engine.model_config
         self.capabilities = Capabilities(
-            name="vllm", context_length=model_config.max_model_len, max_sequences=settings.num_parallel,
-            batches_internally=True, supports_prefix_reuse=settings.enable_prefix_caching,
-            vocab_size=model_config.get_vocab_size())
+            name="vllm", context_length=model_config.max_model_len, num_parallel=settings.num_parallel,
+            batches_internally=True, vocab_size=model_config.get_vocab_size())
 
     # -- loading -------------------------------------------------------------------------------------
 
@@ -285,33 +284,3 @@ def _bos(tokenizer) -> tuple[int | None, bool]:
 def create_backend(settings: BackendSettings) -> VLLMBackend:
     return VLLMBackend(settings)
 
-
-def _smoke(model_dir: Path) -> None:
-    """Drive the backend as the engine does, on a bare ChatML prompt; print the answer and timings."""
-    import time
-
-    from serve.sequence import PrefillChunk, Request
-
-    started = time.perf_counter()
-    backend = create_backend(BackendSettings(model_path=model_dir, context_length=2048, num_parallel=4,
-                                             gpu_memory_utilization=0.2))
-    print(f"loaded in {time.perf_counter() - started:.1f} s: {backend.capabilities}")
-    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-    request = Request("smoke", "smoke", prompt, backend.tokenize(prompt), SamplingParams(temperature=0.0))
-    sequence = Sequence(request, deliver=lambda output: None)
-    batch = Batch(prefill=[PrefillChunk(sequence, 0, sequence.num_prompt_tokens)])
-    started, text, num_tokens, finish = time.perf_counter(), "", 0, None
-    while finish is None:
-        for output in backend.step(batch):
-            text, num_tokens, finish = text + output.text, num_tokens + output.num_new_tokens, output.finish_reason
-        batch = Batch(decode=[sequence])
-    elapsed = time.perf_counter() - started
-    print(f"{text!r}: {num_tokens} tokens, finish {finish.value}, {num_tokens / elapsed:.1f} tok/s")
-    backend.close()
-
-
-if __name__ == "__main__":  # vLLM starts processes: keep this guard. Usage: python -m backends.vllm HF_DIR
-    import sys
-
-    logging.basicConfig(level=logging.INFO)
-    _smoke(Path(sys.argv[1]))

@@ -37,12 +37,6 @@ class FinishReason(str, enum.Enum):
     ABORT = "abort"  # the client went away or the server shuts down
 
 
-class SequenceStatus(enum.Enum):
-    WAITING = "waiting"
-    RUNNING = "running"
-    FINISHED = "finished"
-
-
 @dataclass
 class Request:
     """One generation request, already templated and tokenized."""
@@ -77,7 +71,6 @@ class Sequence:
     request: Request
     # Called on the engine thread with every StepOutput; the engine points it at an asyncio queue.
     deliver: Callable[[StepOutput], None]
-    status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0  # prompt tokens already in the KV cache
     num_cached_tokens: int = 0  # of those, reused from an earlier request (prefix reuse)
     num_output_tokens: int = 0

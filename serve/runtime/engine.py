@@ -90,8 +90,8 @@ class Engine:
         self.backend = backend
         self.capabilities: Capabilities = backend.capabilities
         self.scheduler = Scheduler(
-            max_running=self.capabilities.max_sequences, max_waiting=max_queue,
-            max_batch_tokens=max(max_batch_tokens, self.capabilities.max_sequences + 1),
+            num_parallel=self.capabilities.num_parallel, max_waiting=max_queue,
+            max_batch_tokens=max(max_batch_tokens, self.capabilities.num_parallel + 1),
             admit=self._admit, batches_internally=self.capabilities.batches_internally)
         self._wakeup = threading.Event()
         self._stopping = False
@@ -145,7 +145,7 @@ class Engine:
         """Load and capacity for /health: each request gets the whole `context_length` (never a share of
         it split between the `num_parallel` sequences)."""
         return {"running": self.scheduler.num_running, "waiting": self.scheduler.num_waiting,
-                "num_parallel": self.capabilities.max_sequences, "context_length": self.capabilities.context_length}
+                "num_parallel": self.capabilities.num_parallel, "context_length": self.capabilities.context_length}
 
     @property
     def is_busy(self) -> bool:

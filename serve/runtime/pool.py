@@ -268,7 +268,7 @@ class ModelPool:
         if r.keep_alive >= 0 and not r.pinned:
             expires = (r.idle_since or now) + r.keep_alive
         return ModelInfo(name=name, backend=caps.name, context_length=caps.context_length,
-                         num_parallel=caps.max_sequences, created=int(r.loaded_at), size_bytes=r.size_bytes,
+                         num_parallel=caps.num_parallel, created=int(r.loaded_at), size_bytes=r.size_bytes,
                          expires_at=expires, idle_seconds=idle, pinned=r.pinned, model_path=r.engine.model_path)
 
     def stats(self) -> dict:

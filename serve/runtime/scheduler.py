@@ -1,6 +1,6 @@
 """Which sequences run in the next step, and how much of each prompt gets computed.
 
-- Admission: up to `max_running` sequences run; the rest wait in a FIFO bounded by `max_waiting`
+- Admission: up to `num_parallel` sequences run; the rest wait in a FIFO bounded by `max_waiting`
   (past it, submit raises OverloadedError -> HTTP 429 with Retry-After).
 - Budget: every step carries one decode token per running sequence first, so running streams never
   stall; prompt chunks fill the rest of `max_batch_tokens` (chunked prefill), but only
@@ -20,7 +20,7 @@ import threading
 from typing import Callable
 
 from serve.errors import OverloadedError
-from serve.sequence import Batch, FinishReason, PrefillChunk, Sequence, SequenceStatus, StepOutput
+from serve.sequence import Batch, FinishReason, PrefillChunk, Sequence, StepOutput
 
 log = logging.getLogger("serve.runtime.scheduler")
 
@@ -31,9 +31,9 @@ PREFILL_TOKENS_WHILE_DECODING = 256
 
 
 class Scheduler:
-    def __init__(self, *, max_running: int, max_waiting: int, max_batch_tokens: int,
+    def __init__(self, *, num_parallel: int, max_waiting: int, max_batch_tokens: int,
                  admit: Callable[[Sequence], int], batches_internally: bool = False):
-        self._max_running = max_running
+        self._num_parallel = num_parallel
         self._max_waiting = max_waiting
         self._max_batch_tokens = max_batch_tokens
         self._admit = admit
@@ -46,7 +46,7 @@ class Scheduler:
 
     def add(self, sequence: Sequence) -> None:
         with self._lock:
-            free_slots = self._max_running - len(self.running)
+            free_slots = self._num_parallel - len(self.running)
             if len(self.waiting) >= self._max_waiting + max(free_slots, 0):
                 raise OverloadedError(
                     f"server busy: {len(self.running)} requests running and {len(self.waiting)} waiting "
@@ -54,7 +54,7 @@ class Scheduler:
             self.waiting.append(sequence)
 
     def _retry_after(self) -> int:
-        return max(1, len(self.waiting) // max(self._max_running, 1))
+        return max(1, len(self.waiting) // max(self._num_parallel, 1))
 
     @property
     def num_waiting(self) -> int:
@@ -87,12 +87,10 @@ class Scheduler:
             if any(s.is_aborted for s in self.waiting):
                 self.waiting = collections.deque(s for s in self.waiting if not s.is_aborted)
         batch.released = [s for s in self.running if s.is_aborted]
-        for sequence in batch.released:
-            sequence.status = SequenceStatus.FINISHED
         self.running = [s for s in self.running if not s.is_aborted]
 
     def _admit_waiting(self) -> None:
-        while len(self.running) < self._max_running:
+        while len(self.running) < self._num_parallel:
             with self._lock:
                 if not self.waiting:
                     return
@@ -101,11 +99,9 @@ class Scheduler:
                 sequence.num_computed_tokens = self._admit(sequence)
             except Exception as exc:  # this request cannot run; the others can
                 log.exception("could not start %s", sequence.request_id)
-                sequence.status = SequenceStatus.FINISHED
                 sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT,
                                             error=f"the backend could not start this request: {exc}"))
                 continue
-            sequence.status = SequenceStatus.RUNNING
             self.running.append(sequence)
 
     def _prefill_budget(self, num_decoding: int) -> int:
@@ -142,7 +138,6 @@ class Scheduler:
             if output.num_cached_tokens is not None:
                 sequence.num_cached_tokens = output.num_cached_tokens
             if output.finish_reason is not None:
-                sequence.status = SequenceStatus.FINISHED
                 sequence.finish_reason = output.finish_reason
                 finished.add(sequence.request_id)
             sequence.deliver(output)

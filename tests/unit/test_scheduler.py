@@ -3,7 +3,7 @@ import pytest
 
 from serve.errors import OverloadedError
 from serve.runtime.scheduler import Scheduler
-from serve.sequence import Request, SamplingParams, Sequence, SequenceStatus, StepOutput, FinishReason
+from serve.sequence import Request, SamplingParams, Sequence, StepOutput, FinishReason
 
 
 def make_sequence(request_id: str, num_prompt_tokens: int, delivered: list | None = None) -> Sequence:
@@ -11,13 +11,13 @@ def make_sequence(request_id: str, num_prompt_tokens: int, delivered: list | Non
     return Sequence(request, deliver=(delivered.append if delivered is not None else lambda output: None))
 
 
-def make_scheduler(max_running=4, max_waiting=2, max_batch_tokens=64, cached=0) -> Scheduler:
-    return Scheduler(max_running=max_running, max_waiting=max_waiting, max_batch_tokens=max_batch_tokens,
+def make_scheduler(num_parallel=4, max_waiting=2, max_batch_tokens=64, cached=0) -> Scheduler:
+    return Scheduler(num_parallel=num_parallel, max_waiting=max_waiting, max_batch_tokens=max_batch_tokens,
                      admit=lambda sequence: cached)
 
 
-def test_admits_up_to_max_running_and_queues_the_rest():
-    scheduler = make_scheduler(max_running=2, max_waiting=5)
+def test_admits_up_to_num_parallel_and_queues_the_rest():
+    scheduler = make_scheduler(num_parallel=2, max_waiting=5)
     for i in range(4):
         scheduler.add(make_sequence(f"r{i}", 4))
     batch = scheduler.schedule()
@@ -26,7 +26,7 @@ def test_admits_up_to_max_running_and_queues_the_rest():
 
 
 def test_queue_bound_raises_overloaded_with_retry_after():
-    scheduler = make_scheduler(max_running=1, max_waiting=1)
+    scheduler = make_scheduler(num_parallel=1, max_waiting=1)
     scheduler.add(make_sequence("a", 4))
     scheduler.add(make_sequence("b", 4))
     with pytest.raises(OverloadedError) as raised:
@@ -35,7 +35,7 @@ def test_queue_bound_raises_overloaded_with_retry_after():
 
 
 def test_decode_tokens_first_then_prefill_within_budget():
-    scheduler = make_scheduler(max_running=4, max_batch_tokens=64)
+    scheduler = make_scheduler(num_parallel=4, max_batch_tokens=64)
     running = make_sequence("running", 4)
     scheduler.add(running)
     scheduler.postprocess(scheduler.schedule(), [])  # its whole prompt fits: now decoding
@@ -47,7 +47,7 @@ def test_decode_tokens_first_then_prefill_within_budget():
 
 
 def test_prefill_budget_is_shared_fairly_between_long_and_short_prompts():
-    scheduler = make_scheduler(max_running=4, max_batch_tokens=100)
+    scheduler = make_scheduler(num_parallel=4, max_batch_tokens=100)
     scheduler.add(make_sequence("long", 5000))
     scheduler.add(make_sequence("short", 10))
     scheduler.add(make_sequence("medium", 80))
@@ -58,7 +58,7 @@ def test_prefill_budget_is_shared_fairly_between_long_and_short_prompts():
 
 
 def test_chunks_continue_where_the_previous_step_stopped_and_reuse_cached_tokens():
-    scheduler = make_scheduler(max_running=1, max_batch_tokens=50, cached=30)
+    scheduler = make_scheduler(num_parallel=1, max_batch_tokens=50, cached=30)
     sequence = make_sequence("a", 100)
     scheduler.add(sequence)
     first = scheduler.schedule()
@@ -69,26 +69,29 @@ def test_chunks_continue_where_the_previous_step_stopped_and_reuse_cached_tokens
 
 
 def test_aborted_running_sequence_is_released_and_its_slot_reused():
-    scheduler = make_scheduler(max_running=1, max_waiting=1)
+    scheduler = make_scheduler(num_parallel=1, max_waiting=1)
     first, second = make_sequence("a", 4), make_sequence("b", 4)
     scheduler.add(first)
     scheduler.add(second)
     scheduler.postprocess(scheduler.schedule(), [])
     first.is_aborted = True
     batch = scheduler.schedule()
-    assert batch.released == [first] and first.status is SequenceStatus.FINISHED
+    assert batch.released == [first] and first not in scheduler.running
     assert [c.sequence for c in batch.prefill] == [second]
 
 
 def test_aborted_waiting_sequence_is_dropped_without_running():
-    scheduler = make_scheduler(max_running=1, max_waiting=2)
+    admitted: list[str] = []
+    scheduler = Scheduler(num_parallel=1, max_waiting=2, max_batch_tokens=64,
+                          admit=lambda sequence: admitted.append(sequence.request_id) or 0)
     scheduler.add(make_sequence("a", 4))
     waiting = make_sequence("b", 4)
     scheduler.add(waiting)
     scheduler.schedule()
     waiting.is_aborted = True
-    scheduler.schedule()
-    assert scheduler.num_waiting == 0 and waiting.status is SequenceStatus.WAITING
+    scheduler.postprocess(scheduler.schedule(), [StepOutput("a", finish_reason=FinishReason.STOP)])
+    scheduler.schedule()  # the slot is free again, and nobody takes it
+    assert scheduler.num_waiting == 0 and admitted == ["a"] and not scheduler.has_work
 
 
 def test_postprocess_delivers_outputs_and_retires_finished_sequences():
@@ -105,7 +108,7 @@ def test_postprocess_delivers_outputs_and_retires_finished_sequences():
 
 
 def test_internal_batching_backend_gets_whole_prompts():
-    scheduler = Scheduler(max_running=2, max_waiting=2, max_batch_tokens=16, admit=lambda s: 0,
+    scheduler = Scheduler(num_parallel=2, max_waiting=2, max_batch_tokens=16, admit=lambda s: 0,
                           batches_internally=True)
     scheduler.add(make_sequence("a", 500))
     chunk = scheduler.schedule().prefill[0]
@@ -120,7 +123,7 @@ def test_a_sequence_the_backend_cannot_start_fails_alone():
             raise ValueError("sampler refused")
         return 0
 
-    scheduler = Scheduler(max_running=2, max_waiting=2, max_batch_tokens=16, admit=admit)
+    scheduler = Scheduler(num_parallel=2, max_waiting=2, max_batch_tokens=16, admit=admit)
     scheduler.add(make_sequence("bad", 4, delivered))
     scheduler.add(make_sequence("good", 4))
     batch = scheduler.schedule()
@@ -131,7 +134,7 @@ def test_a_sequence_the_backend_cannot_start_fails_alone():
 def test_prefill_is_capped_while_streams_decode_but_takes_the_whole_step_when_idle():
     from serve.runtime.scheduler import PREFILL_TOKENS_WHILE_DECODING
 
-    scheduler = make_scheduler(max_running=4, max_batch_tokens=2048)
+    scheduler = make_scheduler(num_parallel=4, max_batch_tokens=2048)
     scheduler.add(make_sequence("burst-1", 900))
     scheduler.add(make_sequence("burst-2", 900))
     first = scheduler.schedule()
