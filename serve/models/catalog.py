@@ -93,7 +93,16 @@ def _embedded_or_none() -> Path | None:
 
 
 def _catalog_text() -> str:
-    return importlib.resources.files("serve").joinpath("models.toml").read_text()
+    # An installed distribution carries the catalog inside the package (setup.py copies it there at build
+    # time); an editable install runs from the checkout, whose one catalog is models.toml at its top.
+    packaged = importlib.resources.files("serve").joinpath("models.toml")
+    if packaged.is_file():
+        return packaged.read_text()
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "models.toml").is_file():
+        return (checkout / "models.toml").read_text()
+    raise ConfigError("the built-in model catalog (serve/models.toml) is missing from this installation of "
+                      "quantserve: reinstall it from a wheel or sdist built with its setup.py")
 
 
 # --- schema ---------------------------------------------------------------------------------------------
