@@ -24,15 +24,17 @@ from typing import Any
 from benchmarks.loadgen import make_client, stream_request, summarize
 from benchmarks.peers import ServerSettings, start_server
 from benchmarks.prompts import short_prompts
+from serve.config import PlanChoices
 from serve.models.catalog import embedded_model_path, load_catalog, resolve_model
 from serve.placement.hardware import probe
-from serve.placement.plan import plan
+from serve.placement.plan import make_plan
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def planned_bytes(path: Path) -> int:
-    chosen = plan(probe(), resolve_model(str(path), load_catalog()), context_length=1024, num_parallel=4)
+    chosen = make_plan(probe(), resolve_model(str(path), load_catalog()),
+                       PlanChoices(context_length=1024, num_parallel=4))
     return chosen.weights_bytes + chosen.kv_cache_bytes
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
+from backends.base import BACKEND_NAMES
 from serve.duration import parse_duration
 from serve.errors import ConfigError
 
@@ -24,25 +25,48 @@ USER_CATALOG_FILE = Path("~/.config/quantserve/models.toml").expanduser()
 
 
 @dataclass(frozen=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    models: tuple[str, ...] = ()  # specs to preload; empty: the embedded default
-    backend: str | None = None  # None: the plan decides
-    context_length: int | None = None  # per sequence; None: the plan decides
+class PlanChoices:
+    """What the user chose for every model's plan (serve/placement/plan.py); None leaves it to the plan."""
+
+    backend: str | None = None
+    context_length: int | None = None  # per sequence
     num_threads: int | None = None
     num_parallel: int | None = None
-    max_queue: int = 64
     max_batch_tokens: int | None = None
-    api_key: str | None = None
-    max_body_bytes: int = 8 * 1024 * 1024
-    catalog_file: Path | None = None
-    log_level: str = "info"
     # vLLM scale-out
     tensor_parallel_size: int | None = None
     pipeline_parallel_size: int | None = None
     ray_address: str | None = None
     gpu_memory_utilization: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend is not None and self.backend not in BACKEND_NAMES:
+            raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
+        for name in ("context_length", "num_threads", "num_parallel", "max_batch_tokens",
+                     "tensor_parallel_size", "pipeline_parallel_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        util = self.gpu_memory_utilization
+        if util is not None and not 0 < util <= 1:
+            raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {util}")
+
+    @property
+    def wants_vllm_only(self) -> bool:
+        return bool(self.tensor_parallel_size or self.pipeline_parallel_size or self.ray_address)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: tuple[str, ...] = ()  # specs to preload; empty: the embedded default
+    plan_choices: PlanChoices = field(default_factory=PlanChoices)  # its keys are top-level settings too
+    max_queue: int = 64
+    api_key: str | None = None
+    max_body_bytes: int = 8 * 1024 * 1024
+    catalog_file: Path | None = None
+    log_level: str = "info"
     # many models
     max_memory: int | None = None  # bytes for all loaded models; None: from the probe
     max_models: int = 0  # 0: no cap beyond memory
@@ -53,11 +77,6 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
-        for name in ("context_length", "num_threads", "num_parallel", "max_batch_tokens",
-                     "tensor_parallel_size", "pipeline_parallel_size"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
         if self.max_queue < 0:
             raise ConfigError(f"--max-queue must be >= 0, got {self.max_queue}")
 
@@ -76,7 +95,9 @@ def parse_bytes(value: object) -> int:
     return int(number * 1024 ** " kmgt".index(unit or " "))
 
 
-_FIELD_TYPES = {f.name: f.type for f in fields(ServerConfig)}
+_PLAN_CHOICE_NAMES = tuple(f.name for f in fields(PlanChoices))
+# One flat namespace of setting names (flags, config-file keys, SERVE_* variables), plan choices included.
+_FIELD_TYPES = {f.name: f.type for f in (*fields(ServerConfig), *fields(PlanChoices)) if f.name != "plan_choices"}
 
 
 def _coerce(name: str, value: object) -> object:
@@ -136,4 +157,5 @@ def resolve_config(cli_values: Mapping[str, object], environ: Mapping[str, str] 
     merged.update({k: _coerce(k, v) for k, v in cli_values.items() if v is not None and v != ()})
     if merged.get("catalog_file") is None and USER_CATALOG_FILE.exists():
         merged["catalog_file"] = USER_CATALOG_FILE
-    return ServerConfig(**merged)
+    choices = PlanChoices(**{name: merged.pop(name) for name in _PLAN_CHOICE_NAMES if name in merged})
+    return ServerConfig(**merged, plan_choices=choices)

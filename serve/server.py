@@ -7,7 +7,7 @@ import logging
 import signal
 import socket
 
-from serve.models.catalog import load_catalog
+from serve.models.catalog import Catalog, load_catalog
 from serve.config import ServerConfig
 from serve.errors import ConfigError
 from serve.placement.hardware import Hardware, probe
@@ -64,16 +64,16 @@ def _uvicorn_server(app, config: ServerConfig, pool: ModelPool):
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, access_log=False))
 
 
-def build_pool(config: ServerConfig, hw: Hardware) -> ModelPool:
+def build_pool(config: ServerConfig, catalog: Catalog, hw: Hardware) -> ModelPool:
     """Load the models given with --model (the embedded default when none) into a fresh pool."""
-    loader = ModelLoader(config, load_catalog(config.catalog_file), hw)
+    loader = ModelLoader(config, catalog, hw)
     limits = PoolLimits(max_memory_bytes=config.max_memory or default_memory_budget(hw),
                         max_models=config.max_models, default_keep_alive=config.keep_alive,
                         switch_window=config.switch_window, pinned=config.pinned)
     pool = ModelPool(loader, limits)
     for spec_text in config.models or (None,):
         spec = loader.resolve(spec_text)
-        chosen = loader.plan(spec)
+        chosen = loader.make_plan(spec)
         # Models named at start-up stay until evicted for room: that is what `serve up --model X` asks for.
         pool.add(loader.load(spec, chosen), size_bytes=chosen.weights_bytes + chosen.kv_cache_bytes,
                  keep_alive=-1, spec_text=spec_text)
@@ -84,7 +84,8 @@ def run(config: ServerConfig) -> None:
     from serve.api.app import create_app
 
     ensure_port_free(config.host, config.port)
-    pool = build_pool(config, probe())
+    catalog = load_catalog(config.catalog_file)  # loaded once: the loader and the API share it
+    pool = build_pool(config, catalog, probe())
     try:
         app = create_app(pool, config)
         names = ", ".join(info.name for info in pool.model_infos())

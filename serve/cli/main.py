@@ -65,16 +65,16 @@ def _add_probe(subparsers) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
+    from serve.config import USER_CATALOG_FILE, PlanChoices
     from serve.models.catalog import load_catalog, resolve_model
-    from serve.config import USER_CATALOG_FILE
     from serve.placement.hardware import probe
+    from serve.placement.plan import make_plan
     from serve.placement.report import format_report, hardware_report
-    from serve.placement.plan import plan
 
     hw = probe()
     try:
         spec = resolve_model(args.model, load_catalog(args.catalog_file or USER_CATALOG_FILE))
-        report = hardware_report(hw, plan(hw, spec, backend=args.backend))
+        report = hardware_report(hw, make_plan(hw, spec, PlanChoices(backend=args.backend)))
     except ServeError as exc:  # still show the hardware, with why there is no plan
         report = hardware_report(hw, None, error=exc.message)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -1,6 +1,6 @@
 """The backend plan: which engine serves a model on this hardware, with which settings, and why.
 
-    plan(probe(), spec) -> Plan
+    make_plan(probe(), spec, PlanChoices(...)) -> Plan
 
 vLLM when there is an NVIDIA GPU, vllm is installed, the model has a vLLM checkpoint and it fits in free
 VRAM (the CUDA fit check below); otherwise llama.cpp, with every layer on the GPU (CUDA or Metal) when the
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-from backends.base import BACKEND_NAMES, BackendSettings
+from backends.base import BackendSettings
+from serve.config import PlanChoices
 from serve.models.catalog import ModelSpec
 from serve.placement.cuda_fit import MIN_CONTEXT, VLLM_GPU_UTILIZATION, NoFit, choose_quantization, fit_cuda, told_quantization
 from serve.errors import ConfigError
@@ -40,86 +40,33 @@ VLLM_INSTALL_HINT = ("vllm is not installed: pip install 'quantserve[cuda]' "
 
 @dataclass(frozen=True)
 class Plan:
+    """The backend for one model, the settings it loads with, and why; sizes estimated for the pool."""
+
     backend: str  # "llamacpp" or "vllm"
     reasons: tuple[str, ...]
-    num_threads: int
-    n_gpu_layers: int  # llama.cpp: -1 all layers on the GPU, 0 none
-    context_length: int  # per sequence
-    num_parallel: int
-    max_batch_tokens: int
-    gpu_memory_utilization: float  # vLLM; on the CPU the share of RAM it takes
-    tensor_parallel_size: int
-    pipeline_parallel_size: int
-    distributed_executor_backend: str | None
-    quantization: str | None  # what vLLM is told; None: the checkpoint's own (or 16-bit)
-    kv_cache_dtype: str
-    device: str  # "cpu", "cuda" or "metal"
+    settings: BackendSettings  # model_path is left to the loader
     model: str = ""
-    weights_bytes: int = 0  # estimates behind the plan, for the report
+    weights_bytes: int = 0  # estimates behind the plan, for the report and the pool's memory budget
     kv_cache_bytes: int = 0
-    ray_address: str | None = None  # vLLM: the Ray cluster to join
-
-    def backend_settings(self, model_path: Path) -> BackendSettings:
-        """The settings a backend loads `model_path` with."""
-        return BackendSettings(
-            model_path=model_path, context_length=self.context_length, num_parallel=self.num_parallel,
-            num_threads=self.num_threads, n_gpu_layers=self.n_gpu_layers, max_batch_tokens=self.max_batch_tokens,
-            gpu_memory_utilization=self.gpu_memory_utilization, tensor_parallel_size=self.tensor_parallel_size,
-            pipeline_parallel_size=self.pipeline_parallel_size,
-            distributed_executor_backend=self.distributed_executor_backend, quantization=self.quantization,
-            kv_cache_dtype=self.kv_cache_dtype, device=self.device, ray_address=self.ray_address)
 
 
-@dataclass(frozen=True)
-class _Asked:
-    """What the user chose explicitly; None leaves it to the plan."""
-
-    backend: str | None = None
-    context_length: int | None = None
-    num_threads: int | None = None
-    num_parallel: int | None = None
-    max_batch_tokens: int | None = None
-    tensor_parallel_size: int | None = None
-    pipeline_parallel_size: int | None = None
-    ray_address: str | None = None
-    gpu_memory_utilization: float | None = None
-
-    @property
-    def wants_vllm_only(self) -> bool:
-        return bool(self.tensor_parallel_size or self.pipeline_parallel_size or self.ray_address)
-
-
-def plan(hw: Hardware, spec: ModelSpec, *, backend: str | None = None, context_length: int | None = None,
-         num_threads: int | None = None, num_parallel: int | None = None, max_batch_tokens: int | None = None,
-         tensor_parallel_size: int | None = None, pipeline_parallel_size: int | None = None,
-         ray_address: str | None = None, gpu_memory_utilization: float | None = None) -> Plan:
-    """Choose the backend and its settings for `spec` on `hw`; explicit arguments override the choices."""
-    asked = _Asked(backend, context_length, num_threads, num_parallel, max_batch_tokens, tensor_parallel_size,
-                   pipeline_parallel_size, ray_address, gpu_memory_utilization)
-    _validate(asked, spec)
-    if backend == "llamacpp":
+def make_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices = PlanChoices()) -> Plan:
+    """Choose the backend and its settings for `spec` on `hw`; what the user chose overrides the choices."""
+    _check_against_model(asked, spec)
+    if asked.backend == "llamacpp":
         if asked.wants_vllm_only:
             raise ConfigError("--tensor-parallel, --pipeline-parallel and --ray-address need --backend vllm")
         return _llamacpp_plan(hw, spec, asked, None)
-    if backend == "vllm" or asked.wants_vllm_only:
+    if asked.backend == "vllm" or asked.wants_vllm_only:
         return _forced_vllm_plan(hw, spec, asked)
     return _auto_plan(hw, spec, asked)
 
 
-def _validate(asked: _Asked, spec: ModelSpec) -> None:
-    if asked.backend is not None and asked.backend not in BACKEND_NAMES:
-        raise ConfigError(f"unknown backend {asked.backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
+def _check_against_model(asked: PlanChoices, spec: ModelSpec) -> None:
+    """What PlanChoices cannot check alone: the choices against this model (the rest is checked there)."""
     if asked.context_length is not None and asked.context_length > spec.context_length:
         raise ConfigError(f"--ctx {asked.context_length} is more than {spec.name}'s context of "
                           f"{spec.context_length} tokens")
-    for name in ("context_length", "num_threads", "num_parallel", "max_batch_tokens", "tensor_parallel_size",
-                 "pipeline_parallel_size"):
-        value = getattr(asked, name)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-    util = asked.gpu_memory_utilization
-    if util is not None and not 0 < util <= 1:
-        raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {util}")
     if asked.backend == "llamacpp" and spec.gguf is None:
         raise ConfigError(f"{spec.name} has no GGUF file, so llama.cpp cannot serve it; try --backend vllm")
 
@@ -134,7 +81,7 @@ def _why_not_vllm(hw: Hardware, spec: ModelSpec) -> str | None:
     return None
 
 
-def _auto_plan(hw: Hardware, spec: ModelSpec, asked: _Asked) -> Plan:
+def _auto_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> Plan:
     why = _why_not_vllm(hw, spec)
     if why is None:
         try:
@@ -150,7 +97,7 @@ def _auto_plan(hw: Hardware, spec: ModelSpec, asked: _Asked) -> Plan:
     raise ConfigError(f"{spec.name} has no GGUF file for llama.cpp, and vLLM cannot serve it here: {why}")
 
 
-def _forced_vllm_plan(hw: Hardware, spec: ModelSpec, asked: _Asked) -> Plan:
+def _forced_vllm_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> Plan:
     if not hw.has_vllm:
         raise ConfigError(VLLM_INSTALL_HINT)
     if spec.vllm is None:
@@ -173,7 +120,7 @@ def _gpu_words(gpus: tuple[Gpu, ...]) -> str:
     return f"{len(gpus)} x {' / '.join(names)}" if len(gpus) > 1 else f"GPU {gpus[0].index} ({gpus[0].name})"
 
 
-def _threads(hw: Hardware, asked: _Asked) -> tuple[int, str]:
+def _threads(hw: Hardware, asked: PlanChoices) -> tuple[int, str]:
     if asked.num_threads:
         return asked.num_threads, f"{asked.num_threads} threads as asked"
     if hw.cpu.num_performance_cores:
@@ -188,7 +135,7 @@ def _default_parallel(fp: Footprint) -> int:
     return SMALL_MODEL_PARALLEL if small else LARGE_MODEL_PARALLEL
 
 
-def _parallel(asked: _Asked, fp: Footprint, context: int, soft_room: int, hard_room: int,
+def _parallel(asked: PlanChoices, fp: Footprint, context: int, soft_room: int, hard_room: int,
               where: str) -> tuple[int, str]:
     """Parallel sequences whose KV cache (context tokens each) fits: the default within `soft_room`,
     an explicit count within `hard_room`."""
@@ -205,7 +152,7 @@ def _parallel(asked: _Asked, fp: Footprint, context: int, soft_room: int, hard_r
     return n, f"{n} parallel sequences of {context} tokens (KV cache {gib(n * per_sequence)}){limit}"
 
 
-def _batch_tokens(asked: _Asked, default: int, num_parallel: int) -> int:
+def _batch_tokens(asked: PlanChoices, default: int, num_parallel: int) -> int:
     # Every running sequence decodes one token per step, so a step must hold at least num_parallel tokens.
     if asked.max_batch_tokens is not None:
         if asked.max_batch_tokens < num_parallel:
@@ -262,7 +209,7 @@ def _llama_placement(hw: Hardware, fp: Footprint, context: int) -> _Placement:
     return _Placement("cpu", 0, room, hard_room, KV_RAM_SHARE, "of free RAM", "on the CPU", gpu_miss)
 
 
-def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: _Asked, why: str | None) -> Plan:
+def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str | None) -> Plan:
     fp = gguf_footprint(spec)
     context = asked.context_length or min(spec.context_length, DEFAULT_CONTEXT)
     where = _llama_placement(hw, fp, context)
@@ -280,18 +227,16 @@ def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: _Asked, why: str | None
         reasons.append(f"the weights ({gib(fp.weights_bytes)}) exceed the {gib(hw.memory.available_bytes)} of "
                        "free RAM: expect paging")
     batch = _batch_tokens(asked, CPU_BATCH_TOKENS if where.device == "cpu" else GPU_BATCH_TOKENS, num_parallel)
-    return Plan(backend="llamacpp", reasons=tuple(reasons), num_threads=threads, n_gpu_layers=where.n_gpu_layers,
-                context_length=context, num_parallel=num_parallel, max_batch_tokens=batch,
-                gpu_memory_utilization=VLLM_GPU_UTILIZATION, tensor_parallel_size=1, pipeline_parallel_size=1,
-                distributed_executor_backend=None, quantization=None, kv_cache_dtype="auto",
-                device=where.device, model=spec.name, weights_bytes=fp.weights_bytes,
-                kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel)
+    settings = BackendSettings(num_threads=threads, n_gpu_layers=where.n_gpu_layers, context_length=context,
+                               num_parallel=num_parallel, max_batch_tokens=batch, device=where.device)
+    return Plan(backend="llamacpp", reasons=tuple(reasons), settings=settings, model=spec.name,
+                weights_bytes=fp.weights_bytes, kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel)
 
 
 # ---- vLLM ----------------------------------------------------------------------------------------
 
 
-def _vllm_cuda_plan(hw: Hardware, spec: ModelSpec, asked: _Asked, reasons: list[str]) -> Plan:
+def _vllm_cuda_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, reasons: list[str]) -> Plan:
     told, weights_as, quant_reason = choose_quantization(spec, hw.gpus)
     fp = vllm_footprint(spec, weights_as)
     fit = fit_cuda(hw.gpus, spec, fp, context_length=asked.context_length,
@@ -308,16 +253,17 @@ def _vllm_cuda_plan(hw: Hardware, spec: ModelSpec, asked: _Asked, reasons: list[
                          f"at full context), shared by up to {num_parallel} sequences", thread_reason]
     if asked.ray_address:
         reasons.append(f"Ray cluster at {asked.ray_address}: distributed_executor_backend ray")
-    return Plan(backend="vllm", reasons=tuple(reasons), num_threads=threads, n_gpu_layers=0,
-                context_length=fit.context_length, num_parallel=num_parallel, max_batch_tokens=batch,
-                gpu_memory_utilization=fit.gpu_memory_utilization, tensor_parallel_size=fit.tensor_parallel_size,
-                pipeline_parallel_size=fit.pipeline_parallel_size,
-                distributed_executor_backend="ray" if asked.ray_address else None, quantization=told,
-                kv_cache_dtype="auto", device="cuda", model=spec.name, weights_bytes=fp.weights_bytes,
-                kv_cache_bytes=fit.kv_room_bytes, ray_address=asked.ray_address)
+    settings = BackendSettings(
+        num_threads=threads, context_length=fit.context_length, num_parallel=num_parallel, max_batch_tokens=batch,
+        gpu_memory_utilization=fit.gpu_memory_utilization, tensor_parallel_size=fit.tensor_parallel_size,
+        pipeline_parallel_size=fit.pipeline_parallel_size,
+        distributed_executor_backend="ray" if asked.ray_address else None, ray_address=asked.ray_address,
+        quantization=told, device="cuda")
+    return Plan(backend="vllm", reasons=tuple(reasons), settings=settings, model=spec.name,
+                weights_bytes=fp.weights_bytes, kv_cache_bytes=fit.kv_room_bytes)
 
 
-def _vllm_ray_plan(hw: Hardware, spec: ModelSpec, asked: _Asked) -> Plan:
+def _vllm_ray_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> Plan:
     """No GPU here but a Ray cluster: vLLM's workers run there, so the fit check is vLLM's own."""
     checkpoint = checkpoint_quantization(spec)
     told = told_quantization(checkpoint)
@@ -328,16 +274,16 @@ def _vllm_ray_plan(hw: Hardware, spec: ModelSpec, asked: _Asked) -> Plan:
     reasons = (f"vLLM on the Ray cluster at {asked.ray_address}: distributed_executor_backend ray",
                "no GPU on this machine, so the memory check is left to vLLM on the cluster",
                f"weights: {fp.source}", f"context {context} tokens per sequence", thread_reason)
-    return Plan(backend="vllm", reasons=reasons, num_threads=threads, n_gpu_layers=0, context_length=context,
-                num_parallel=num_parallel, max_batch_tokens=_batch_tokens(asked, GPU_BATCH_TOKENS, num_parallel),
-                gpu_memory_utilization=asked.gpu_memory_utilization or VLLM_GPU_UTILIZATION,
-                tensor_parallel_size=asked.tensor_parallel_size or 1,
-                pipeline_parallel_size=asked.pipeline_parallel_size or 1, distributed_executor_backend="ray",
-                quantization=told, kv_cache_dtype="auto", device="cuda", model=spec.name,
-                weights_bytes=fp.weights_bytes, ray_address=asked.ray_address)
+    settings = BackendSettings(
+        num_threads=threads, context_length=context, num_parallel=num_parallel,
+        max_batch_tokens=_batch_tokens(asked, GPU_BATCH_TOKENS, num_parallel),
+        gpu_memory_utilization=asked.gpu_memory_utilization or VLLM_GPU_UTILIZATION,
+        tensor_parallel_size=asked.tensor_parallel_size or 1, pipeline_parallel_size=asked.pipeline_parallel_size or 1,
+        distributed_executor_backend="ray", ray_address=asked.ray_address, quantization=told, device="cuda")
+    return Plan(backend="vllm", reasons=reasons, settings=settings, model=spec.name, weights_bytes=fp.weights_bytes)
 
 
-def _cpu_utilization(hw: Hardware, asked: _Asked, need: int) -> float:
+def _cpu_utilization(hw: Hardware, asked: PlanChoices, need: int) -> float:
     """vLLM's CPU worker takes total RAM x utilization for itself (runtime, weights and KV cache)."""
     total, available = hw.memory.total_bytes, hw.memory.available_bytes
     if asked.gpu_memory_utilization:
@@ -352,7 +298,7 @@ def _cpu_utilization(hw: Hardware, asked: _Asked, need: int) -> float:
     return round(util, 2)
 
 
-def _vllm_cpu_plan(hw: Hardware, spec: ModelSpec, asked: _Asked, reasons: list[str]) -> Plan:
+def _vllm_cpu_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, reasons: list[str]) -> Plan:
     checkpoint = checkpoint_quantization(spec)
     fp = vllm_footprint(spec, checkpoint)
     context = asked.context_length or min(spec.context_length, DEFAULT_CONTEXT)
@@ -372,10 +318,10 @@ def _vllm_cpu_plan(hw: Hardware, spec: ModelSpec, asked: _Asked, reasons: list[s
                          f"gpu_memory_utilization {util}: on the CPU the share of RAM vLLM takes "
                          f"({gib(util * hw.memory.total_bytes)} of {gib(hw.memory.total_bytes)}; it needs "
                          f"{gib(need)} for runtime, weights and KV cache)"]
-    return Plan(backend="vllm", reasons=tuple(reasons), num_threads=threads, n_gpu_layers=0, context_length=context,
-                num_parallel=num_parallel, max_batch_tokens=_batch_tokens(asked, CPU_BATCH_TOKENS, num_parallel),
-                gpu_memory_utilization=util, tensor_parallel_size=asked.tensor_parallel_size or 1,
-                pipeline_parallel_size=asked.pipeline_parallel_size or 1, distributed_executor_backend=None,
-                quantization=told_quantization(checkpoint),
-                kv_cache_dtype="auto", device="cpu", model=spec.name, weights_bytes=fp.weights_bytes,
-                kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel)
+    settings = BackendSettings(
+        num_threads=threads, context_length=context, num_parallel=num_parallel,
+        max_batch_tokens=_batch_tokens(asked, CPU_BATCH_TOKENS, num_parallel), gpu_memory_utilization=util,
+        tensor_parallel_size=asked.tensor_parallel_size or 1, pipeline_parallel_size=asked.pipeline_parallel_size or 1,
+        quantization=told_quantization(checkpoint), device="cpu")
+    return Plan(backend="vllm", reasons=tuple(reasons), settings=settings, model=spec.name,
+                weights_bytes=fp.weights_bytes, kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel)

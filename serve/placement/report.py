@@ -20,10 +20,6 @@ def hardware_report(hw: Hardware, plan: Plan | None = None, *, error: str | None
     model cannot be served here)."""
     cpu = asdict(hw.cpu)
     cpu["isa"] = list(hw.cpu.isa)
-    plan_dict = None
-    if plan is not None:
-        plan_dict = asdict(plan)
-        plan_dict["reasons"] = list(plan.reasons)
     return {
         "cpu": cpu,
         "memory": asdict(hw.memory),
@@ -32,9 +28,22 @@ def hardware_report(hw: Hardware, plan: Plan | None = None, *, error: str | None
         "llamacpp": {"installed": hw.llamacpp_version is not None, "version": hw.llamacpp_version,
                      "gpu_offload": hw.llama_gpu_offload},
         "vllm": {"installed": hw.has_vllm, "version": hw.vllm_version},
-        "plan": plan_dict,
+        "plan": _plan_report(plan) if plan is not None else None,
         "error": error,
     }
+
+
+# The settings the plan does not choose: the weights file comes later, the rest are fixed defaults.
+_UNPLANNED_SETTINGS = ("model_path", "seed", "enable_prefix_caching")
+
+
+def _plan_report(plan: Plan) -> dict:
+    """One flat object: the backend, the reasons, the settings it loads with, the estimates."""
+    settings = asdict(plan.settings)
+    for name in _UNPLANNED_SETTINGS:
+        del settings[name]
+    return {"backend": plan.backend, "reasons": list(plan.reasons), **settings, "model": plan.model,
+            "weights_bytes": plan.weights_bytes, "kv_cache_bytes": plan.kv_cache_bytes}
 
 
 def _gib(num_bytes: int) -> str:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from backends.base import load_backend
 from serve.models.catalog import Catalog, ModelSpec, resolve_model
 from serve.config import ServerConfig
 from serve.runtime.engine import Engine
 from serve.placement.hardware import Hardware
-from serve.placement.plan import Plan, plan
+from serve.placement.plan import Plan, make_plan
 
 log = logging.getLogger("serve.runtime.loader")
 
@@ -23,22 +24,19 @@ class ModelLoader:
         """A catalog alias, hf:// spec or local path; None is the embedded default."""
         return resolve_model(spec_text, self._catalog)
 
-    def plan(self, spec: ModelSpec) -> Plan:
-        c = self._config
-        return plan(self._hw, spec, backend=c.backend, context_length=c.context_length,
-                    num_threads=c.num_threads, num_parallel=c.num_parallel, max_batch_tokens=c.max_batch_tokens,
-                    tensor_parallel_size=c.tensor_parallel_size, pipeline_parallel_size=c.pipeline_parallel_size,
-                    ray_address=c.ray_address, gpu_memory_utilization=c.gpu_memory_utilization)
+    def make_plan(self, spec: ModelSpec) -> Plan:
+        return make_plan(self._hw, spec, self._config.plan_choices)
 
     def load(self, spec: ModelSpec, chosen: Plan) -> Engine:
         """Blocking: download what is missing, load the weights, start the engine thread."""
         from serve.models.hub import ensure_model_file  # the Hub client is only needed once a model is loaded
 
-        print(f"model {spec.name}: backend {chosen.backend}, context {chosen.context_length} per request, "
-              f"{chosen.num_parallel} parallel, {chosen.num_threads} threads", flush=True)
+        settings = chosen.settings
+        print(f"model {spec.name}: backend {chosen.backend}, context {settings.context_length} per request, "
+              f"{settings.num_parallel} parallel, {settings.num_threads} threads", flush=True)
         for reason in chosen.reasons:
             print(f"  - {reason}", flush=True)
         model_path = ensure_model_file(spec, chosen.backend)
-        backend = load_backend(chosen.backend, chosen.backend_settings(model_path))
+        backend = load_backend(chosen.backend, replace(settings, model_path=model_path))
         return Engine(spec.name, backend, max_queue=self._config.max_queue,
-                      max_batch_tokens=chosen.max_batch_tokens, model_path=model_path)
+                      max_batch_tokens=settings.max_batch_tokens, model_path=model_path)

@@ -14,9 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serve.config import PlanChoices
 from serve.models.catalog import embedded_model_path, load_catalog, resolve_model
 from serve.placement.hardware import probe
-from serve.placement.plan import plan
+from serve.placement.plan import make_plan
 from tests.integration.conftest import start_llamacpp_server
 
 SMALL = ["--ctx", "512", "--parallel", "2"]
@@ -37,7 +38,8 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
 
 def planned_bytes(path: Path) -> int:
     """What the server's pool will count for this model with SMALL settings."""
-    chosen = plan(probe(), resolve_model(str(path), load_catalog()), context_length=512, num_parallel=2)
+    chosen = make_plan(probe(), resolve_model(str(path), load_catalog()),
+                       PlanChoices(context_length=512, num_parallel=2))
     return chosen.weights_bytes + chosen.kv_cache_bytes
 
 

@@ -1,7 +1,7 @@
 """Configuration precedence and validation: defaults < file < SERVE_* env < flags."""
 import pytest
 
-from serve.config import ServerConfig, parse_bytes, resolve_config
+from serve.config import PlanChoices, ServerConfig, parse_bytes, resolve_config
 from serve.errors import ConfigError
 
 
@@ -33,6 +33,24 @@ def test_parse_bytes(text, size):
 def test_bad_values_fail_with_one_clear_line(values, fragment, tmp_path):
     with pytest.raises(ConfigError, match=fragment):
         resolve_config(values, {}, tmp_path / "missing.toml")
+
+
+def test_plan_choices_keep_their_top_level_names(tmp_path):
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('backend = "llamacpp"\nnum_threads = 3\n')
+    environ = {"SERVE_CONTEXT_LENGTH": "2048", "SERVE_GPU_MEMORY_UTILIZATION": "0.5"}
+    config = resolve_config({"num_parallel": 2, "ray_address": None}, environ, config_file)
+    assert config.plan_choices == PlanChoices(backend="llamacpp", context_length=2048, num_threads=3,
+                                              num_parallel=2, gpu_memory_utilization=0.5)
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"backend": "tensorrt"}, "unknown backend 'tensorrt'; choose one of llamacpp, vllm"),
+    ({"num_parallel": 0}, "num_parallel must be positive"),
+    ({"gpu_memory_utilization": 1.5}, "gpu-memory-utilization must be in")])
+def test_bad_plan_choices_are_refused_once_at_start_up(values, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        PlanChoices(**values)
 
 
 def test_unknown_setting_in_the_file_is_named(tmp_path):

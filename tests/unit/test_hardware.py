@@ -12,7 +12,7 @@ from serve.placement.hardware import (GiB, MiB, Cpu, Gpu, Memory, apple_from_sys
                                       parse_cgroup_cpu_limit, parse_cgroup_memory_limit, parse_cpuinfo, parse_lscpu,
                                       parse_meminfo, parse_nvidia_smi_csv, parse_sysctl, parse_vm_stat, probe,
                                       select_visible)
-from serve.placement.plan import plan
+from serve.placement.plan import make_plan
 from serve.placement.report import format_report, hardware_report
 
 # ---- CPUs ----------------------------------------------------------------------------------------
@@ -187,10 +187,13 @@ def test_report_of_the_h100_box_is_json():
 
 def test_report_with_a_plan_and_with_an_error():
     hw = load_machine("m2-mac-16gb", llama_gpu_offload=True)
-    chosen = plan(hw, _catalog_default())
+    chosen = make_plan(hw, _catalog_default())
     report = hardware_report(hw, chosen)
     assert report["plan"]["backend"] == "llamacpp"
     assert report["plan"]["reasons"] == list(chosen.reasons)
+    # One flat object, the settings beside the backend; the weights file is not known yet.
+    assert (report["plan"]["n_gpu_layers"], report["plan"]["device"]) == (-1, "metal")
+    assert "model_path" not in report["plan"] and "settings" not in report["plan"]
     assert report["apple"]["chip"] == "Apple M2"
     text = format_report(report)
     assert "Apple M2, 16.0 GiB unified memory, Metal" in text
@@ -209,7 +212,7 @@ def test_probe_here_is_sane_and_cached():
     assert 0 < hw.memory.available_bytes <= hw.memory.total_bytes
     assert all(gpu.vram_total_bytes > 0 for gpu in hw.gpus)
     assert hw.has_vllm == (importlib.util.find_spec("vllm") is not None)
-    report = hardware_report(hw, plan(hw, _catalog_default()))
+    report = hardware_report(hw, make_plan(hw, _catalog_default()))
     assert json.loads(json.dumps(report))["plan"]["backend"] in ("llamacpp", "vllm")
     assert "CPU" in format_report(report)
 

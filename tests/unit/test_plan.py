@@ -9,11 +9,12 @@ import pytest
 from machines import load_machine
 
 from backends.base import BackendSettings
+from serve.config import PlanChoices
 from serve.models.catalog import GGUFSource, ModelSpec, VLLMSource, load_catalog, resolve_model
 from serve.errors import ConfigError
 from serve.placement.footprint import gguf_footprint, vllm_footprint
 from serve.placement.hardware import GiB, probe
-from serve.placement.plan import VLLM_INSTALL_HINT, plan
+from serve.placement.plan import VLLM_INSTALL_HINT, make_plan
 
 MISTRAL_7B_AWQ = ModelSpec(
     name="mistral-7b-q4",
@@ -49,51 +50,51 @@ def _mentions(chosen, *words: str) -> bool:
 
 
 def test_4090_serves_an_awq_checkpoint_with_vllm():
-    chosen = plan(_cuda_box(), MISTRAL_7B_AWQ)
-    assert (chosen.backend, chosen.device, chosen.tensor_parallel_size) == ("vllm", "cuda", 1)
-    assert chosen.quantization is None  # vLLM reads AWQ from the checkpoint and picks Marlin itself
-    assert chosen.context_length == 32768  # the full context fits in 21.6 GiB
-    assert chosen.gpu_memory_utilization == 0.9
-    assert (chosen.num_parallel, chosen.max_batch_tokens) == (256, 2048)
+    chosen = make_plan(_cuda_box(), MISTRAL_7B_AWQ)
+    assert (chosen.backend, chosen.settings.device, chosen.settings.tensor_parallel_size) == ("vllm", "cuda", 1)
+    assert chosen.settings.quantization is None  # vLLM reads AWQ from the checkpoint and picks Marlin itself
+    assert chosen.settings.context_length == 32768  # the full context fits in 21.6 GiB
+    assert chosen.settings.gpu_memory_utilization == 0.9
+    assert (chosen.settings.num_parallel, chosen.settings.max_batch_tokens) == (256, 2048)
     assert _mentions(chosen, "NVIDIA GeForce RTX 4090", "AWQ", "full context")
 
 
 def test_4090_quantizes_a_16_bit_checkpoint_to_fp8(smollm2):
-    chosen = plan(_cuda_box(), smollm2)
-    assert (chosen.backend, chosen.quantization) == ("vllm", "fp8")
+    chosen = make_plan(_cuda_box(), smollm2)
+    assert (chosen.backend, chosen.settings.quantization) == ("vllm", "fp8")
     assert _mentions(chosen, "FP8", "8.9")
 
 
 def test_a10g_has_no_fp8_and_keeps_16_bits(smollm2):
-    chosen = plan(_cuda_box("a10g-g5"), smollm2)
-    assert (chosen.backend, chosen.quantization) == ("vllm", None)
+    chosen = make_plan(_cuda_box("a10g-g5"), smollm2)
+    assert (chosen.backend, chosen.settings.quantization) == ("vllm", None)
     assert _mentions(chosen, "FP8 needs compute capability 8.9", "8.6")
 
 
 def test_4090_falls_back_to_llamacpp_when_vllm_does_not_fit():
-    chosen = plan(_cuda_box(), LLAMA_70B_AWQ)  # ~41 GiB of AWQ weights on a 24 GB card
-    assert (chosen.backend, chosen.device, chosen.n_gpu_layers) == ("llamacpp", "cpu", 0)
+    chosen = make_plan(_cuda_box(), LLAMA_70B_AWQ)  # ~41 GiB of AWQ weights on a 24 GB card
+    assert (chosen.backend, chosen.settings.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cpu", 0)
     assert _mentions(chosen, "vLLM does not fit", "needs", "GPU 0", "not on the GPU")
-    assert chosen.num_threads == 16
+    assert chosen.settings.num_threads == 16
 
 
 def test_4090_without_vllm_offloads_every_layer_with_llamacpp():
-    chosen = plan(_cuda_box(has_vllm=False), MISTRAL_7B_AWQ)
-    assert (chosen.backend, chosen.device, chosen.n_gpu_layers) == ("llamacpp", "cuda", -1)
+    chosen = make_plan(_cuda_box(has_vllm=False), MISTRAL_7B_AWQ)
+    assert (chosen.backend, chosen.settings.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cuda", -1)
     assert _mentions(chosen, "vllm is not installed", "RTX 4090")
-    assert chosen.num_parallel == 4  # a 7B model: 4 sequences by default
-    assert chosen.context_length == 4096
+    assert chosen.settings.num_parallel == 4  # a 7B model: 4 sequences by default
+    assert chosen.settings.context_length == 4096
 
 
 def test_cpu_only_llamacpp_build_on_a_gpu_box():
-    chosen = plan(_cuda_box(has_vllm=False, llama_gpu_offload=False), MISTRAL_7B_AWQ)
-    assert (chosen.device, chosen.n_gpu_layers) == ("cpu", 0)
+    chosen = make_plan(_cuda_box(has_vllm=False, llama_gpu_offload=False), MISTRAL_7B_AWQ)
+    assert (chosen.settings.device, chosen.settings.n_gpu_layers) == ("cpu", 0)
     assert _mentions(chosen, "built without CUDA", "GGML_CUDA")
 
 
 def test_forced_vllm_that_does_not_fit_refuses_with_numbers():
     with pytest.raises(ConfigError) as caught:
-        plan(_cuda_box(), LLAMA_70B_AWQ, backend="vllm")
+        make_plan(_cuda_box(), LLAMA_70B_AWQ, PlanChoices(backend="vllm"))
     message = caught.value.message
     assert "needs" in message and "GiB" in message and "free on GPU 0" in message
     assert "\n" not in message
@@ -102,14 +103,14 @@ def test_forced_vllm_that_does_not_fit_refuses_with_numbers():
 def test_a_busy_gpu_gets_a_shorter_context_or_a_refusal():
     hw = _cuda_box()
     busy = replace(hw, gpus=(replace(hw.gpus[0], vram_free_bytes=int(7.1 * GiB)),))
-    chosen = plan(busy, MISTRAL_7B_AWQ)
+    chosen = make_plan(busy, MISTRAL_7B_AWQ)
     assert chosen.backend == "vllm"
-    assert 2048 <= chosen.context_length < 32768
-    assert chosen.gpu_memory_utilization < 0.3  # vLLM must not ask for more than is free
+    assert 2048 <= chosen.settings.context_length < 32768
+    assert chosen.settings.gpu_memory_utilization < 0.3  # vLLM must not ask for more than is free
     assert _mentions(chosen, "the most that fits")
     with pytest.raises(ConfigError, match=r"needs \d+\.\d GiB .*, \d+\.\d GiB free on GPU 0"):
-        plan(busy, MISTRAL_7B_AWQ, backend="vllm", context_length=32768)
-    fallback = plan(busy, MISTRAL_7B_AWQ, context_length=32768)
+        make_plan(busy, MISTRAL_7B_AWQ, PlanChoices(backend="vllm", context_length=32768))
+    fallback = make_plan(busy, MISTRAL_7B_AWQ, PlanChoices(context_length=32768))
     assert fallback.backend == "llamacpp" and _mentions(fallback, "vLLM does not fit")
 
 
@@ -117,49 +118,50 @@ def test_gpu_memory_utilization_beyond_the_free_memory_is_refused():
     hw = _cuda_box()
     busy = replace(hw, gpus=(replace(hw.gpus[0], vram_free_bytes=10 * GiB),))
     with pytest.raises(ConfigError, match="gpu_memory_utilization 0.9 asks for 21.6 GiB on GPU 0"):
-        plan(busy, MISTRAL_7B_AWQ, backend="vllm", gpu_memory_utilization=0.9)
+        make_plan(busy, MISTRAL_7B_AWQ, PlanChoices(backend="vllm", gpu_memory_utilization=0.9))
 
 
 # ---- 2 x 80 GB H100 box --------------------------------------------------------------------------
 
 
 def test_h100_pair_splits_a_16_bit_70b_with_tensor_parallel():
-    chosen = plan(_cuda_box("h100x2-a3"), LLAMA_70B)
-    assert (chosen.backend, chosen.quantization, chosen.tensor_parallel_size) == ("vllm", "fp8", 2)
-    assert 2048 <= chosen.context_length <= 131072
-    assert (chosen.num_parallel, chosen.max_batch_tokens) == (1024, 8192)  # vLLM's H100 defaults
-    assert chosen.distributed_executor_backend is None
+    chosen = make_plan(_cuda_box("h100x2-a3"), LLAMA_70B)
+    assert (chosen.backend, chosen.settings.quantization, chosen.settings.tensor_parallel_size) == ("vllm", "fp8", 2)
+    assert 2048 <= chosen.settings.context_length <= 131072
+    assert (chosen.settings.num_parallel, chosen.settings.max_batch_tokens) == (1024, 8192)  # vLLM's H100 defaults
+    assert chosen.settings.distributed_executor_backend is None
     assert _mentions(chosen, "tensor parallel 2: it does not fit on fewer GPUs", "NVIDIA H100 80GB HBM3")
 
 
 def test_h100_pair_holds_a_70b_awq_on_one_gpu():
-    assert plan(_cuda_box("h100x2-a3"), LLAMA_70B_AWQ).tensor_parallel_size == 1
+    assert make_plan(_cuda_box("h100x2-a3"), LLAMA_70B_AWQ).settings.tensor_parallel_size == 1
 
 
 def test_h100_overrides_tensor_pipeline_and_ray():
     hw = _cuda_box("h100x2-a3")
-    asked = plan(hw, LLAMA_70B_AWQ, tensor_parallel_size=2)
-    assert asked.tensor_parallel_size == 2 and _mentions(asked, "tensor parallel 2 as asked")
-    piped = plan(hw, LLAMA_70B_AWQ, tensor_parallel_size=1, pipeline_parallel_size=2)
-    assert (piped.tensor_parallel_size, piped.pipeline_parallel_size) == (1, 2)
+    asked = make_plan(hw, LLAMA_70B_AWQ, PlanChoices(tensor_parallel_size=2))
+    assert asked.settings.tensor_parallel_size == 2 and _mentions(asked, "tensor parallel 2 as asked")
+    piped = make_plan(hw, LLAMA_70B_AWQ, PlanChoices(tensor_parallel_size=1, pipeline_parallel_size=2))
+    assert (piped.settings.tensor_parallel_size, piped.settings.pipeline_parallel_size) == (1, 2)
     with pytest.raises(ConfigError, match="needs 4 GPUs, 2 visible"):
-        plan(hw, LLAMA_70B_AWQ, tensor_parallel_size=4)
-    ray = plan(hw, LLAMA_70B_AWQ, tensor_parallel_size=4, ray_address="10.0.0.5:6379")
-    assert (ray.backend, ray.distributed_executor_backend, ray.tensor_parallel_size) == ("vllm", "ray", 4)
-    assert ray.backend_settings(Path("/models/llama")).ray_address == "10.0.0.5:6379"  # reaches vLLM
+        make_plan(hw, LLAMA_70B_AWQ, PlanChoices(tensor_parallel_size=4))
+    ray = make_plan(hw, LLAMA_70B_AWQ, PlanChoices(tensor_parallel_size=4, ray_address="10.0.0.5:6379"))
+    assert (ray.backend, ray.settings.distributed_executor_backend, ray.settings.tensor_parallel_size) == \
+        ("vllm", "ray", 4)
+    assert ray.settings.ray_address == "10.0.0.5:6379"  # reaches vLLM
     assert _mentions(ray, "Ray cluster at 10.0.0.5:6379", "assumed to match GPU 0")
 
 
 def test_h100_pair_refuses_a_model_larger_than_both_gpus():
     huge = replace(LLAMA_70B, name="llama3.1-405b", num_params=405_000_000_000, download_bytes=0)
     with pytest.raises(ConfigError, match=r"needs \d+\.\d GiB .* free on GPUs 0, 1"):
-        plan(_cuda_box("h100x2-a3"), huge, backend="vllm")
+        make_plan(_cuda_box("h100x2-a3"), huge, PlanChoices(backend="vllm"))
 
 
 def test_old_gpus_are_not_for_vllm():
     hw = _cuda_box()
     pascal = replace(hw, gpus=(replace(hw.gpus[0], name="Tesla P100-PCIE-16GB", compute_capability="6.0"),))
-    chosen = plan(pascal, MISTRAL_7B_AWQ)
+    chosen = make_plan(pascal, MISTRAL_7B_AWQ)
     assert chosen.backend == "llamacpp" and _mentions(chosen, "compute capability 6.0", "7.0")
 
 
@@ -167,26 +169,26 @@ def test_old_gpus_are_not_for_vllm():
 
 
 def test_m2_mac_runs_llamacpp_on_metal(smollm2):
-    chosen = plan(load_machine("m2-mac-16gb", llama_gpu_offload=True), smollm2)
-    assert (chosen.backend, chosen.device, chosen.n_gpu_layers) == ("llamacpp", "metal", -1)
-    assert chosen.num_threads == 4 and _mentions(chosen, "4 performance cores")
+    chosen = make_plan(load_machine("m2-mac-16gb", llama_gpu_offload=True), smollm2)
+    assert (chosen.backend, chosen.settings.device, chosen.settings.n_gpu_layers) == ("llamacpp", "metal", -1)
+    assert chosen.settings.num_threads == 4 and _mentions(chosen, "4 performance cores")
     assert _mentions(chosen, "no NVIDIA GPU found, so llama.cpp with all layers on the Apple M2 GPU through Metal")
-    assert chosen.max_batch_tokens == 2048
+    assert chosen.settings.max_batch_tokens == 2048
 
 
 def test_m2_mac_fits_a_7b_in_its_metal_working_set():
-    chosen = plan(load_machine("m2-mac-16gb", llama_gpu_offload=True), MISTRAL_7B_AWQ)
-    assert (chosen.device, chosen.n_gpu_layers, chosen.num_parallel) == ("metal", -1, 4)
+    chosen = make_plan(load_machine("m2-mac-16gb", llama_gpu_offload=True), MISTRAL_7B_AWQ)
+    assert (chosen.settings.device, chosen.settings.n_gpu_layers, chosen.settings.num_parallel) == ("metal", -1, 4)
 
 
 def test_m2_mac_refuses_a_70b_with_numbers():
     with pytest.raises(ConfigError, match=r"needs \d+\.\d GiB .* the machine has 16\.0 GiB of RAM"):
-        plan(load_machine("m2-mac-16gb", llama_gpu_offload=True), LLAMA_70B)
+        make_plan(load_machine("m2-mac-16gb", llama_gpu_offload=True), LLAMA_70B)
 
 
 def test_m2_mac_without_vllm_refuses_the_vllm_backend(smollm2):
     with pytest.raises(ConfigError) as caught:
-        plan(load_machine("m2-mac-16gb", llama_gpu_offload=True), smollm2, backend="vllm")
+        make_plan(load_machine("m2-mac-16gb", llama_gpu_offload=True), smollm2, PlanChoices(backend="vllm"))
     assert caught.value.message == VLLM_INSTALL_HINT
 
 
@@ -194,35 +196,37 @@ def test_m2_mac_without_vllm_refuses_the_vllm_backend(smollm2):
 
 
 def test_avx512_server_plans_llamacpp_on_the_cpu(smollm2):
-    chosen = plan(load_machine("avx512-amx-m7i", has_vllm=True), smollm2)
-    assert (chosen.backend, chosen.device, chosen.n_gpu_layers) == ("llamacpp", "cpu", 0)
-    assert (chosen.num_threads, chosen.num_parallel, chosen.max_batch_tokens) == (4, 8, 2048)
-    assert chosen.context_length == 4096  # the catalog allows 8192; the CPU default is 4096
+    chosen = make_plan(load_machine("avx512-amx-m7i", has_vllm=True), smollm2)
+    assert (chosen.backend, chosen.settings.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cpu", 0)
+    settings = chosen.settings
+    assert (settings.num_threads, settings.num_parallel, settings.max_batch_tokens) == (4, 8, 2048)
+    assert chosen.settings.context_length == 4096  # the catalog allows 8192; the CPU default is 4096
     assert _mentions(chosen, "no NVIDIA GPU found, so llama.cpp on the CPU", "4 physical cores: 4 threads")
 
 
 def test_cpu_vllm_when_asked_takes_a_small_share_of_ram(smollm2):
-    chosen = plan(load_machine("avx512-amx-m7i", has_vllm=True), smollm2, backend="vllm")
-    assert (chosen.backend, chosen.device, chosen.quantization) == ("vllm", "cpu", None)
-    assert chosen.gpu_memory_utilization == 0.2
-    assert (chosen.num_parallel, chosen.max_batch_tokens, chosen.context_length) == (8, 2048, 4096)
+    chosen = make_plan(load_machine("avx512-amx-m7i", has_vllm=True), smollm2, PlanChoices(backend="vllm"))
+    assert (chosen.backend, chosen.settings.device, chosen.settings.quantization) == ("vllm", "cpu", None)
+    assert chosen.settings.gpu_memory_utilization == 0.2
+    settings = chosen.settings
+    assert (settings.num_parallel, settings.max_batch_tokens, settings.context_length) == (8, 2048, 4096)
     assert _mentions(chosen, "share of RAM")
 
 
 def test_graviton_plans_eight_threads(smollm2):
-    chosen = plan(load_machine("graviton3-c7g"), smollm2)
-    assert (chosen.backend, chosen.device, chosen.num_threads) == ("llamacpp", "cpu", 8)
+    chosen = make_plan(load_machine("graviton3-c7g"), smollm2)
+    assert (chosen.backend, chosen.settings.device, chosen.settings.num_threads) == ("llamacpp", "cpu", 8)
 
 
 def test_parallel_sequences_are_bounded_by_ram():
     graviton = load_machine("graviton3-c7g")
     small_ram = replace(graviton, memory=replace(graviton.memory, available_bytes=10 * GiB))
-    chosen = plan(small_ram, MISTRAL_7B_AWQ, context_length=8192)
+    chosen = make_plan(small_ram, MISTRAL_7B_AWQ, PlanChoices(context_length=8192))
     per_sequence = gguf_footprint(MISTRAL_7B_AWQ).kv_bytes_per_token * 8192
-    assert chosen.context_length == 8192  # per sequence, never split between sequences
-    assert chosen.num_parallel == 2  # of the default 4: half the RAM beyond the weights holds two
-    assert chosen.num_parallel * per_sequence <= (10 * GiB - chosen.weights_bytes) * 0.5
-    assert chosen.kv_cache_bytes == chosen.num_parallel * per_sequence
+    assert chosen.settings.context_length == 8192  # per sequence, never split between sequences
+    assert chosen.settings.num_parallel == 2  # of the default 4: half the RAM beyond the weights holds two
+    assert chosen.settings.num_parallel * per_sequence <= (10 * GiB - chosen.weights_bytes) * 0.5
+    assert chosen.kv_cache_bytes == chosen.settings.num_parallel * per_sequence
     assert _mentions(chosen, "2 parallel sequences of 8192 tokens", "as many as fit")
 
 
@@ -231,28 +235,30 @@ def test_parallel_sequences_are_bounded_by_ram():
 
 def test_unknown_backend_lists_the_valid_ones(smollm2):
     with pytest.raises(ConfigError, match="unknown backend 'tensorrt'; choose one of llamacpp, vllm"):
-        plan(probe(), smollm2, backend="tensorrt")
+        make_plan(probe(), smollm2, PlanChoices(backend="tensorrt"))
 
 
 def test_impossible_backend_overrides_name_the_model():
     with pytest.raises(ConfigError, match="vllm-only has no GGUF file"):
-        plan(_cuda_box(), VLLM_ONLY, backend="llamacpp")
+        make_plan(_cuda_box(), VLLM_ONLY, PlanChoices(backend="llamacpp"))
     with pytest.raises(ConfigError, match="gguf-only has no vLLM checkpoint"):
-        plan(_cuda_box(), GGUF_ONLY, backend="vllm")
+        make_plan(_cuda_box(), GGUF_ONLY, PlanChoices(backend="vllm"))
     with pytest.raises(ConfigError, match="need --backend vllm"):
-        plan(_cuda_box(), MISTRAL_7B_AWQ, backend="llamacpp", tensor_parallel_size=2)
+        make_plan(_cuda_box(), MISTRAL_7B_AWQ, PlanChoices(backend="llamacpp", tensor_parallel_size=2))
 
 
 def test_forced_llamacpp_on_a_cuda_box_offloads():
-    chosen = plan(_cuda_box(), MISTRAL_7B_AWQ, backend="llamacpp")
-    assert (chosen.backend, chosen.device, chosen.n_gpu_layers) == ("llamacpp", "cuda", -1)
+    chosen = make_plan(_cuda_box(), MISTRAL_7B_AWQ, PlanChoices(backend="llamacpp"))
+    assert (chosen.backend, chosen.settings.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cuda", -1)
     assert _mentions(chosen, "llama.cpp as asked")
 
 
 def test_explicit_settings_win(smollm2):
     hw = load_machine("avx512-amx-m7i")
-    chosen = plan(hw, smollm2, context_length=2048, num_threads=3, num_parallel=2, max_batch_tokens=256)
-    assert (chosen.context_length, chosen.num_threads, chosen.num_parallel, chosen.max_batch_tokens) == \
+    chosen = make_plan(hw, smollm2, PlanChoices(context_length=2048, num_threads=3, num_parallel=2,
+                                                max_batch_tokens=256))
+    settings = chosen.settings
+    assert (settings.context_length, settings.num_threads, settings.num_parallel, settings.max_batch_tokens) == \
         (2048, 3, 2, 256)
     assert _mentions(chosen, "3 threads as asked", "2 parallel sequences as asked",
                      "context 2048 tokens per sequence as asked")
@@ -261,13 +267,13 @@ def test_explicit_settings_win(smollm2):
 def test_bad_explicit_settings_are_refused(smollm2):
     hw = load_machine("avx512-amx-m7i")
     with pytest.raises(ConfigError, match="--ctx 9000 is more than smollm2-135m's context of 8192 tokens"):
-        plan(hw, smollm2, context_length=9000)
+        make_plan(hw, smollm2, PlanChoices(context_length=9000))
     with pytest.raises(ConfigError, match="--max-batch-tokens 4 must be at least the 8 parallel sequences"):
-        plan(hw, smollm2, max_batch_tokens=4, num_parallel=8)
+        make_plan(hw, smollm2, PlanChoices(max_batch_tokens=4, num_parallel=8))
     with pytest.raises(ConfigError, match="gpu-memory-utilization must be in"):
-        plan(hw, smollm2, gpu_memory_utilization=1.5)
+        make_plan(hw, smollm2, PlanChoices(gpu_memory_utilization=1.5))
     with pytest.raises(ConfigError, match="KV cache"):
-        plan(hw, MISTRAL_7B_AWQ, context_length=32768, num_parallel=64)
+        make_plan(hw, MISTRAL_7B_AWQ, PlanChoices(context_length=32768, num_parallel=64))
 
 
 def test_a_model_with_only_a_vllm_directory_uses_vllm_on_the_cpu(tmp_path: Path):
@@ -281,25 +287,21 @@ def test_a_model_with_only_a_vllm_directory_uses_vllm_on_the_cpu(tmp_path: Path)
     footprint = vllm_footprint(spec, None)
     assert footprint.kv_bytes_per_token == 2 * 30 * 3 * 64 * 2
     assert footprint.weights_bytes == 538_090_408 // 2  # vLLM loads float32 checkpoints in 16 bits
-    chosen = plan(load_machine("avx512-amx-m7i", has_vllm=True), spec)
-    assert (chosen.backend, chosen.device) == ("vllm", "cpu")
+    chosen = make_plan(load_machine("avx512-amx-m7i", has_vllm=True), spec)
+    assert (chosen.backend, chosen.settings.device) == ("vllm", "cpu")
     assert _mentions(chosen, "has only a vLLM checkpoint")
     with pytest.raises(ConfigError, match="has only a vLLM checkpoint, and vllm is not installed"):
-        plan(load_machine("avx512-amx-m7i"), spec)
+        make_plan(load_machine("avx512-amx-m7i"), spec)
     with pytest.raises(ConfigError, match="no GGUF file for llama.cpp, and vLLM cannot serve it here"):
-        plan(_cuda_box(has_vllm=False), spec)
+        make_plan(_cuda_box(has_vllm=False), spec)
 
 
-def test_backend_settings_carry_the_plan(smollm2):
-    chosen = plan(_cuda_box("h100x2-a3"), LLAMA_70B, ray_address="10.0.0.5:6379")
-    settings = chosen.backend_settings(Path("/models/llama"))
+def test_the_plan_carries_the_backend_settings(smollm2):
+    chosen = make_plan(_cuda_box("h100x2-a3"), LLAMA_70B, PlanChoices(ray_address="10.0.0.5:6379"))
+    settings = chosen.settings
     assert isinstance(settings, BackendSettings)
-    assert settings.model_path == Path("/models/llama")
-    for name in ("context_length", "num_parallel", "num_threads", "n_gpu_layers", "max_batch_tokens",
-                 "gpu_memory_utilization", "tensor_parallel_size", "pipeline_parallel_size",
-                 "distributed_executor_backend", "quantization", "kv_cache_dtype", "device"):
-        assert getattr(settings, name) == getattr(chosen, name), name
-    assert settings.distributed_executor_backend == "ray"
+    assert settings.model_path is None  # the loader fills it in once the file is fetched
+    assert (settings.distributed_executor_backend, settings.ray_address) == ("ray", "10.0.0.5:6379")
 
 
 def test_the_embedded_gguf_footprint_is_read_from_its_header(smollm2):
@@ -313,13 +315,13 @@ def test_the_embedded_gguf_footprint_is_read_from_its_header(smollm2):
 
 def test_plan_on_this_machine(smollm2):
     hw = probe()
-    chosen = plan(hw, smollm2)
+    chosen = make_plan(hw, smollm2)
     assert chosen.backend in ("llamacpp", "vllm")
-    assert chosen.num_threads >= 1 and chosen.num_parallel >= 1
-    assert chosen.context_length <= smollm2.context_length
+    assert chosen.settings.num_threads >= 1 and chosen.settings.num_parallel >= 1
+    assert chosen.settings.context_length <= smollm2.context_length
     if not hw.gpus:
-        assert (chosen.backend, chosen.device, chosen.n_gpu_layers) == ("llamacpp", "cpu", 0)
-        assert chosen.num_threads == hw.cpu.num_physical_cores
+        assert (chosen.backend, chosen.settings.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cpu", 0)
+        assert chosen.settings.num_threads == hw.cpu.num_physical_cores
 
 
 def test_vllm_on_this_cpu_when_installed(smollm2):
@@ -328,9 +330,9 @@ def test_vllm_on_this_cpu_when_installed(smollm2):
         pytest.skip("this machine has a GPU; the CPU vLLM plan is covered with recorded machines")
     if not hw.has_vllm:
         with pytest.raises(ConfigError, match="vllm is not installed"):
-            plan(hw, smollm2, backend="vllm")
+            make_plan(hw, smollm2, PlanChoices(backend="vllm"))
         return
-    chosen = plan(hw, smollm2, backend="vllm")
-    assert (chosen.backend, chosen.device) == ("vllm", "cpu")
-    assert 0.2 <= chosen.gpu_memory_utilization < 1
-    assert chosen.gpu_memory_utilization * hw.memory.total_bytes <= hw.memory.available_bytes
+    chosen = make_plan(hw, smollm2, PlanChoices(backend="vllm"))
+    assert (chosen.backend, chosen.settings.device) == ("vllm", "cpu")
+    assert 0.2 <= chosen.settings.gpu_memory_utilization < 1
+    assert chosen.settings.gpu_memory_utilization * hw.memory.total_bytes <= hw.memory.available_bytes
