@@ -45,7 +45,6 @@ class BackendSettings:
     quantization: str | None = None
     kv_cache_dtype: str = "auto"
     enable_prefix_caching: bool = True
-    device: str = "auto"  # vLLM device: "cuda" or "cpu"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class Plan:
 
     backend: str  # "llamacpp" or "vllm"
     reasons: tuple[str, ...]
+    device: str  # where the model runs: "cpu", "cuda" or "metal"
     settings: BackendSettings  # model_path is left to the loader
     model: str = ""
     weights_bytes: int = 0  # estimates behind the plan, for the report and the pool's memory budget
@@ -228,8 +229,8 @@ def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str |
                        "free RAM: expect paging")
     batch = _batch_tokens(asked, CPU_BATCH_TOKENS if where.device == "cpu" else GPU_BATCH_TOKENS, num_parallel)
     settings = BackendSettings(num_threads=threads, n_gpu_layers=where.n_gpu_layers, context_length=context,
-                               num_parallel=num_parallel, max_batch_tokens=batch, device=where.device)
-    return Plan(backend="llamacpp", reasons=tuple(reasons), settings=settings, model=spec.name,
+                               num_parallel=num_parallel, max_batch_tokens=batch)
+    return Plan(backend="llamacpp", reasons=tuple(reasons), device=where.device, settings=settings, model=spec.name,
                 weights_bytes=fp.weights_bytes, kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel)
 
 
@@ -258,8 +259,8 @@ def _vllm_cuda_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, reasons: 
         gpu_memory_utilization=fit.gpu_memory_utilization, tensor_parallel_size=fit.tensor_parallel_size,
         pipeline_parallel_size=fit.pipeline_parallel_size,
         distributed_executor_backend="ray" if asked.ray_address else None, ray_address=asked.ray_address,
-        quantization=told, device="cuda")
-    return Plan(backend="vllm", reasons=tuple(reasons), settings=settings, model=spec.name,
+        quantization=told)
+    return Plan(backend="vllm", reasons=tuple(reasons), device="cuda", settings=settings, model=spec.name,
                 weights_bytes=fp.weights_bytes, kv_cache_bytes=fit.kv_room_bytes)
 
 
@@ -279,8 +280,9 @@ def _vllm_ray_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> Plan:
         max_batch_tokens=_batch_tokens(asked, GPU_BATCH_TOKENS, num_parallel),
         gpu_memory_utilization=asked.gpu_memory_utilization or VLLM_GPU_UTILIZATION,
         tensor_parallel_size=asked.tensor_parallel_size or 1, pipeline_parallel_size=asked.pipeline_parallel_size or 1,
-        distributed_executor_backend="ray", ray_address=asked.ray_address, quantization=told, device="cuda")
-    return Plan(backend="vllm", reasons=reasons, settings=settings, model=spec.name, weights_bytes=fp.weights_bytes)
+        distributed_executor_backend="ray", ray_address=asked.ray_address, quantization=told)
+    return Plan(backend="vllm", reasons=reasons, device="cuda", settings=settings, model=spec.name,
+                weights_bytes=fp.weights_bytes)
 
 
 def _cpu_utilization(hw: Hardware, asked: PlanChoices, need: int) -> float:
@@ -322,6 +324,6 @@ def _vllm_cpu_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, reasons: l
         num_threads=threads, context_length=context, num_parallel=num_parallel,
         max_batch_tokens=_batch_tokens(asked, CPU_BATCH_TOKENS, num_parallel), gpu_memory_utilization=util,
         tensor_parallel_size=asked.tensor_parallel_size or 1, pipeline_parallel_size=asked.pipeline_parallel_size or 1,
-        quantization=told_quantization(checkpoint), device="cpu")
-    return Plan(backend="vllm", reasons=tuple(reasons), settings=settings, model=spec.name,
+        quantization=told_quantization(checkpoint))
+    return Plan(backend="vllm", reasons=tuple(reasons), device="cpu", settings=settings, model=spec.name,
                 weights_bytes=fp.weights_bytes, kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel)

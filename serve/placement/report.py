@@ -42,8 +42,8 @@ def _plan_report(plan: Plan) -> dict:
     settings = asdict(plan.settings)
     for name in _UNPLANNED_SETTINGS:
         del settings[name]
-    return {"backend": plan.backend, "reasons": list(plan.reasons), **settings, "model": plan.model,
-            "weights_bytes": plan.weights_bytes, "kv_cache_bytes": plan.kv_cache_bytes}
+    return {"backend": plan.backend, "reasons": list(plan.reasons), "device": plan.device, **settings,
+            "model": plan.model, "weights_bytes": plan.weights_bytes, "kv_cache_bytes": plan.kv_cache_bytes}
 
 
 def _gib(num_bytes: int) -> str:

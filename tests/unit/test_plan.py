@@ -51,7 +51,7 @@ def _mentions(chosen, *words: str) -> bool:
 
 def test_4090_serves_an_awq_checkpoint_with_vllm():
     chosen = make_plan(_cuda_box(), MISTRAL_7B_AWQ)
-    assert (chosen.backend, chosen.settings.device, chosen.settings.tensor_parallel_size) == ("vllm", "cuda", 1)
+    assert (chosen.backend, chosen.device, chosen.settings.tensor_parallel_size) == ("vllm", "cuda", 1)
     assert chosen.settings.quantization is None  # vLLM reads AWQ from the checkpoint and picks Marlin itself
     assert chosen.settings.context_length == 32768  # the full context fits in 21.6 GiB
     assert chosen.settings.gpu_memory_utilization == 0.9
@@ -73,14 +73,14 @@ def test_a10g_has_no_fp8_and_keeps_16_bits(smollm2):
 
 def test_4090_falls_back_to_llamacpp_when_vllm_does_not_fit():
     chosen = make_plan(_cuda_box(), LLAMA_70B_AWQ)  # ~41 GiB of AWQ weights on a 24 GB card
-    assert (chosen.backend, chosen.settings.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cpu", 0)
+    assert (chosen.backend, chosen.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cpu", 0)
     assert _mentions(chosen, "vLLM does not fit", "needs", "GPU 0", "not on the GPU")
     assert chosen.settings.num_threads == 16
 
 
 def test_4090_without_vllm_offloads_every_layer_with_llamacpp():
     chosen = make_plan(_cuda_box(has_vllm=False), MISTRAL_7B_AWQ)
-    assert (chosen.backend, chosen.settings.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cuda", -1)
+    assert (chosen.backend, chosen.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cuda", -1)
     assert _mentions(chosen, "vllm is not installed", "RTX 4090")
     assert chosen.settings.num_parallel == 4  # a 7B model: 4 sequences by default
     assert chosen.settings.context_length == 4096
@@ -88,7 +88,7 @@ def test_4090_without_vllm_offloads_every_layer_with_llamacpp():
 
 def test_cpu_only_llamacpp_build_on_a_gpu_box():
     chosen = make_plan(_cuda_box(has_vllm=False, llama_gpu_offload=False), MISTRAL_7B_AWQ)
-    assert (chosen.settings.device, chosen.settings.n_gpu_layers) == ("cpu", 0)
+    assert (chosen.device, chosen.settings.n_gpu_layers) == ("cpu", 0)
     assert _mentions(chosen, "built without CUDA", "GGML_CUDA")
 
 
@@ -170,7 +170,7 @@ def test_old_gpus_are_not_for_vllm():
 
 def test_m2_mac_runs_llamacpp_on_metal(smollm2):
     chosen = make_plan(load_machine("m2-mac-16gb", llama_gpu_offload=True), smollm2)
-    assert (chosen.backend, chosen.settings.device, chosen.settings.n_gpu_layers) == ("llamacpp", "metal", -1)
+    assert (chosen.backend, chosen.device, chosen.settings.n_gpu_layers) == ("llamacpp", "metal", -1)
     assert chosen.settings.num_threads == 4 and _mentions(chosen, "4 performance cores")
     assert _mentions(chosen, "no NVIDIA GPU found, so llama.cpp with all layers on the Apple M2 GPU through Metal")
     assert chosen.settings.max_batch_tokens == 2048
@@ -178,7 +178,7 @@ def test_m2_mac_runs_llamacpp_on_metal(smollm2):
 
 def test_m2_mac_fits_a_7b_in_its_metal_working_set():
     chosen = make_plan(load_machine("m2-mac-16gb", llama_gpu_offload=True), MISTRAL_7B_AWQ)
-    assert (chosen.settings.device, chosen.settings.n_gpu_layers, chosen.settings.num_parallel) == ("metal", -1, 4)
+    assert (chosen.device, chosen.settings.n_gpu_layers, chosen.settings.num_parallel) == ("metal", -1, 4)
 
 
 def test_m2_mac_refuses_a_70b_with_numbers():
@@ -197,7 +197,7 @@ def test_m2_mac_without_vllm_refuses_the_vllm_backend(smollm2):
 
 def test_avx512_server_plans_llamacpp_on_the_cpu(smollm2):
     chosen = make_plan(load_machine("avx512-amx-m7i", has_vllm=True), smollm2)
-    assert (chosen.backend, chosen.settings.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cpu", 0)
+    assert (chosen.backend, chosen.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cpu", 0)
     settings = chosen.settings
     assert (settings.num_threads, settings.num_parallel, settings.max_batch_tokens) == (4, 8, 2048)
     assert chosen.settings.context_length == 4096  # the catalog allows 8192; the CPU default is 4096
@@ -206,7 +206,7 @@ def test_avx512_server_plans_llamacpp_on_the_cpu(smollm2):
 
 def test_cpu_vllm_when_asked_takes_a_small_share_of_ram(smollm2):
     chosen = make_plan(load_machine("avx512-amx-m7i", has_vllm=True), smollm2, PlanChoices(backend="vllm"))
-    assert (chosen.backend, chosen.settings.device, chosen.settings.quantization) == ("vllm", "cpu", None)
+    assert (chosen.backend, chosen.device, chosen.settings.quantization) == ("vllm", "cpu", None)
     assert chosen.settings.gpu_memory_utilization == 0.2
     settings = chosen.settings
     assert (settings.num_parallel, settings.max_batch_tokens, settings.context_length) == (8, 2048, 4096)
@@ -215,7 +215,7 @@ def test_cpu_vllm_when_asked_takes_a_small_share_of_ram(smollm2):
 
 def test_graviton_plans_eight_threads(smollm2):
     chosen = make_plan(load_machine("graviton3-c7g"), smollm2)
-    assert (chosen.backend, chosen.settings.device, chosen.settings.num_threads) == ("llamacpp", "cpu", 8)
+    assert (chosen.backend, chosen.device, chosen.settings.num_threads) == ("llamacpp", "cpu", 8)
 
 
 def test_parallel_sequences_are_bounded_by_ram():
@@ -249,7 +249,7 @@ def test_impossible_backend_overrides_name_the_model():
 
 def test_forced_llamacpp_on_a_cuda_box_offloads():
     chosen = make_plan(_cuda_box(), MISTRAL_7B_AWQ, PlanChoices(backend="llamacpp"))
-    assert (chosen.backend, chosen.settings.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cuda", -1)
+    assert (chosen.backend, chosen.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cuda", -1)
     assert _mentions(chosen, "llama.cpp as asked")
 
 
@@ -288,7 +288,7 @@ def test_a_model_with_only_a_vllm_directory_uses_vllm_on_the_cpu(tmp_path: Path)
     assert footprint.kv_bytes_per_token == 2 * 30 * 3 * 64 * 2
     assert footprint.weights_bytes == 538_090_408 // 2  # vLLM loads float32 checkpoints in 16 bits
     chosen = make_plan(load_machine("avx512-amx-m7i", has_vllm=True), spec)
-    assert (chosen.backend, chosen.settings.device) == ("vllm", "cpu")
+    assert (chosen.backend, chosen.device) == ("vllm", "cpu")
     assert _mentions(chosen, "has only a vLLM checkpoint")
     with pytest.raises(ConfigError, match="has only a vLLM checkpoint, and vllm is not installed"):
         make_plan(load_machine("avx512-amx-m7i"), spec)
@@ -320,7 +320,7 @@ def test_plan_on_this_machine(smollm2):
     assert chosen.settings.num_threads >= 1 and chosen.settings.num_parallel >= 1
     assert chosen.settings.context_length <= smollm2.context_length
     if not hw.gpus:
-        assert (chosen.backend, chosen.settings.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cpu", 0)
+        assert (chosen.backend, chosen.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cpu", 0)
         assert chosen.settings.num_threads == hw.cpu.num_physical_cores
 
 
@@ -333,6 +333,6 @@ def test_vllm_on_this_cpu_when_installed(smollm2):
             make_plan(hw, smollm2, PlanChoices(backend="vllm"))
         return
     chosen = make_plan(hw, smollm2, PlanChoices(backend="vllm"))
-    assert (chosen.backend, chosen.settings.device) == ("vllm", "cpu")
+    assert (chosen.backend, chosen.device) == ("vllm", "cpu")
     assert 0.2 <= chosen.settings.gpu_memory_utilization < 1
     assert chosen.settings.gpu_memory_utilization * hw.memory.total_bytes <= hw.memory.available_bytes
