@@ -87,7 +87,7 @@ def run(config: ServerConfig) -> None:
     catalog = load_catalog(config.catalog_file)  # loaded once: the loader and the API share it
     pool = build_pool(config, catalog, probe())
     try:
-        app = create_app(pool, config)
+        app = create_app(pool, config, catalog)
         names = ", ".join(info.name for info in pool.model_infos())
         print(f"serving {names} at http://{config.host}:{config.port}/v1 (Ctrl+C to stop)", flush=True)
         _uvicorn_server(app, config, pool).run()

@@ -1,24 +1,27 @@
-"""The HTTP application: routes, error handlers, API key and body size guards over a model pool."""
+"""The HTTP application: every dialect's routes, error handlers, API key and body size guards over a model pool."""
 from __future__ import annotations
 
 from fastapi import FastAPI
 
+from serve.api import health
+from serve.api.engine_client import PoolClient
 from serve.api.errors import install_error_handlers
 from serve.api.guards import APIKeyGuard, BodySizeLimit
-from serve.api.ollama.routes import build_router as build_ollama_router
-from serve.api.openai.routes import build_router
+from serve.api.ollama import routes as ollama_routes
+from serve.api.openai import routes as openai_routes
 from serve.config import ServerConfig
+from serve.models.catalog import Catalog
 
 
-def create_app(pool, config: ServerConfig) -> FastAPI:
-    """The FastAPI app serving `pool` (a serve.runtime.pool.ModelPool) with `config`'s API key and body limit."""
+def create_app(pool: PoolClient, config: ServerConfig, catalog: Catalog) -> FastAPI:
+    """The FastAPI app serving `pool` with `config`'s API key and body limit; `catalog` is the one the
+    pool's loader resolves names with (Ollama's listings and pulls read it)."""
     app = FastAPI(title="quantserve", summary="OpenAI-compatible server for quantized models",
                   docs_url="/docs", redoc_url=None)
-    app.state.pool = pool
-    app.state.config = config
     install_error_handlers(app)
-    app.include_router(build_router(pool))
-    app.include_router(build_ollama_router(pool, config))
+    app.include_router(openai_routes.build_router(pool))
+    app.include_router(ollama_routes.build_router(pool, catalog, config.plan_choices.backend))
+    app.include_router(health.build_router(pool))
     # The last middleware added runs first: the key is checked before any body is read.
     app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)
     if config.api_key:

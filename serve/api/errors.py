@@ -6,13 +6,14 @@ logged with its traceback here and never shows it to the client).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,11 +30,42 @@ def error_body(message: str, error_type: str, param: str | None = None, code: st
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
-def error_response(error: ServeError) -> JSONResponse:
-    headers = {}
+def internal_error() -> ServeError:
+    """What a client learns of an unexpected failure (the log has the rest)."""
+    return ServeError("internal server error; see the server log", code="internal_error")
+
+
+def error_headers(error: ServeError) -> dict[str, str]:
+    """Retry-After on a 429: when a full queue may have room again."""
     if isinstance(error, OverloadedError):
-        headers["Retry-After"] = str(max(1, int(error.retry_after)))
-    return JSONResponse(error.to_openai(), status_code=error.status_code, headers=headers)
+        return {"Retry-After": str(max(1, int(error.retry_after)))}
+    return {}
+
+
+def error_response(error: ServeError) -> JSONResponse:
+    return JSONResponse(error.to_openai(), status_code=error.status_code, headers=error_headers(error))
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+def errors_answered_by(render: Callable[[ServeError], Response]) -> Callable[[Handler], Handler]:
+    """A route decorator: the route's failures are answered by `render` (a dialect's own error shape)
+    instead of the app-wide handlers below (OpenAI's shape)."""
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapper(*args: Any, **kwargs: Any) -> Response:
+            try:
+                return await handler(*args, **kwargs)
+            except ServeError as exc:
+                if exc.status_code >= 500:
+                    logger.error("%s failed: %s", handler.__name__, exc.message)
+                return render(exc)
+            except Exception:  # noqa: BLE001 - the client gets a generic error, the log the traceback
+                logger.exception("internal error in %s", handler.__name__)
+                return render(internal_error())
+        return wrapper
+    return decorate
 
 
 def field_path(loc: Iterable[Any]) -> str:
@@ -115,8 +147,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # The traceback goes to the log (Starlette re-raises the exception to uvicorn, which prints it),
     # never to the client.
     logger.error("internal error on %s %s: %r", request.method, request.url.path, exc)
-    return JSONResponse(error_body("internal server error; see the server log", "server_error",
-                                   code="internal_error"), status_code=500)
+    return JSONResponse(internal_error().to_openai(), status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

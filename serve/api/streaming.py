@@ -15,8 +15,9 @@ class ClosingStreamingResponse(StreamingResponse):
     byte (Starlette then never starts the body iterator, so its `finally` would not run): that is where a
     generation whose reader went away gets aborted."""
 
-    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None] | None = None):
-        super().__init__(content, headers=STREAM_HEADERS)
+    def __init__(self, content: AsyncIterator[bytes], *, media_type: str,
+                 on_close: Callable[[], None] | None = None):
+        super().__init__(content, headers=STREAM_HEADERS, media_type=media_type)
         self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -44,15 +44,17 @@ def assert_openai_error(response, status: int, param: str | None = None, fragmen
     return error
 
 
-def empty_pool(config: ServerConfig) -> ModelPool:
-    """A real pool with nothing loaded and no memory to load anything into."""
-    return ModelPool(ModelLoader(config, load_catalog(), probe()), PoolLimits(max_memory_bytes=0))
+def empty_app(config: ServerConfig):
+    """The app over a real pool with nothing loaded and no memory to load anything into."""
+    catalog = load_catalog()
+    return create_app(ModelPool(ModelLoader(config, catalog, probe()), PoolLimits(max_memory_bytes=0)), config,
+                      catalog)
 
 
 @pytest.fixture(scope="module")
 def client():
     config = ServerConfig(max_body_bytes=MAX_BODY_BYTES)
-    app = create_app(empty_pool(config), config)
+    app = empty_app(config)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
@@ -60,7 +62,7 @@ def client():
 @pytest.fixture(scope="module")
 def keyed_client():
     config = ServerConfig(api_key=API_KEY)
-    app = create_app(empty_pool(config), config)
+    app = empty_app(config)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 

@@ -10,7 +10,7 @@ from serve.api.errors import validate
 from serve.api.ollama.models import parameter_size, timestamp
 from serve.api.ollama.protocol import (FOREVER, ChatRequest, GenerateRequest, ModelRequest, Options,
                                        normalize_model_name, ollama_model_name, parse_keep_alive)
-from serve.api.ollama.generation import sampling_params
+from serve.api.ollama.request import sampling_params
 from serve.api.ollama.template import TemplateError, render_prompt_template
 from serve.errors import InvalidRequestError
 

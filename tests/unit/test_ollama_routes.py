@@ -21,9 +21,9 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def client():
-    config = ServerConfig()
-    pool = ModelPool(ModelLoader(config, load_catalog(), probe()), PoolLimits(max_memory_bytes=0))
-    with TestClient(create_app(pool, config), raise_server_exceptions=False) as test_client:
+    config, catalog = ServerConfig(), load_catalog()
+    pool = ModelPool(ModelLoader(config, catalog, probe()), PoolLimits(max_memory_bytes=0))
+    with TestClient(create_app(pool, config, catalog), raise_server_exceptions=False) as test_client:
         yield test_client
 
 

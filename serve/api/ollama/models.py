@@ -19,6 +19,7 @@ from typing import Any
 
 from serve.api.ollama.protocol import ollama_model_name
 from serve.models.catalog import Catalog, ModelSpec
+from serve.runtime.pool import ModelInfo
 from serve.errors import ConfigError
 
 # llama.h LLAMA_FTYPE_*: the `general.file_type` of a GGUF file, as Ollama shows it (quantization_level).
@@ -55,7 +56,7 @@ class LocalModel:
     path: Path | None  # a GGUF file or a Hugging Face directory; None when unknown
     size: int  # bytes on disk (or in memory, for a loaded model whose files we cannot see)
     spec: ModelSpec | None = None  # the catalog entry, when there is one
-    loaded: Any = None  # serve.runtime.pool.ModelInfo when loaded
+    loaded: ModelInfo | None = None  # when loaded
 
     @property
     def ollama_name(self) -> str:
@@ -151,7 +152,7 @@ def tag_entry(model: LocalModel) -> dict[str, Any]:
 
 
 def ps_entry(model: LocalModel) -> dict[str, Any]:
-    """One model of GET /api/ps; `model.loaded` is its serve.runtime.pool.ModelInfo."""
+    """One model of GET /api/ps (a loaded model)."""
     info = model.loaded
     expires_at = info.expires_at if info.expires_at is not None else time.time() + FOREVER_SECONDS
     return {"name": model.ollama_name, "model": model.ollama_name, "size": info.size_bytes or model.size,
@@ -223,8 +224,8 @@ def _file_size(path: Path | None) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def local_models(infos: list, catalog: Catalog) -> list[LocalModel]:
-    """The loaded models (`infos`: serve.runtime.pool.ModelInfo), then the catalog's models with files on disk."""
+def local_models(infos: list[ModelInfo], catalog: Catalog) -> list[LocalModel]:
+    """The loaded models, then the catalog's models with files on disk."""
     from serve.models.hub import list_models  # the Hub client is only imported when a listing is asked for
 
     rows = {row["name"]: row for row in list_models(catalog) if row["downloaded"]}

@@ -1,17 +1,36 @@
-"""Newline-delimited JSON streams, as Ollama's API sends them: one JSON object per line.
+"""Ollama's replies (the Ollama dialect's framing): newline-delimited JSON, one object per line, the last
+one `done` with Ollama's metrics in nanoseconds:
 
-Objects are plain dicts encoded here (one per generated token on the hot path; pydantic would slow it).
+    total_duration        request start -> finish
+    load_duration         waiting for the pool to hand over the engine (a model load, when it was not loaded)
+    prompt_eval_duration  submit -> first token (queueing and prefill)
+    eval_duration         first token -> finish
+
+A collected (`"stream": false`) reply is that last object with the whole text. Objects are plain dicts
+encoded here (one per generated token on the hot path; pydantic would slow it).
 """
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
+from serve.api.generation import Completion, Generation, Timings
+from serve.api.ollama.models import timestamp
 from serve.api.streaming import ClosingStreamingResponse
+from serve.errors import ServeError
+
+MEDIA_TYPE = "application/x-ndjson"
 
 
 def ndjson_line(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def error_object(error: ServeError) -> dict[str, str]:
+    """Ollama's error shape, in a body or as the last line of a stream."""
+    return {"error": error.message}
 
 
 async def _encode(objects: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
@@ -22,7 +41,68 @@ async def _encode(objects: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes
 class NDJSONResponse(ClosingStreamingResponse):
     """An application/x-ndjson response of `objects`, one JSON object per line."""
 
-    media_type = "application/x-ndjson"
-
     def __init__(self, objects: AsyncIterator[dict[str, Any]], on_close: Callable[[], None] | None = None):
-        super().__init__(_encode(objects), on_close)
+        super().__init__(_encode(objects), media_type=MEDIA_TYPE, on_close=on_close)
+
+
+def _nanoseconds(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
+
+
+def metrics(timings: Timings, num_prompt_tokens: int, num_eval_tokens: int) -> dict[str, int]:
+    """Ollama's counts and durations of one finished request."""
+    end = timings.finished or time.perf_counter()
+    first = timings.first_output or end
+    return {"total_duration": _nanoseconds(end - timings.started),
+            "load_duration": _nanoseconds(timings.loaded - timings.load_started),
+            "prompt_eval_count": num_prompt_tokens, "prompt_eval_duration": _nanoseconds(first - timings.submitted),
+            "eval_count": num_eval_tokens, "eval_duration": _nanoseconds(end - first)}
+
+
+@dataclass(frozen=True)
+class ReplyShape:
+    """What differs between /api/chat and /api/generate replies."""
+
+    is_chat: bool
+
+    def content(self, text: str) -> dict[str, Any]:
+        return {"message": {"role": "assistant", "content": text}} if self.is_chat else {"response": text}
+
+    def reply(self, model: str, text: str, **fields: Any) -> dict[str, Any]:
+        return {"model": model, "created_at": timestamp(), **self.content(text), **fields}
+
+
+CHAT = ReplyShape(is_chat=True)
+GENERATE = ReplyShape(is_chat=False)
+
+
+@dataclass(frozen=True)
+class NDJSONFraming:
+    """The generation core's Framing for Ollama: a line per text delta, then the `done` line."""
+
+    generation: Generation
+    shape: ReplyShape
+    model: str  # as the client named it (Ollama echoes the name with its tag)
+    media_type: str = MEDIA_TYPE
+
+    def opening(self) -> list[bytes]:
+        return []
+
+    def delta(self, text: str) -> bytes:
+        return ndjson_line(self.shape.reply(self.model, text, done=False))
+
+    def finish(self, reason: str, num_output_tokens: int) -> list[bytes]:
+        return [ndjson_line(self.done(reason, "", num_output_tokens))]
+
+    def error(self, error: ServeError) -> bytes:
+        return ndjson_line(error_object(error))
+
+    def closing(self) -> list[bytes]:
+        return []
+
+    def done(self, reason: str, text: str, num_output_tokens: int) -> dict[str, Any]:
+        counts = metrics(self.generation.timings, self.generation.stream.num_prompt_tokens, num_output_tokens)
+        return self.shape.reply(self.model, text, done=True, done_reason=reason, **counts)
+
+    def collected(self, completion: Completion) -> dict[str, Any]:
+        return self.done(completion.finish_reason, completion.text, completion.num_output_tokens)

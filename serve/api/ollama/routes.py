@@ -1,32 +1,34 @@
 """Ollama's API on the same port as the OpenAI one: /api/chat, /api/generate, /api/tags, /api/ps, /api/show,
 /api/pull, /api/version, and `GET /` answering "Ollama is running".
 
-Generation goes the same way as the OpenAI routes (pool -> engine.submit -> per-request stream): only the
-edges differ (serve/api/ollama/generation.py). Replies stream as NDJSON unless `"stream": false`. Every error
+Generation goes through the core every dialect shares (serve/api/generation.py); only the edges are Ollama's:
+the request (serve/api/ollama/request.py: prompt, num_ctx, options) and the replies (serve/api/ollama/ndjson.py),
+streamed as NDJSON unless `"stream": false`. Every error
 on these routes has Ollama's shape `{"error": "..."}` (the OpenAI routes keep OpenAI's), with the status of
 the ServeError behind it. Model names may carry Ollama's `:latest` tag; keep_alive goes to the pool.
 """
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+import uuid
+from typing import Any, Callable
 
 from fastapi import APIRouter, Request as HTTPRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from serve.api.engine_client import EngineClient, PoolClient
+from serve.api.errors import error_headers, errors_answered_by, parse_json_object, validate
+from serve.api.generation import Prompt, Timings, answer, errors_as_events, resolve_engine, submit
 from serve.api.ollama import models as ollama_models
-from serve.api.errors import parse_json_object, validate
-from serve.api.ollama.ndjson import NDJSONResponse
-from serve.api.ollama.generation import (CHAT, GENERATE, INTERNAL_ERROR, ReplyShape, Timings, answer,
-                                         chat_prompt, generate_prompt, submit)
 from serve.api.ollama.models import find_model, local_models
+from serve.api.ollama.ndjson import CHAT, GENERATE, NDJSONFraming, NDJSONResponse, ReplyShape, error_object
 from serve.api.ollama.protocol import ChatRequest, GenerateRequest, ModelRequest, normalize_model_name
 from serve.api.ollama.pull import pull_backend, pull_progress
-from serve.models.catalog import Catalog, load_catalog, resolve_model
-from serve.errors import InvalidRequestError, ModelNotFoundError, OverloadedError, ServeError
+from serve.api.ollama.request import chat_request_prompt, generate_request_prompt, request_params
+from serve.errors import InvalidRequestError, ModelNotFoundError, ServeError
+from serve.models.catalog import Catalog, resolve_model
 
 logger = logging.getLogger("serve.api")
 
@@ -40,41 +42,23 @@ NOT_IMPLEMENTED = {"/api/create", "/api/copy", "/api/delete", "/api/push", "/api
 # --- errors ---------------------------------------------------------------------------------------------
 
 def ollama_error(exc: ServeError) -> JSONResponse:
-    headers = {"Retry-After": str(max(1, int(exc.retry_after)))} if isinstance(exc, OverloadedError) else None
-    return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
+    """Ollama's error shape {"error": "..."} with the status of the ServeError behind it."""
+    return JSONResponse(error_object(exc), status_code=exc.status_code, headers=error_headers(exc))
 
 
-def ollama_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
-    """Answer a route's failures in Ollama's shape instead of the app-wide OpenAI one."""
-    @functools.wraps(handler)
-    async def wrapper(*args: Any, **kwargs: Any) -> Response:
-        try:
-            return await handler(*args, **kwargs)
-        except ServeError as exc:
-            if exc.status_code >= 500:
-                logger.error("ollama route failed: %s", exc.message)
-            return ollama_error(exc)
-        except Exception:  # noqa: BLE001 - the client gets a generic error, the log the traceback
-            logger.exception("internal error on an Ollama route")
-            return JSONResponse({"error": INTERNAL_ERROR}, status_code=500)
-    return wrapper
+ollama_errors = errors_answered_by(ollama_error)
 
 
 # --- the router -----------------------------------------------------------------------------------------
 
 class OllamaAPI:
-    """The routes' shared state: the pool, the catalog, and how to ask the pool for an engine."""
+    """The routes' shared state: the pool, the catalog, and the backend the server was told to use (pulls
+    fetch that backend's files; None: the GGUF when there is one)."""
 
-    def __init__(self, pool: Any, config: Any):
+    def __init__(self, pool: PoolClient, catalog: Catalog, backend: str | None):
         self.pool = pool
-        self.config = config
-        self.catalog: Catalog = load_catalog(getattr(config, "catalog_file", None))
-
-    async def engine(self, name: str, keep_alive: float | None, timings: Timings) -> Any:
-        timings.load_started = time.perf_counter()
-        engine = await self.pool.get(name, keep_alive=keep_alive)  # loads it (making room) when needed
-        timings.loaded = time.perf_counter()
-        return engine
+        self.catalog = catalog
+        self.backend = backend
 
     async def local_models(self) -> list[ollama_models.LocalModel]:
         return await asyncio.to_thread(local_models, self.pool.model_infos(), self.catalog)
@@ -93,7 +77,7 @@ class OllamaAPI:
         if keep_alive == 0:
             await self.unload(name)
             return JSONResponse(shape.reply(model, "", done=True, done_reason="unload"))
-        await self.engine(name, keep_alive, timings)
+        await resolve_engine(self.pool, name, timings, keep_alive=keep_alive)
         return JSONResponse(shape.reply(model, "", done=True, done_reason="load"))
 
     async def unload(self, name: str) -> None:
@@ -103,9 +87,9 @@ class OllamaAPI:
         await self.model(name)  # not loaded: fine if it exists here, else the 404 naming what does
 
 
-def build_router(pool: Any, config: Any = None) -> APIRouter:
-    """Ollama's routes over a serve.runtime.pool.ModelPool; `config` is the server's ServerConfig."""
-    api = OllamaAPI(pool, config)
+def build_router(pool: PoolClient, catalog: Catalog, backend: str | None = None) -> APIRouter:
+    """Ollama's routes over the model pool; `backend` is the one the server was told to use, if any."""
+    api = OllamaAPI(pool, catalog, backend)
     router = APIRouter()
     _add_generation_routes(router, api)
     _add_model_routes(router, api)
@@ -117,16 +101,16 @@ def _add_generation_routes(router: APIRouter, api: OllamaAPI) -> None:
     @router.post("/api/chat")
     @ollama_errors
     async def chat(http_request: HTTPRequest) -> Response:
-        return await _generation(api, http_request, ChatRequest, CHAT, chat_prompt)
+        return await _generation(api, http_request, ChatRequest, CHAT, chat_request_prompt)
 
     @router.post("/api/generate")
     @ollama_errors
     async def generate(http_request: HTTPRequest) -> Response:
-        return await _generation(api, http_request, GenerateRequest, GENERATE, generate_prompt)
+        return await _generation(api, http_request, GenerateRequest, GENERATE, generate_request_prompt)
 
 
 async def _generation(api: OllamaAPI, http_request: HTTPRequest, request_class: type, shape: ReplyShape,
-                      prompt_of: Callable[[Any, Any], tuple[str, list[dict] | None]]) -> Response:
+                      prompt_of: Callable[[EngineClient, Any], Prompt]) -> Response:
     """/api/chat or /api/generate: a request without input loads (or unloads) the model; otherwise the
     prompt made by `prompt_of(engine, body)` is generated and answered in `shape`."""
     timings = Timings(started=time.perf_counter())
@@ -134,10 +118,13 @@ async def _generation(api: OllamaAPI, http_request: HTTPRequest, request_class: 
     name = normalize_model_name(body.model)
     if body.is_load_only:
         return await api.load_or_unload(name, body.model, body.keep_alive, shape, timings)
-    engine = await api.engine(name, body.keep_alive, timings)
-    prompt, messages = prompt_of(engine, body)
-    generation = submit(engine, prompt, body.sampling_options, messages, timings)
-    return await answer(http_request, generation, shape, body.model, timings, body.can_stream)
+    engine = await resolve_engine(api.pool, name, timings, keep_alive=body.keep_alive)
+    prompt = prompt_of(engine, body)
+    generation = submit(engine, f"ollama-{uuid.uuid4().hex}", prompt,
+                        request_params(engine, prompt, body.sampling_options), timings)
+    framing = NDJSONFraming(generation, shape, body.model)
+    return await answer(http_request, generation, can_stream=body.can_stream, framing=framing,
+                        collected=framing.collected)
 
 
 def _model_name(body: ModelRequest) -> str:
@@ -171,24 +158,13 @@ def _add_model_routes(router: APIRouter, api: OllamaAPI) -> None:
     async def pull(http_request: HTTPRequest) -> Response:
         body = validate(ModelRequest, parse_json_object(await http_request.body()))
         spec = resolve_model(_model_name(body), api.catalog)
-        progress = pull_progress(spec, pull_backend(spec, getattr(api.config, "backend", None)))
+        progress = pull_progress(spec, pull_backend(spec, api.backend))
         if body.stream is not False:
-            return NDJSONResponse(_errors_as_objects(progress))
+            return NDJSONResponse(errors_as_events(progress, error_object, f"pull of {body.model_name}"))
         last: dict[str, Any] = {}
         async for last in progress:
             pass
         return JSONResponse(last)
-
-
-async def _errors_as_objects(objects: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    try:
-        async for payload in objects:
-            yield payload
-    except ServeError as exc:
-        yield {"error": exc.message}
-    except Exception:  # noqa: BLE001
-        logger.exception("pull failed")
-        yield {"error": INTERNAL_ERROR}
 
 
 def _add_misc_routes(router: APIRouter) -> None:

@@ -72,6 +72,10 @@ class SamplingFields(_Lenient):
         return value
 
     @property
+    def num_max_tokens(self) -> Optional[int]:
+        return self.max_tokens
+
+    @property
     def can_include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
@@ -137,10 +141,6 @@ class CompletionRequest(SamplingFields):
         if len(value) != 1:
             raise _fail("prompt_batch", f"exactly one prompt is supported per request, got {len(value)}")
         return value[0]
-
-    @property
-    def num_max_tokens(self) -> Optional[int]:
-        return self.max_tokens
 
 
 # Responses. Stream chunks are built as plain dicts in serve/api/openai/sse.py (they are hot); these models

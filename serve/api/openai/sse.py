@@ -1,4 +1,4 @@
-"""Server-sent events for streamed completions, in the order OpenAI sends them:
+"""Server-sent events for streamed completions (the OpenAI dialect's framing), in the order OpenAI sends them:
 
     role chunk (chat only) -> content deltas -> a chunk with finish_reason
     -> a usage chunk with empty choices (when stream_options.include_usage) -> data: [DONE]
@@ -8,15 +8,12 @@ Chunks are plain dicts: one is built per generated token, and pydantic would onl
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from serve.api.streaming import ClosingStreamingResponse
+from serve.api.generation import framed_events
 from serve.errors import ServeError
-from serve.sequence import FinishReason, StepOutput
-
-logger = logging.getLogger("serve.api")
+from serve.sequence import StepOutput
 
 DONE = b"data: [DONE]\n\n"
 
@@ -64,41 +61,37 @@ class StreamHeader:
         return sse_event(payload)
 
 
-async def stream_events(outputs: AsyncIterator[StepOutput], header: StreamHeader,
-                        usage_of: Callable[[int], dict[str, Any]]) -> AsyncIterator[bytes]:
-    """The SSE byte stream of one request; errors after the first byte become an error event.
-    `usage_of(num_completion_tokens)` gives the usage object of the last chunk."""
-    shape = header.shape
-    num_completion_tokens = 0
-    try:
-        if shape.is_chat:
-            yield header.chunk([shape.choice("", None, role=True)])
-        async for output in outputs:
-            num_completion_tokens += output.num_new_tokens
-            if output.text:
-                yield header.chunk([shape.choice(output.text, None)])
-            if output.finish_reason is not None:
-                yield header.chunk([shape.choice(None if shape.is_chat else "", finish_reason(output))])
-                break
-        if header.include_usage:
-            yield header.chunk([], usage_of(num_completion_tokens))
-    except ServeError as exc:
-        yield sse_event(exc.to_openai())
-    except Exception:  # noqa: BLE001 - the client gets a generic error, the log the details
-        logger.exception("request %s failed while streaming", header.request_id)
-        yield sse_event({"error": {"message": "internal server error; see the server log",
-                                   "type": "server_error", "param": None, "code": "internal_error"}})
-    yield DONE
+@dataclass(frozen=True)
+class SSEFraming:
+    """The generation core's Framing for OpenAI streams. `usage_of(num_completion_tokens)` gives the
+    usage object of the last chunk."""
+
+    header: StreamHeader
+    usage_of: Callable[[int], dict[str, Any]]
+    media_type: str = "text/event-stream"
+
+    def opening(self) -> list[bytes]:
+        shape = self.header.shape
+        return [self.header.chunk([shape.choice("", None, role=True)])] if shape.is_chat else []
+
+    def delta(self, text: str) -> bytes:
+        return self.header.chunk([self.header.shape.choice(text, None)])
+
+    def finish(self, reason: str, num_output_tokens: int) -> list[bytes]:
+        shape = self.header.shape
+        events = [self.header.chunk([shape.choice(None if shape.is_chat else "", reason)])]
+        if self.header.include_usage:
+            events.append(self.header.chunk([], self.usage_of(num_output_tokens)))
+        return events
+
+    def error(self, error: ServeError) -> bytes:
+        return sse_event(error.to_openai())
+
+    def closing(self) -> list[bytes]:
+        return [DONE]
 
 
-def finish_reason(output: StepOutput) -> str:
-    reason = output.finish_reason
-    if reason == FinishReason.ABORT:  # only the server aborts a request whose client is still there
-        raise ServeError(f"generation was aborted: {output.error or 'the server is shutting down'}", code="aborted")
-    return reason.value if isinstance(reason, FinishReason) else str(reason)
-
-
-class EventStreamResponse(ClosingStreamingResponse):
-    """A text/event-stream response of SSE byte events (stream_events)."""
-
-    media_type = "text/event-stream"
+def stream_events(outputs: AsyncIterator[StepOutput], header: StreamHeader,
+                  usage_of: Callable[[int], dict[str, Any]]) -> AsyncIterator[bytes]:
+    """The SSE byte stream of one request's outputs; errors after the first byte become an error event."""
+    return framed_events(outputs, SSEFraming(header, usage_of), header.request_id)

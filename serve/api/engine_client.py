@@ -1,0 +1,60 @@
+"""What the HTTP layer needs from the runtime, and nothing more: the pool, an engine, a request's stream.
+
+serve.runtime.pool.ModelPool, serve.runtime.engine.Engine and serve.runtime.engine.RequestStream satisfy
+these protocols; the routes and the generation core are written against them, so a test can serve the
+real app over a Fake* pool, and the runtime can change whatever the API does not read.
+"""
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Protocol
+
+from backends.base import Capabilities
+from serve.runtime.pool import ModelInfo
+from serve.sequence import Request, StepOutput
+
+
+class OutputStream(Protocol):
+    """One submitted request's outputs, ending after the one that carries a finish_reason."""
+
+    @property
+    def num_prompt_tokens(self) -> int: ...
+
+    @property
+    def num_cached_tokens(self) -> int:
+        """Prompt tokens reused from the prefix cache; known once the request was admitted."""
+
+    def __aiter__(self) -> AsyncIterator[StepOutput]: ...
+
+    def abort(self) -> None:
+        """Stop generating for a client that went away (idempotent)."""
+
+
+class EngineClient(Protocol):
+    """One loaded model, as a route uses it: template, tokenize, submit."""
+
+    model_name: str
+    capabilities: Capabilities  # the API reads context_length (per request)
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        """The model's chat template applied; a template refusal is an InvalidRequestError."""
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def submit(self, request: Request) -> OutputStream:
+        """Queue the request; raises at once (ServeError) when it cannot be served."""
+
+
+class PoolClient(Protocol):
+    """The loaded models, as the routes use them."""
+
+    async def get(self, name: str | None, *, keep_alive: float | None = None) -> EngineClient:
+        """The engine serving `name`, loading it first when needed."""
+
+    async def unload(self, name: str) -> None: ...
+
+    def loaded_name(self, name: str) -> str | None:
+        """The served name of a loaded model `name` refers to; None when not loaded (never loads)."""
+
+    def model_infos(self) -> list[ModelInfo]: ...
+
+    def stats(self) -> dict[str, Any]: ...

@@ -1,0 +1,251 @@
+"""The generation core every API dialect shares: from a validated request to its answer.
+
+    resolve_engine -> chat_prompt / text_prompt -> submit -> answer
+                                                             |-- stream: framed_events, in the dialect's framing
+                                                             '-- collect: collect_unless_gone -> Completion
+
+A dialect translates its wire request into a Prompt and SamplingParams, and supplies a Framing (how its
+stream looks: SSE, NDJSON) and the body of a collected answer. Everything else happens here once:
+engine lookup, templating and tokenizing, submission, abort when the client goes away, a failure after
+the first byte turned into the dialect's error event, and the status for a client that left.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Protocol, TypeVar
+
+from fastapi import Request as HTTPRequest
+from fastapi.responses import JSONResponse, Response
+
+from serve.api.engine_client import EngineClient, OutputStream, PoolClient
+from serve.api.errors import internal_error
+from serve.api.streaming import ClosingStreamingResponse
+from serve.errors import InvalidRequestError, ServeError
+from serve.sequence import FinishReason, Request, SamplingParams, StepOutput
+
+logger = logging.getLogger("serve.api")
+
+# Without a limit a request may run to the end of its context (as llama-server), but not for ever.
+DEFAULT_MAX_TOKENS_CAP = 4096
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away"; nobody reads it
+
+Event = TypeVar("Event")
+
+
+@dataclass
+class Timings:
+    """perf_counter() marks of one request (Ollama reports them as durations)."""
+
+    started: float
+    load_started: float = 0.0
+    loaded: float = 0.0
+    submitted: float = 0.0
+    first_output: float | None = None
+    finished: float | None = None
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the model reads: the text, its tokens, and the messages it came from (vLLM templates those)."""
+
+    text: str
+    token_ids: list[int]
+    messages: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Generation:
+    """A submitted request and what a route needs to answer it."""
+
+    request: Request
+    stream: OutputStream
+    timings: Timings
+    is_finished: bool = False
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    async def outputs(self) -> AsyncIterator[StepOutput]:
+        async for output in self.stream:
+            if output.num_new_tokens and self.timings.first_output is None:
+                self.timings.first_output = time.perf_counter()
+            if output.finish_reason is not None:
+                self.timings.finished = time.perf_counter()
+                self.is_finished = True
+            yield output
+
+    def abort_unless_finished(self) -> None:
+        if not self.is_finished:
+            self.stream.abort()
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A collected answer."""
+
+    text: str
+    num_output_tokens: int
+    finish_reason: str
+
+
+class Framing(Protocol):
+    """How one dialect streams one answer, as bytes. `finish` gets the finish reason and the number of
+    generated tokens; `error` is the event for a failure after the first byte."""
+
+    @property
+    def media_type(self) -> str: ...
+
+    def opening(self) -> list[bytes]: ...
+    def delta(self, text: str) -> bytes: ...
+    def finish(self, reason: str, num_output_tokens: int) -> list[bytes]: ...
+    def error(self, error: ServeError) -> bytes: ...
+    def closing(self) -> list[bytes]: ...
+
+
+# --- engine, prompt, submission ---------------------------------------------------------------------
+
+async def resolve_engine(pool: PoolClient, model: str | None, timings: Timings, *,
+                         keep_alive: float | None = None) -> EngineClient:
+    """The engine for `model` (loaded first if needed); no model means the first loaded one."""
+    if model is None:
+        infos = pool.model_infos()
+        if not infos:
+            raise InvalidRequestError("model is required", param="model")
+        model = infos[0].name
+    timings.load_started = time.perf_counter()
+    engine = await pool.get(model, keep_alive=keep_alive)
+    timings.loaded = time.perf_counter()
+    return engine
+
+
+def chat_prompt(engine: EngineClient, messages: list[dict[str, Any]]) -> Prompt:
+    """The conversation rendered with the model's own chat template, tokenized."""
+    text = engine.render_chat(messages)
+    return Prompt(text, engine.tokenize(text), messages)
+
+
+def text_prompt(engine: EngineClient, text: str) -> Prompt:
+    """A prompt used as it is (already templated, or a plain completion)."""
+    return Prompt(text, engine.tokenize(text))
+
+
+def num_context_left(engine: EngineClient, prompt: Prompt) -> int:
+    return engine.capabilities.context_length - len(prompt.token_ids)
+
+
+def default_num_max_tokens(engine: EngineClient, prompt: Prompt) -> int:
+    """The output limit of a request that sets none: the rest of the context, capped."""
+    return max(1, min(num_context_left(engine, prompt), DEFAULT_MAX_TOKENS_CAP))
+
+
+def submit(engine: EngineClient, request_id: str, prompt: Prompt, params: SamplingParams,
+           timings: Timings) -> Generation:
+    """Hand the request to the engine; raises at once (before any byte is sent) when it cannot be served."""
+    request = Request(request_id=request_id, model=engine.model_name, prompt=prompt.text,
+                      prompt_token_ids=prompt.token_ids, params=params, messages=prompt.messages)
+    timings.submitted = time.perf_counter()
+    return Generation(request, engine.submit(request), timings)
+
+
+def finish_reason(output: StepOutput) -> str:
+    reason = output.finish_reason
+    if reason == FinishReason.ABORT:  # only the server aborts a request whose client is still there
+        raise ServeError(f"generation was aborted: {output.error or 'the server is shutting down'}", code="aborted")
+    return reason.value if isinstance(reason, FinishReason) else str(reason)
+
+
+# --- answering ----------------------------------------------------------------------------------------
+
+async def answer(http_request: HTTPRequest, generation: Generation, *, can_stream: bool, framing: Framing,
+                 collected: Callable[[Completion], dict[str, Any]]) -> Response:
+    """A stream in the dialect's `framing`, or the whole output as the JSON body `collected` makes."""
+    if can_stream:
+        return stream_response(generation, framing)
+    completion = await collect_unless_gone(http_request, generation)
+    if completion is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return JSONResponse(collected(completion))
+
+
+def stream_response(generation: Generation, framing: Framing) -> ClosingStreamingResponse:
+    """The streamed answer; a client that leaves aborts the generation."""
+    events = framed_events(generation.outputs(), framing, generation.request_id)
+    return ClosingStreamingResponse(events, media_type=framing.media_type,
+                                    on_close=generation.abort_unless_finished)
+
+
+async def framed_events(outputs: AsyncIterator[StepOutput], framing: Framing,
+                        request_id: str) -> AsyncIterator[bytes]:
+    """The events of one streamed answer; a failure after the first byte becomes the error event."""
+    for event in framing.opening():
+        yield event
+    async for event in errors_as_events(_content_events(outputs, framing), framing.error, f"request {request_id}"):
+        yield event
+    for event in framing.closing():
+        yield event
+
+
+async def _content_events(outputs: AsyncIterator[StepOutput], framing: Framing) -> AsyncIterator[bytes]:
+    num_output_tokens = 0
+    async for output in outputs:
+        num_output_tokens += output.num_new_tokens
+        if output.text:
+            yield framing.delta(output.text)
+        if output.finish_reason is not None:
+            for event in framing.finish(finish_reason(output), num_output_tokens):
+                yield event
+            return
+    raise ServeError("the engine ended the request without a finish reason")
+
+
+async def errors_as_events(events: AsyncIterator[Event], error_event: Callable[[ServeError], Event],
+                           what: str) -> AsyncIterator[Event]:
+    """`events`, then, if they fail, `error_event` of the failure: once a stream has started, its
+    status is sent and an error can only be one more event. Unexpected failures are logged, and the
+    client learns only that there was one."""
+    try:
+        async for event in events:
+            yield event
+    except ServeError as exc:
+        yield error_event(exc)
+    except Exception:  # noqa: BLE001 - the client gets a generic error, the log the details
+        logger.exception("%s failed while streaming", what)
+        yield error_event(internal_error())
+
+
+async def collect(generation: Generation) -> Completion:
+    parts, num_tokens = [], 0
+    async for output in generation.outputs():
+        parts.append(output.text)
+        num_tokens += output.num_new_tokens
+        if output.finish_reason is not None:
+            return Completion("".join(parts), num_tokens, finish_reason(output))
+    raise ServeError("the engine ended the request without a finish reason")
+
+
+async def _wait_for_disconnect(http_request: HTTPRequest) -> None:
+    while (await http_request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def collect_unless_gone(http_request: HTTPRequest, generation: Generation) -> Completion | None:
+    """The whole output, or None when the client went away first (the request is then aborted)."""
+    work = asyncio.ensure_future(collect(generation))
+    gone = asyncio.ensure_future(_wait_for_disconnect(http_request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the server is shutting down: stop generating for nobody
+        gone.cancel()
+        generation.abort_unless_finished()
+        work.cancel()
+        raise
+    gone.cancel()
+    if work.done():
+        return work.result()
+    generation.abort_unless_finished()
+    work.cancel()
+    return None

@@ -1,0 +1,76 @@
+"""An Ollama request as ours: the prompt (chat template, raw, or the request's own `template`), the output
+budget (`num_predict` within `num_ctx`) and `options` as SamplingParams."""
+from __future__ import annotations
+
+from typing import Any
+
+from serve.api.engine_client import EngineClient
+from serve.api.generation import Prompt, chat_prompt, text_prompt
+from serve.api.ollama.protocol import (DEFAULT_REPEAT_PENALTY, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P,
+                                       ChatRequest, GenerateRequest, Options)
+from serve.api.ollama.template import TemplateError, render_prompt_template
+from serve.errors import ContextLengthError, InvalidRequestError
+from serve.sequence import SamplingParams
+
+
+def sampling_params(options: Options, num_max_tokens: int) -> SamplingParams:
+    """Ollama's options -> ours; what is not given gets Ollama's defaults (temperature 0.8, top_k 40, ...)."""
+    def given(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    return SamplingParams(
+        max_tokens=num_max_tokens, temperature=given(options.temperature, DEFAULT_TEMPERATURE),
+        top_p=given(options.top_p, DEFAULT_TOP_P), top_k=given(options.top_k, DEFAULT_TOP_K),
+        min_p=given(options.min_p, 0.0), seed=options.seed if options.seed is not None and options.seed >= 0 else None,
+        presence_penalty=given(options.presence_penalty, 0.0), frequency_penalty=given(options.frequency_penalty, 0.0),
+        repeat_penalty=given(options.repeat_penalty, DEFAULT_REPEAT_PENALTY),
+        stop=tuple(s for s in options.stop or () if s))
+
+
+def _context_limit(engine: EngineClient, options: Options) -> int:
+    """The per-request context: the server's, or a smaller num_ctx; a larger num_ctx is a 400."""
+    served = engine.capabilities.context_length
+    if options.num_ctx is not None and options.num_ctx > served:
+        raise InvalidRequestError(
+            f"num_ctx {options.num_ctx} is larger than the context this server gives each request of "
+            f"{engine.model_name} ({served} tokens); send num_ctx <= {served}, or restart the server with "
+            f"--ctx {options.num_ctx}", param="options.num_ctx")
+    return options.num_ctx or served
+
+
+def request_params(engine: EngineClient, prompt: Prompt, options: Options) -> SamplingParams:
+    """The sampling parameters; the output may use what num_ctx (or the server's context) leaves."""
+    unsupported = options.unsupported()
+    if unsupported:
+        raise InvalidRequestError(unsupported, param="options")
+    limit = _context_limit(engine, options)
+    num_prompt_tokens = len(prompt.token_ids)
+    if options.num_ctx is not None and num_prompt_tokens >= limit:
+        raise ContextLengthError(f"the prompt has {num_prompt_tokens} tokens, but num_ctx is {limit} "
+                                 "(prompt plus output); shorten the prompt or raise num_ctx",
+                                 param="options.num_ctx")
+    num_left = max(1, limit - num_prompt_tokens)
+    wanted = options.num_predict
+    num_max_tokens = num_left if wanted is None or wanted < 0 else min(wanted, num_left)
+    return sampling_params(options, num_max_tokens)
+
+
+def chat_request_prompt(engine: EngineClient, body: ChatRequest) -> Prompt:
+    """/api/chat: the conversation rendered with the model's chat template."""
+    return chat_prompt(engine, [message.to_template_dict() for message in body.messages])
+
+
+def generate_request_prompt(engine: EngineClient, body: GenerateRequest) -> Prompt:
+    """/api/generate: the prompt as it is (raw), in the request's own template, or in the model's chat
+    template (then with its messages: vLLM templates those)."""
+    prompt = body.prompt or ""
+    if body.raw:
+        return text_prompt(engine, prompt)
+    if body.template:
+        try:
+            return text_prompt(engine, render_prompt_template(body.template, prompt=prompt, system=body.system))
+        except TemplateError as exc:
+            raise InvalidRequestError(str(exc), param="template") from None
+    messages = [{"role": "system", "content": body.system}] if body.system else []
+    messages.append({"role": "user", "content": prompt})
+    return chat_prompt(engine, messages)

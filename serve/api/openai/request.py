@@ -1,0 +1,43 @@
+"""An OpenAI request as ours: its sampling fields as SamplingParams, and a clear 400 for the options we
+do not implement (never a silently different answer)."""
+from __future__ import annotations
+
+from serve.api.engine_client import EngineClient
+from serve.api.generation import Prompt, default_num_max_tokens
+from serve.api.openai.protocol import SamplingFields
+from serve.errors import InvalidRequestError
+from serve.sequence import SamplingParams
+
+
+def check_supported(body: SamplingFields) -> None:
+    """Known OpenAI options we do not implement yet: a 400 naming the option."""
+    if body.n is not None and body.n != 1:
+        raise InvalidRequestError(f"n>1 is not supported yet (got n={body.n}); send n=1 or omit it", param="n")
+    if getattr(body, "logprobs", None):
+        raise InvalidRequestError("logprobs are not supported yet", param="logprobs")
+    if getattr(body, "echo", None):
+        raise InvalidRequestError("echo is not supported yet", param="echo")
+    if getattr(body, "suffix", None):
+        raise InvalidRequestError("suffix (fill-in-the-middle) is not supported yet", param="suffix")
+
+
+def sampling_params(body: SamplingFields, num_max_tokens: int) -> SamplingParams:
+    """OpenAI's fields -> ours; what is not given gets OpenAI's defaults (temperature 1, top_p 1)."""
+    return SamplingParams(
+        max_tokens=num_max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=max(0, body.top_k or 0),
+        min_p=body.min_p or 0.0,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repeat_penalty=1.0 if body.repeat_penalty is None else body.repeat_penalty,
+        logit_bias={int(token): bias for token, bias in (body.logit_bias or {}).items()},
+        stop=body.stop,
+    )
+
+
+def request_params(engine: EngineClient, prompt: Prompt, body: SamplingFields) -> SamplingParams:
+    """The request's sampling parameters; without max_tokens it may use the rest of the context (capped)."""
+    return sampling_params(body, body.num_max_tokens or default_num_max_tokens(engine, prompt))
