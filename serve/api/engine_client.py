@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Protocol
 
-from backends.base import Capabilities
 from serve.runtime.pool import ModelInfo
 from serve.sequence import Request, StepOutput
 
@@ -29,11 +28,22 @@ class OutputStream(Protocol):
         """Stop generating for a client that went away (idempotent)."""
 
 
+class ContextLimit(Protocol):
+    """Of an engine's capabilities (backends.base.Capabilities), the API reads only this."""
+
+    @property
+    def context_length(self) -> int:
+        """Tokens per request, prompt plus output."""
+
+
 class EngineClient(Protocol):
     """One loaded model, as a route uses it: template, tokenize, submit."""
 
-    model_name: str
-    capabilities: Capabilities  # the API reads context_length (per request)
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def capabilities(self) -> ContextLimit: ...
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The model's chat template applied; a template refusal is an InvalidRequestError."""

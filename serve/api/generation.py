@@ -180,41 +180,45 @@ def stream_response(generation: Generation, framing: Framing) -> ClosingStreamin
 
 async def framed_events(outputs: AsyncIterator[StepOutput], framing: Framing,
                         request_id: str) -> AsyncIterator[bytes]:
-    """The events of one streamed answer; a failure after the first byte becomes the error event."""
+    """The events of one streamed answer; a failure after the first byte becomes the error event.
+    (One generator, not a chain of them: this runs once per generated token.)"""
     for event in framing.opening():
         yield event
-    async for event in errors_as_events(_content_events(outputs, framing), framing.error, f"request {request_id}"):
-        yield event
+    try:
+        num_output_tokens = 0
+        async for output in outputs:
+            num_output_tokens += output.num_new_tokens
+            if output.text:
+                yield framing.delta(output.text)
+            if output.finish_reason is not None:
+                for event in framing.finish(finish_reason(output), num_output_tokens):
+                    yield event
+                break
+        else:
+            raise ServeError("the engine ended the request without a finish reason")
+    except Exception as exc:  # noqa: BLE001 - the status is sent: the failure can only be one more event
+        yield failure_event(exc, framing.error, f"request {request_id}")
     for event in framing.closing():
         yield event
 
 
-async def _content_events(outputs: AsyncIterator[StepOutput], framing: Framing) -> AsyncIterator[bytes]:
-    num_output_tokens = 0
-    async for output in outputs:
-        num_output_tokens += output.num_new_tokens
-        if output.text:
-            yield framing.delta(output.text)
-        if output.finish_reason is not None:
-            for event in framing.finish(finish_reason(output), num_output_tokens):
-                yield event
-            return
-    raise ServeError("the engine ended the request without a finish reason")
-
-
 async def errors_as_events(events: AsyncIterator[Event], error_event: Callable[[ServeError], Event],
                            what: str) -> AsyncIterator[Event]:
-    """`events`, then, if they fail, `error_event` of the failure: once a stream has started, its
-    status is sent and an error can only be one more event. Unexpected failures are logged, and the
-    client learns only that there was one."""
+    """`events`, then, if they fail, the dialect's `error_event` for the failure."""
     try:
         async for event in events:
             yield event
-    except ServeError as exc:
-        yield error_event(exc)
-    except Exception:  # noqa: BLE001 - the client gets a generic error, the log the details
-        logger.exception("%s failed while streaming", what)
-        yield error_event(internal_error())
+    except Exception as exc:  # noqa: BLE001 - the status is sent: the failure can only be one more event
+        yield failure_event(exc, error_event, what)
+
+
+def failure_event(exc: Exception, error_event: Callable[[ServeError], Event], what: str) -> Event:
+    """A failure after a stream started, as the dialect's error event (its status is already sent).
+    An unexpected failure is logged, and the client learns only that there was one."""
+    if isinstance(exc, ServeError):
+        return error_event(exc)
+    logger.error("%s failed while streaming", what, exc_info=exc)
+    return error_event(internal_error())
 
 
 async def collect(generation: Generation) -> Completion:
