@@ -5,9 +5,11 @@ The engine thread drives a backend with one call per step:
     outputs = backend.step(batch)
 
 `batch.prefill` holds prompt chunks to put into the KV cache, `batch.decode` the running sequences that
-need one more token, `batch.released` aborted sequences whose resources must be freed. A backend that
-batches internally (vLLM) treats a sequence's first prefill chunk as "start generating" and returns
-whatever its own scheduler produced since the last step.
+need one more token, `batch.released` aborted sequences whose resources must be freed. The scheduler fills
+each batch within the budget the backend states in its Capabilities. A backend that batches internally
+(vLLM) states room for every prompt whole, treats a sequence's prefill chunk as "start generating", returns
+at once whatever its own scheduler produced since the last step, and calls the engine's `notify` when more
+is ready, so the engine sleeps between its outputs instead of polling.
 
 Concrete backends are imported lazily by name (`load_backend`), so `import vllm` never runs on a machine
 that does not use it.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from serve.sequence import Batch, Sequence, StepOutput
 
@@ -52,7 +54,12 @@ class Capabilities:
     name: str  # "llamacpp" or "vllm"
     context_length: int  # per sequence
     num_parallel: int  # sequences running at once
-    batches_internally: bool  # True: the scheduler only admits; the backend batches and prefills
+    # The budget of one step: the scheduler puts one decode token per running sequence, then prompt chunks,
+    # max_batch_tokens in all, and at most max_prefill_tokens_while_decoding prompt tokens while sequences
+    # decode (it bounds their inter-token latency). A backend that batches and chunks prompts itself (vLLM)
+    # states room for every running prompt whole: then the scheduler only admits.
+    max_batch_tokens: int
+    max_prefill_tokens_while_decoding: int
     vocab_size: int = 0  # for validating logit_bias token ids; 0: unknown
 
 
@@ -66,6 +73,10 @@ class Backend(Protocol):
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The model's own chat template applied to OpenAI-style messages, ready for generation."""
+
+    def set_notify(self, notify: Callable[[], None]) -> None:
+        """`notify` (thread-safe, never blocks) wakes the engine loop: a backend that produces output
+        between steps, on threads of its own (vLLM), calls it whenever an output is ready for `step`."""
 
     def admit(self, sequence: Sequence) -> int:
         """Prepare a newly scheduled sequence; return how many prompt tokens are already cached."""

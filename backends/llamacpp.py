@@ -15,7 +15,7 @@ import ctypes
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import llama_cpp
 import llama_cpp._logger
@@ -39,6 +39,10 @@ MICRO_BATCH_TOKENS = 512
 # before _fill_batch kept sequences in id order, which may have been the cause; not re-measured).
 # Real reuse (a system prompt, the earlier turns of a chat) is far longer and worth it.
 MIN_PREFIX_REUSE_TOKENS = 64
+# While sequences are decoding, a step carries at most this many prompt tokens, so running streams see a
+# bounded inter-token latency when a long prompt arrives (about 0.6 s for a 135M model on 2 cores).
+# With nothing decoding, the whole step budget goes to prompts: a burst of requests starts together.
+PREFILL_TOKENS_WHILE_DECODING = 256
 
 
 @dataclass
@@ -89,7 +93,9 @@ class LlamaCppBackend:
         self._chat_template = self._load_chat_template()
         self.capabilities = Capabilities(
             name="llamacpp", context_length=self._context_length, num_parallel=settings.num_parallel,
-            batches_internally=False, vocab_size=self._num_vocab)
+            # Room for every sequence's decode token and at least one prompt token (within _batch_capacity).
+            max_batch_tokens=max(settings.max_batch_tokens, settings.num_parallel + 1),
+            max_prefill_tokens_while_decoding=PREFILL_TOKENS_WHILE_DECODING, vocab_size=self._num_vocab)
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -159,6 +165,9 @@ class LlamaCppBackend:
         return piece
 
     # -- sequences -------------------------------------------------------------------------------
+
+    def set_notify(self, notify: Callable[[], None]) -> None:
+        pass  # every output comes out of step() itself: nothing to announce between steps
 
     def admit(self, sequence: Sequence) -> int:
         prompt = sequence.request.prompt_token_ids

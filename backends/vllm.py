@@ -5,11 +5,12 @@ loop of its own on a daemon thread. The engine thread talks to that loop only th
 
     engine thread: step(batch) --call_soon_threadsafe--> vllm loop: one task per request, AsyncLLM.generate()
          ^                                                     |
-         +------------------- queue.SimpleQueue of StepOutput <+
+         +-- queue.SimpleQueue of StepOutput, then notify() ---+
 
 A sequence's (whole) prompt chunk starts its generation, a released sequence cancels its task (AsyncLLM
-then aborts the request and frees its KV blocks), and every step returns what vLLM produced since the last
-one, waiting briefly when nothing is ready so the engine loop does not spin.
+then aborts the request and frees its KV blocks), and every step returns at once with what vLLM produced
+since the last one. Each output queued calls the engine's `notify`, which wakes an engine loop that found
+nothing new, so the loop neither spins nor polls.
 
 Prompts go in as token ids (the engine tokenized them with `tokenize`), so usage counts are exactly ours.
 """
@@ -21,7 +22,7 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from backends.base import BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplateError
@@ -30,7 +31,6 @@ from serve.sequence import Batch, FinishReason, SamplingParams, Sequence, StepOu
 
 log = logging.getLogger(__name__)
 
-STEP_WAIT_SECONDS = 0.02  # how long step() waits for vLLM when nothing is ready yet
 LOAD_TIMEOUT_SECONDS = 3600  # a 70B checkpoint from a slow disk; the CPU test model takes ~35 s
 CLOSE_TIMEOUT_SECONDS = 60
 # vLLM's SamplingParams rejects values outside these (OpenAI's own ranges); clamp rather than fail a
@@ -102,6 +102,7 @@ class VLLMBackend:
         self._tokenizer = _load_tokenizer(settings.model_path)
         self._bos_id, self._add_bos = _bos(self._tokenizer)
         self._outputs: queue.SimpleQueue[StepOutput] = queue.SimpleQueue()
+        self._notify: Callable[[], None] = lambda: None
         self._tasks: dict[str, asyncio.Task] = {}  # touched only on the vLLM loop thread
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop", daemon=True)
@@ -112,9 +113,13 @@ class VLLMBackend:
             self._stop_loop()
             raise ModelLoadError(f"vLLM could not load {settings.model_path}: {exc}") from exc
         model_config = self._engine.model_config
+        # vLLM chunks and batches prompts itself: the step budget holds every running prompt whole (each is
+        # shorter than the context), so the scheduler hands each over in one piece and only admits.
+        whole_prompts = settings.num_parallel * model_config.max_model_len
         self.capabilities = Capabilities(
             name="vllm", context_length=model_config.max_model_len, num_parallel=settings.num_parallel,
-            batches_internally=True, vocab_size=model_config.get_vocab_size())
+            max_batch_tokens=whole_prompts, max_prefill_tokens_while_decoding=whole_prompts,
+            vocab_size=model_config.get_vocab_size())
 
     # -- loading -------------------------------------------------------------------------------------
 
@@ -160,6 +165,9 @@ class VLLMBackend:
 
     # -- the engine thread ---------------------------------------------------------------------------
 
+    def set_notify(self, notify: Callable[[], None]) -> None:
+        self._notify = notify
+
     def admit(self, sequence: Sequence) -> int:
         return 0  # vLLM reuses cached prefixes itself; the scheduler hands over the whole prompt
 
@@ -167,7 +175,7 @@ class VLLMBackend:
         for sequence in batch.released:
             self._loop.call_soon_threadsafe(self._cancel, sequence.request_id)
         for chunk in batch.prefill:
-            if chunk.start == 0:  # the first (and, with batches_internally, only) chunk
+            if chunk.start == 0:  # the first and only chunk: vLLM states room for whole prompts
                 self._start(chunk.sequence)
         # batch.decode needs nothing: vLLM keeps generating for its running requests.
         return self._collect()
@@ -182,18 +190,19 @@ class VLLMBackend:
         except Exception as exc:  # VLLMValidationError (not a ValueError in 0.32)
             # Fail this request only: an exception out of step() would abort every running request.
             log.warning("vLLM rejected the sampling parameters of %s: %s", request.request_id, exc)
-            self._outputs.put(StepOutput(request.request_id, finish_reason=FinishReason.ABORT,
-                                         error=f"vLLM rejected the sampling parameters: {exc}"))
+            self._emit(StepOutput(request.request_id, finish_reason=FinishReason.ABORT,
+                                  error=f"vLLM rejected the sampling parameters: {exc}"))
             return
         self._loop.call_soon_threadsafe(self._spawn, request.request_id, list(request.prompt_token_ids), params)
 
+    def _emit(self, output: StepOutput) -> None:
+        """Queue an output for the next step and wake the engine loop (any thread)."""
+        self._outputs.put(output)
+        self._notify()
+
     def _collect(self) -> list[StepOutput]:
         """Everything produced since the last step, one output per request (deltas joined in order)."""
-        try:
-            first = self._outputs.get(timeout=STEP_WAIT_SECONDS)
-        except queue.Empty:
-            return []
-        merged: dict[str, StepOutput] = {first.request_id: first}
+        merged: dict[str, StepOutput] = {}
         while True:
             try:
                 output = self._outputs.get_nowait()
@@ -229,15 +238,14 @@ class VLLMBackend:
                 finish = None
                 if result.finished:
                     finish = _FINISH_REASONS.get(str(completion.finish_reason), FinishReason.STOP)
-                self._outputs.put(StepOutput(request_id, text=completion.text,
-                                             num_new_tokens=len(completion.token_ids), finish_reason=finish,
-                                             num_cached_tokens=result.num_cached_tokens))
+                self._emit(StepOutput(request_id, text=completion.text, num_new_tokens=len(completion.token_ids),
+                                      finish_reason=finish, num_cached_tokens=result.num_cached_tokens))
         except asyncio.CancelledError:
             raise  # released by the engine thread: nobody is waiting for more
         except Exception:
             log.exception("vLLM failed request %s", request_id)
-            self._outputs.put(StepOutput(request_id, finish_reason=FinishReason.ABORT,
-                                         error="vLLM failed this request; the server log has the details"))
+            self._emit(StepOutput(request_id, finish_reason=FinishReason.ABORT,
+                                  error="vLLM failed this request; the server log has the details"))
         finally:
             self._tasks.pop(request_id, None)
 

@@ -6,6 +6,10 @@
 
 The loop thread is the only one touching the backend and the running sequences. Outputs cross back to
 the event loop through `loop.call_soon_threadsafe` into one asyncio queue per request.
+
+A step that produced nothing and computed no prompt (nothing to do, or a backend generating on threads of
+its own, like vLLM, with nothing new yet) puts the loop to sleep on one wake-up event: set by a new request,
+an abort, a stop, or the backend itself when output is ready. No timeout, no polling.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from backends.base import Backend, Capabilities
 from serve.errors import ContextLengthError, InvalidRequestError, ServerStoppingError
@@ -21,8 +26,6 @@ from serve.runtime.scheduler import Scheduler
 from serve.sequence import Batch, FinishReason, Request, Sequence, StepOutput
 
 log = logging.getLogger("serve.runtime.engine")
-
-IDLE_WAIT_SECONDS = 0.5  # how long the idle loop sleeps before re-checking for a stop request
 
 
 class RequestStream:
@@ -83,18 +86,19 @@ class RequestStream:
 class Engine:
     """Serves one loaded model; `submit` is called on the event loop thread."""
 
-    def __init__(self, model_name: str, backend: Backend, *, max_queue: int, max_batch_tokens: int,
-                 model_path: Path | None = None):
+    def __init__(self, model_name: str, backend: Backend, *, max_queue: int, model_path: Path | None = None):
         self.model_name = model_name
         self.model_path = model_path  # the GGUF file or Hugging Face directory the weights came from
         self.backend = backend
         self.capabilities: Capabilities = backend.capabilities
+        caps = self.capabilities
         self.scheduler = Scheduler(
-            num_parallel=self.capabilities.num_parallel, max_waiting=max_queue,
-            max_batch_tokens=max(max_batch_tokens, self.capabilities.num_parallel + 1),
-            admit=self._admit, batches_internally=self.capabilities.batches_internally)
+            num_parallel=caps.num_parallel, max_waiting=max_queue, max_batch_tokens=caps.max_batch_tokens,
+            max_prefill_tokens_while_decoding=caps.max_prefill_tokens_while_decoding, admit=self._admit)
         self._wakeup = threading.Event()
         self._stopping = False
+        self._on_idle: Callable[[], None] = lambda: None
+        backend.set_notify(self.wake)
         self._thread = threading.Thread(target=self._run, name=f"engine-{model_name}", daemon=True)
         self._thread.start()
 
@@ -151,6 +155,11 @@ class Engine:
     def is_busy(self) -> bool:
         return self.scheduler.has_work
 
+    def notify_when_idle(self, callback: Callable[[], None]) -> None:
+        """Call `callback` on the engine thread whenever the engine runs out of work (the pool drains and
+        expires models on it); it must only hand over to another thread, never block."""
+        self._on_idle = callback
+
     # -- engine thread -------------------------------------------------------------------------------
 
     def _admit(self, sequence: Sequence) -> int:
@@ -161,20 +170,27 @@ class Engine:
     def _run(self) -> None:
         while not self._stopping:
             try:
-                self._run_once()
+                self._step()
             except Exception as exc:  # the loop must outlive any failure, or every later request hangs
                 log.exception("engine step failed; aborting the running requests")
                 self._abort_everything(f"the engine failed: {exc}")
         self._abort_everything("the server is shutting down")
+        self._on_idle()
 
-    def _run_once(self) -> None:
+    def _step(self) -> None:
         batch = self.scheduler.schedule()
-        if batch.is_empty and not self.scheduler.running:
-            self._wakeup.wait(IDLE_WAIT_SECONDS)
-            self._wakeup.clear()
-            return
         outputs = self.backend.step(batch)
         self.scheduler.postprocess(batch, outputs)
+        if not outputs and not batch.prefill:
+            self._sleep_until_woken()
+
+    def _sleep_until_woken(self) -> None:
+        if not self.scheduler.has_work:
+            self._on_idle()
+        self._wakeup.wait()
+        # Cleared after waking, before the next schedule and step: whatever set it (a request added, an
+        # output queued) happened before the set, so the next step sees it; later news sets it again.
+        self._wakeup.clear()
 
     def _abort_everything(self, reason: str) -> None:
         sequences = self.scheduler.abort_all()

@@ -38,5 +38,4 @@ class ModelLoader:
             print(f"  - {reason}", flush=True)
         model_path = ensure_model_file(spec, chosen.backend)
         backend = load_backend(chosen.backend, replace(settings, model_path=model_path))
-        return Engine(spec.name, backend, max_queue=self._config.max_queue,
-                      max_batch_tokens=settings.max_batch_tokens, model_path=model_path)
+        return Engine(spec.name, backend, max_queue=self._config.max_queue, model_path=model_path)

@@ -13,6 +13,10 @@ Routes ask `await pool.get(name)` for an engine; everything here runs on the eve
   resident for `switch_window` seconds, so requests alternating A B A B cause at most one swap per
   window, each swap serving every request that queued up meanwhile (llama-swap reloads per request).
 - Keep-alive: a model idle for its keep_alive is unloaded (0: right after its requests; negative: never).
+
+Nothing polls: whoever waits (for a draining model to leave, for an eviction candidate, for the next
+keep-alive expiry) sleeps on one `_Changes` signal, raised when a model is added or removed, when a request
+stops waiting for a model, and when an engine runs out of work (from its thread, handed over to the loop).
 """
 from __future__ import annotations
 
@@ -30,8 +34,6 @@ from serve.errors import ModelNotFoundError, ServeError
 
 log = logging.getLogger("serve.runtime.pool")
 
-REAP_INTERVAL_SECONDS = 0.25  # how often idle models are checked against their keep-alive
-DRAIN_POLL_SECONDS = 0.05
 
 
 class InsufficientMemoryError(ServeError):
@@ -55,10 +57,10 @@ class ModelInfo:
 
 
 class Loader(Protocol):
-    """serve.runtime.loader.ModelLoader: resolve() and plan() are cheap; load() blocks."""
+    """serve.runtime.loader.ModelLoader: resolve() and make_plan() are cheap; load() blocks."""
 
     def resolve(self, spec_text: str | None): ...
-    def plan(self, spec): ...
+    def make_plan(self, spec): ...
     def load(self, spec, chosen) -> Engine: ...
 
 
@@ -83,6 +85,24 @@ class _Resident:
     pinned: bool = False
 
 
+class _Changes:
+    """A broadcast: `wait` sleeps until the next `notify` (or the timeout). Unlike asyncio.Condition,
+    `notify` needs no lock, so a plain callback on the loop (an engine going idle) can call it."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float | None = None) -> None:
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
 class ModelPool:
     def __init__(self, loader: Loader, limits: PoolLimits):
         self._loader = loader
@@ -94,12 +114,14 @@ class ModelPool:
         self._aliases: dict[str, str] = {}  # what requests called a model -> its served name
         self._sources: dict[str, str | None] = {}  # served name -> the spec it was loaded from (to reload it)
         self._num_waiting: collections.Counter[str] = collections.Counter()  # requests inside get(), by model
+        self._changes = _Changes()
+        self._loop: asyncio.AbstractEventLoop | None = None  # where engine threads send their news
 
     # -- lookups --------------------------------------------------------------------------------------
 
     async def get(self, name: str | None, *, keep_alive: float | None = None) -> Engine:
         """The engine for `name`, loading it (and making room) if needed; raises ModelNotFoundError."""
-        self._start_reaper()
+        self._start()
         served = self._served_name(name)
         self._num_waiting[served] += 1
         try:
@@ -109,11 +131,12 @@ class ModelPool:
                     self._touch(resident, keep_alive)
                     return resident.engine
                 if resident is not None:  # draining: wait until it is gone, then load it again
-                    await asyncio.sleep(DRAIN_POLL_SECONDS)
+                    await self._changes.wait()
                     continue
                 await self._load_shared(served, name, keep_alive)
         finally:
             self._num_waiting[served] -= 1
+            self._changes.notify()  # a model nobody waits for any more may be evicted or expire
 
     def loaded_name(self, name: str) -> str | None:
         """The served name of the resident model that `name` (as requests call it: an alias, a Hub spec,
@@ -161,7 +184,7 @@ class ModelPool:
         async with self._load_lock:  # one load at a time: the budget is checked against settled sizes
             spec_text = self._sources.get(served, spec_text if spec_text is not None else served)
             spec = self._loader.resolve(spec_text)
-            chosen = self._loader.plan(spec)
+            chosen = self._loader.make_plan(spec)
             size = chosen.weights_bytes + chosen.kv_cache_bytes
             await self._make_room(served, size)
             engine = await asyncio.to_thread(self._loader.load, spec, chosen)
@@ -177,6 +200,8 @@ class ModelPool:
         self._resident[name] = _Resident(
             engine, size_bytes, self._limits.default_keep_alive if keep_alive is None else keep_alive,
             loaded_at=now, last_used=now, pinned=name in self._limits.pinned)
+        engine.notify_when_idle(self._notify_from_thread)
+        self._changes.notify()
         log.info("loaded %s (%.2f GiB estimated); resident: %s", name, size_bytes / 2**30, self._available())
 
     async def _make_room(self, served: str, size: int) -> None:
@@ -192,7 +217,8 @@ class ModelPool:
                     raise InsufficientMemoryError(
                         f"model {served} needs about {size / 2**30:.1f} GiB but pinned models use "
                         f"{self._used() / 2**30:.1f} GiB of the {budget / 2**30:.1f} GiB budget")
-                await asyncio.sleep(DRAIN_POLL_SECONDS)  # every candidate is busy and recent: wait
+                # Every candidate is busy and recent: wait until one goes idle or its switch window ends.
+                await self._changes.wait(timeout=self._until_switch_window_ends())
                 continue
             await self.unload(victim)
 
@@ -218,6 +244,12 @@ class ModelPool:
                 return name
         return None
 
+    def _until_switch_window_ends(self) -> float | None:
+        """Seconds until the next unpinned model has been resident for the switch window."""
+        now = time.time()
+        ends = [r.loaded_at + self._limits.switch_window - now for r in self._resident.values() if not r.pinned]
+        return max(min(ends), 0.0) if ends else None
+
     def _is_wanted(self, name: str) -> bool:
         return self._resident[name].engine.is_busy or self._num_waiting.get(name, 0) > 0
 
@@ -225,34 +257,59 @@ class ModelPool:
 
     async def unload(self, name: str) -> None:
         """Drain (running and queued requests finish; new ones wait), then free the model."""
+        self._start()
         resident = self._resident.get(name)
         if resident is None:
             return
         resident.draining = True
         while resident.engine.is_busy:
-            await asyncio.sleep(DRAIN_POLL_SECONDS)
+            await self._changes.wait()
         if self._resident.get(name) is not resident:
             return
         del self._resident[name]
+        self._changes.notify()  # requests waiting for it to leave can load it again
         await asyncio.to_thread(resident.engine.shutdown)
         log.info("unloaded %s; resident: %s", name, self._available())
 
-    def _start_reaper(self) -> None:
+    def _start(self) -> None:
+        """On the event loop, before anything waits: engines can report to it, the reaper runs."""
+        self._loop = asyncio.get_running_loop()
         if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+            self._reaper = self._loop.create_task(self._reap_forever())
+
+    def _notify_from_thread(self) -> None:
+        """An engine ran out of work (called on its thread)."""
+        loop = self._loop
+        if loop is None:  # nothing has waited yet, so nobody needs to hear it
+            return
+        try:
+            loop.call_soon_threadsafe(self._changes.notify)
+        except RuntimeError:  # the event loop is closed: the server is gone
+            pass
 
     async def _reap_forever(self) -> None:
+        """Unload models idle past their keep-alive; sleeps until the next expiry or the next change."""
         while True:
-            await asyncio.sleep(REAP_INTERVAL_SECONDS)
             now = time.time()
             for name, resident in list(self._resident.items()):
                 if self._is_wanted(name):
                     resident.idle_since = None
                     continue
                 resident.idle_since = resident.idle_since or now
-                expired = 0 <= resident.keep_alive <= now - resident.idle_since
-                if expired and not resident.pinned and not resident.draining:
+                if self._is_expired(resident, now):
                     await self.unload(name)
+            await self._changes.wait(timeout=self._until_next_expiry())
+
+    @staticmethod
+    def _is_expired(resident: _Resident, now: float) -> bool:
+        can_expire = resident.keep_alive >= 0 and not resident.pinned and not resident.draining
+        return can_expire and resident.idle_since is not None and now - resident.idle_since >= resident.keep_alive
+
+    def _until_next_expiry(self) -> float | None:
+        now = time.time()
+        expiries = [r.idle_since + r.keep_alive - now for r in self._resident.values()
+                    if r.idle_since is not None and r.keep_alive >= 0 and not r.pinned and not r.draining]
+        return max(min(expiries), 0.0) if expiries else None
 
     # -- reporting ------------------------------------------------------------------------------------
 

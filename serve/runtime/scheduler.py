@@ -4,7 +4,9 @@
   (past it, submit raises OverloadedError -> HTTP 429 with Retry-After).
 - Budget: every step carries one decode token per running sequence first, so running streams never
   stall; prompt chunks fill the rest of `max_batch_tokens` (chunked prefill), but only
-  PREFILL_TOKENS_WHILE_DECODING of it while streams are running.
+  `max_prefill_tokens_while_decoding` of it while streams are running. The backend states both (its
+  Capabilities): a backend that batches internally (vLLM) states room for whole prompts, so the same code
+  only admits and hands each prompt over in one piece.
 - Fairness: the prefill budget is split evenly between all prefilling sequences (water-filling), so a
   long prompt advances alongside short ones instead of taking the whole budget as llama-server does.
 - Abort: a sequence whose client left is dropped from the queue, or released by the backend at the next
@@ -24,20 +26,15 @@ from serve.sequence import Batch, FinishReason, PrefillChunk, Sequence, StepOutp
 
 log = logging.getLogger("serve.runtime.scheduler")
 
-# While streams are decoding, a step carries at most this many prompt tokens, so running streams see a
-# bounded inter-token latency when a long prompt arrives (about 0.6 s for a 135M model on 2 cores).
-# With nothing decoding, the whole step budget goes to prompts: a burst of requests starts together.
-PREFILL_TOKENS_WHILE_DECODING = 256
-
 
 class Scheduler:
     def __init__(self, *, num_parallel: int, max_waiting: int, max_batch_tokens: int,
-                 admit: Callable[[Sequence], int], batches_internally: bool = False):
+                 max_prefill_tokens_while_decoding: int, admit: Callable[[Sequence], int]):
         self._num_parallel = num_parallel
         self._max_waiting = max_waiting
         self._max_batch_tokens = max_batch_tokens
+        self._max_prefill_tokens_while_decoding = max_prefill_tokens_while_decoding
         self._admit = admit
-        self._batches_internally = batches_internally
         self._lock = threading.Lock()  # guards `waiting`, shared with the event loop thread
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
@@ -76,10 +73,7 @@ class Scheduler:
         self._admit_waiting()
         batch.decode = [s for s in self.running if not s.is_prefilling]
         prefilling = [s for s in self.running if s.is_prefilling]
-        if self._batches_internally:
-            batch.prefill = [PrefillChunk(s, s.num_computed_tokens, s.num_prompt_tokens) for s in prefilling]
-        else:
-            batch.prefill = self._prefill_chunks(prefilling, self._prefill_budget(len(batch.decode)))
+        batch.prefill = self._prefill_chunks(prefilling, self._prefill_budget(len(batch.decode)))
         return batch
 
     def _drop_aborted(self, batch: Batch) -> None:
@@ -107,7 +101,7 @@ class Scheduler:
     def _prefill_budget(self, num_decoding: int) -> int:
         budget = self._max_batch_tokens - num_decoding
         if num_decoding:
-            budget = min(budget, PREFILL_TOKENS_WHILE_DECODING)
+            budget = min(budget, self._max_prefill_tokens_while_decoding)
         return max(budget, 0)
 
     @staticmethod

@@ -11,9 +11,13 @@ def make_sequence(request_id: str, num_prompt_tokens: int, delivered: list | Non
     return Sequence(request, deliver=(delivered.append if delivered is not None else lambda output: None))
 
 
-def make_scheduler(num_parallel=4, max_waiting=2, max_batch_tokens=64, cached=0) -> Scheduler:
+PREFILL_TOKENS_WHILE_DECODING = 256
+
+
+def make_scheduler(num_parallel=4, max_waiting=2, max_batch_tokens=64, cached=0, admit=None) -> Scheduler:
     return Scheduler(num_parallel=num_parallel, max_waiting=max_waiting, max_batch_tokens=max_batch_tokens,
-                     admit=lambda sequence: cached)
+                     max_prefill_tokens_while_decoding=PREFILL_TOKENS_WHILE_DECODING,
+                     admit=admit or (lambda sequence: cached))
 
 
 def test_admits_up_to_num_parallel_and_queues_the_rest():
@@ -82,8 +86,8 @@ def test_aborted_running_sequence_is_released_and_its_slot_reused():
 
 def test_aborted_waiting_sequence_is_dropped_without_running():
     admitted: list[str] = []
-    scheduler = Scheduler(num_parallel=1, max_waiting=2, max_batch_tokens=64,
-                          admit=lambda sequence: admitted.append(sequence.request_id) or 0)
+    scheduler = make_scheduler(num_parallel=1, max_waiting=2,
+                               admit=lambda sequence: admitted.append(sequence.request_id) or 0)
     scheduler.add(make_sequence("a", 4))
     waiting = make_sequence("b", 4)
     scheduler.add(waiting)
@@ -108,11 +112,19 @@ def test_postprocess_delivers_outputs_and_retires_finished_sequences():
 
 
 def test_internal_batching_backend_gets_whole_prompts():
-    scheduler = Scheduler(num_parallel=2, max_waiting=2, max_batch_tokens=16, admit=lambda s: 0,
-                          batches_internally=True)
+    # vLLM states a step budget with room for every running prompt whole (num_parallel x context).
+    whole_prompts = 2 * 1024
+    scheduler = Scheduler(num_parallel=2, max_waiting=2, max_batch_tokens=whole_prompts,
+                          max_prefill_tokens_while_decoding=whole_prompts, admit=lambda s: 0)
     scheduler.add(make_sequence("a", 500))
-    chunk = scheduler.schedule().prefill[0]
+    first = scheduler.schedule()
+    chunk = first.prefill[0]
     assert (chunk.start, chunk.end) == (0, 500)
+    scheduler.postprocess(first, [])
+    scheduler.add(make_sequence("b", 1000))  # while "a" decodes: still whole
+    batch = scheduler.schedule()
+    assert [s.request_id for s in batch.decode] == ["a"]
+    assert [(c.start, c.end) for c in batch.prefill] == [(0, 1000)]
 
 
 def test_a_sequence_the_backend_cannot_start_fails_alone():
@@ -123,7 +135,7 @@ def test_a_sequence_the_backend_cannot_start_fails_alone():
             raise ValueError("sampler refused")
         return 0
 
-    scheduler = Scheduler(num_parallel=2, max_waiting=2, max_batch_tokens=16, admit=admit)
+    scheduler = make_scheduler(num_parallel=2, max_batch_tokens=16, admit=admit)
     scheduler.add(make_sequence("bad", 4, delivered))
     scheduler.add(make_sequence("good", 4))
     batch = scheduler.schedule()
@@ -132,8 +144,6 @@ def test_a_sequence_the_backend_cannot_start_fails_alone():
 
 
 def test_prefill_is_capped_while_streams_decode_but_takes_the_whole_step_when_idle():
-    from serve.runtime.scheduler import PREFILL_TOKENS_WHILE_DECODING
-
     scheduler = make_scheduler(num_parallel=4, max_batch_tokens=2048)
     scheduler.add(make_sequence("burst-1", 900))
     scheduler.add(make_sequence("burst-2", 900))
