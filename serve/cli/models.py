@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from serve.models.catalog import Catalog, load_catalog, resolve_model
+from serve.models.catalog import CAPABILITIES, Catalog, ModelSpec, load_catalog, resolve_model
 from serve.errors import ConfigError
 
 QUANTIZE_CHOICES = ("q4_k_m", "q5_k_m", "q6_k", "q8_0")
@@ -40,15 +40,43 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe(spec: ModelSpec) -> dict:
+    """What `serve models` adds to the cache's view of an entry: what the model can do (capabilities in the
+    vocabulary's order) and the quantization of its GGUF."""
+    return {"capabilities": [name for name in CAPABILITIES if name in spec.capabilities],
+            "tool_format": spec.tool_format, "reasoning_format": spec.reasoning_format, "pooling": spec.pooling,
+            "quant": _gguf_quant(spec)}
+
+
+def _gguf_quant(spec: ModelSpec) -> str:
+    from serve.models.select import quant_tag
+
+    source = spec.gguf
+    if source is None:
+        return "-"
+    # an embedded file is what is served, whatever quant its Hub fallback names
+    named = str(source.local_path) if source.local_path else source.file
+    return (quant_tag(named) if named else None) or (source.quant or "-").upper()
+
+
+def _params(count: int) -> str:
+    return f"{count / 1e9:.1f}B" if count >= 999_500_000 else f"{count / 1e6:.0f}M"
+
+
+def _context(tokens: int) -> str:
+    return f"{tokens // 1024}K" if tokens >= 1024 and tokens % 1024 == 0 else str(tokens)
+
+
 def _format_rows(rows: list[dict]) -> str:
+    """One line per model, within 100 columns; the full sources are in --json."""
     from serve.models.cache import human_bytes
 
-    header = ("NAME", "PARAMS", "DOWNLOAD", "HAVE", "GGUF SOURCE")
+    header = ("NAME", "PARAMS", "DOWNLOAD", "HAVE", "QUANT", "CONTEXT", "CAPABILITIES")
     table = [header]
     for row in rows:
-        params = f"{row['num_params'] / 1e9:.1f}B" if row["num_params"] >= 1e9 else f"{row['num_params'] / 1e6:.0f}M"
         have = human_bytes(row["size_bytes"]) if row["downloaded"] else "-"
-        table.append((row["name"], params, human_bytes(row["download_bytes"]), have, row["gguf"] or "-"))
+        table.append((row["name"], _params(row["num_params"]), human_bytes(row["download_bytes"]), have, row["quant"],
+                      _context(row["context_length"]), ",".join(row["capabilities"])))
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
     for row in rows:
@@ -57,10 +85,12 @@ def _format_rows(rows: list[dict]) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the catalog and what is downloaded (size, paths); `--json` for one JSON array."""
+    """List the catalog, what each model can do, and what is downloaded (size, paths); `--json` for one JSON
+    array."""
     from serve.models.hub import list_models
 
-    rows = list_models(_catalog(args))
+    catalog = _catalog(args)
+    rows = [{**row, **_describe(catalog.get(row["name"]))} for row in list_models(catalog)]
     print(json.dumps(rows, indent=2) if getattr(args, "json", False) else _format_rows(rows))
     return 0
 
@@ -106,7 +136,7 @@ def add_model_commands(subparsers) -> None:
     _catalog_option(pull)
     pull.set_defaults(func=cmd_pull)
 
-    models = subparsers.add_parser("models", help="list the catalog and what is downloaded")
+    models = subparsers.add_parser("models", help="list the catalog, what each model can do, what is downloaded")
     models.add_argument("--json", action="store_true", help="print one JSON array")
     _catalog_option(models)
     models.set_defaults(func=cmd_models)

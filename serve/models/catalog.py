@@ -28,6 +28,16 @@ DEFAULT_ALIAS = "smollm2-135m"
 LATEST_TAG = ":latest"  # Ollama's default tag: `smollm2-135m:latest` is `smollm2-135m`
 QUANTIZE_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")  # what `serve quantize` and the auto-quantizer make
 VLLM_QUANTIZATIONS = ("awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors", "bitsandbytes")
+# What an entry says the model can do; the API refuses a request the model cannot serve.
+CAPABILITIES = ("chat", "tools", "reasoning", "embeddings", "rerank", "vision")
+DEFAULT_CAPABILITIES = frozenset({"chat"})  # what every entry meant before entries stated it
+# How a model writes a tool call, named as vLLM's tool parsers are: hermes is <tool_call>{json}</tool_call>
+# (Qwen 2.5/3, SmolLM3, Hermes), llama3_json a bare {"name", "parameters"} object, mistral [TOOL_CALLS][...],
+# phi4_mini_json functools[...], gpt_oss the harmony commentary channel.
+TOOL_FORMATS = ("hermes", "llama3_json", "mistral", "phi4_mini_json", "gpt_oss")
+# How a model separates its reasoning from its answer: <think>...</think>, or harmony's analysis channel.
+REASONING_FORMATS = ("think_tags", "harmony")
+POOLING_TYPES = ("mean", "cls", "last", "rank")  # llama.cpp's --pooling values (rank: a reranker's head)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TAG = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -58,6 +68,10 @@ class ModelSpec:
     num_params: int = 0
     license: str = ""
     download_bytes: int = 0
+    capabilities: frozenset[str] = DEFAULT_CAPABILITIES
+    tool_format: str | None = None  # one of TOOL_FORMATS when the model calls tools
+    reasoning_format: str | None = None  # one of REASONING_FORMATS when the model reasons
+    pooling: str | None = None  # one of POOLING_TYPES; None: what the GGUF or checkpoint declares
 
     def source(self, backend: str) -> GGUFSource | VLLMSource | None:
         """Where `backend` gets the model from: the GGUF for llama.cpp, the checkpoint for vLLM."""
@@ -107,7 +121,8 @@ def _catalog_text() -> str:
 
 # --- schema ---------------------------------------------------------------------------------------------
 
-_ENTRY_KEYS = {"gguf", "vllm", "context_length", "num_params", "license", "download_bytes"}
+_ENTRY_KEYS = {"gguf", "vllm", "context_length", "num_params", "license", "download_bytes", "capabilities",
+               "tool_format", "reasoning_format", "pooling"}
 _GGUF_KEYS = {"repo", "file", "quant", "embedded", "quantize_to"}
 _VLLM_KEYS = {"repo", "quantization"}
 
@@ -172,6 +187,45 @@ def _parse_vllm(where: str, table: dict) -> VLLMSource:
     return VLLMSource(repo=_check_repo(where, table["repo"]), quantization=quantization)
 
 
+def _one_of(where: str, key: str, value, allowed: tuple[str, ...]) -> str:
+    if _expect(where, key, value, str) not in allowed:
+        raise ConfigError(f"{where}: {key} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _parse_capabilities(where: str, entry: dict) -> frozenset[str]:
+    listed = entry.get("capabilities", sorted(DEFAULT_CAPABILITIES))
+    if not isinstance(listed, list) or not listed:
+        raise ConfigError(f"{where}: capabilities must be a non-empty list of {', '.join(CAPABILITIES)}, "
+                          f"got {listed!r}")
+    capabilities = frozenset(_one_of(where, "capabilities", item, CAPABILITIES) for item in listed)
+    if capabilities & {"tools", "reasoning"} and "chat" not in capabilities:
+        raise ConfigError(f"{where}: capabilities tools and reasoning need chat")
+    return capabilities
+
+
+def _parse_format(where: str, entry: dict, key: str, capability: str, allowed: tuple[str, ...],
+                  capabilities: frozenset[str]) -> str | None:
+    """tool_format / reasoning_format: required with its capability (the API needs it to parse the output),
+    refused without it (a format for something the model does not do is a typo)."""
+    if key not in entry:
+        if capability in capabilities:
+            raise ConfigError(f"{where}: capabilities include {capability}, so give {key} "
+                              f"(one of {', '.join(allowed)})")
+        return None
+    if capability not in capabilities:
+        raise ConfigError(f"{where}: {key} is set but capabilities do not include {capability}")
+    return _one_of(where, key, entry[key], allowed)
+
+
+def _parse_pooling(where: str, entry: dict, capabilities: frozenset[str]) -> str | None:
+    if "pooling" not in entry:
+        return None
+    if not capabilities & {"embeddings", "rerank"}:
+        raise ConfigError(f"{where}: pooling is set but capabilities include neither embeddings nor rerank")
+    return _one_of(where, "pooling", entry["pooling"], POOLING_TYPES)
+
+
 def _parse_entry(alias: str, entry, origin: str = "models.toml") -> ModelSpec:
     where = f"{origin}: models.{alias}"
     _check_keys(where, entry, _ENTRY_KEYS)
@@ -180,6 +234,7 @@ def _parse_entry(alias: str, entry, origin: str = "models.toml") -> ModelSpec:
     for key in ("context_length", "num_params", "license", "download_bytes"):
         if key not in entry:
             raise ConfigError(f"{where}: missing {key}")
+    capabilities = _parse_capabilities(where, entry)
     return ModelSpec(
         name=alias,
         gguf=_parse_gguf(f"{where}.gguf", entry["gguf"]) if "gguf" in entry else None,
@@ -187,7 +242,12 @@ def _parse_entry(alias: str, entry, origin: str = "models.toml") -> ModelSpec:
         context_length=_expect(where, "context_length", entry["context_length"], int, positive=True),
         num_params=_expect(where, "num_params", entry["num_params"], int, positive=True),
         license=_expect(where, "license", entry["license"], str),
-        download_bytes=_expect(where, "download_bytes", entry["download_bytes"], int, positive=True))
+        download_bytes=_expect(where, "download_bytes", entry["download_bytes"], int, positive=True),
+        capabilities=capabilities,
+        tool_format=_parse_format(where, entry, "tool_format", "tools", TOOL_FORMATS, capabilities),
+        reasoning_format=_parse_format(where, entry, "reasoning_format", "reasoning", REASONING_FORMATS,
+                                       capabilities),
+        pooling=_parse_pooling(where, entry, capabilities))
 
 
 def parse_catalog(text: str, origin: str = "models.toml") -> Catalog:

@@ -88,3 +88,25 @@ def test_ps_lists_what_a_running_server_has_loaded(tmp_path_factory):
 
 def test_ps_without_a_server():
     assert_one_line_error(serve("ps", "--port", str(free_port())), "no quantserve server")
+
+
+def test_models_json_states_what_each_model_can_do(tmp_path):
+    user = tmp_path / "models.toml"
+    user.write_text('[models.my-embedder]\ngguf = { repo = "org/embed-GGUF", quant = "Q8_0" }\ncontext_length = 512\n'
+                    'num_params = 33_000_000\nlicense = "mit"\ndownload_bytes = 36_000_000\n'
+                    'capabilities = ["embeddings"]\npooling = "cls"\n')
+    result = serve("models", "--json", "--catalog", str(user))
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["my-embedder"]["capabilities"] == ["embeddings"] and rows["my-embedder"]["pooling"] == "cls"
+    assert rows["qwen3-8b-q4"]["capabilities"] == ["chat", "tools", "reasoning"]
+    assert rows["gpt-oss-20b"]["tool_format"] == "gpt_oss" and rows["gpt-oss-20b"]["reasoning_format"] == "harmony"
+    assert all(row["capabilities"] for row in rows.values())
+
+
+def test_unknown_capability_in_a_user_catalog_is_one_line(tmp_path):
+    user = tmp_path / "models.toml"
+    user.write_text('[models.mine]\ngguf = { repo = "org/m-GGUF", quant = "Q4_K_M" }\ncontext_length = 4096\n'
+                    'num_params = 1_000_000_000\nlicense = "mit"\ndownload_bytes = 600_000_000\n'
+                    'capabilities = ["chat", "telepathy"]\n')
+    assert_one_line_error(serve("models", "--catalog", str(user)), "models.mine", "capabilities", "'telepathy'")

@@ -1,14 +1,18 @@
 """The catalog schema, model specs, GGUF file selection by quant tag, and the small pure helpers of the hub."""
 from __future__ import annotations
 
+import argparse
+import json
 import shutil
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from serve.models.catalog import (DEFAULT_ALIAS, GGUFSource, embedded_model_path, load_catalog, parse_catalog,
-                           parse_hub_spec, resolve_model)
+from serve.cli.models import cmd_models
+from serve.models.catalog import (CAPABILITIES, DEFAULT_ALIAS, GGUFSource, embedded_model_path, load_catalog,
+                                  parse_catalog, parse_hub_spec, resolve_model)
 from serve.errors import ConfigError, HubError, ModelNotFoundError
 from serve.models.gguf import read_gguf_info
 from serve.models.cache import check_disk_space, human_bytes
@@ -17,7 +21,12 @@ from serve.models.quantize import default_output
 
 REQUIRED_ALIASES = {"mistral-7b-q4", "mistral-7b-q8", "llama-3.1-8b-q4", "qwen2.5-7b-q4", "qwen2.5-1.5b-q4",
                     "qwen2.5-0.5b-q8", "phi-3.5-mini-q4", "gemma-2-2b-q4", "smollm2-135m", "smollm2-360m",
-                    "smollm2-1.7b-q4", "deepseek-r1-distill-qwen-7b-q4"}
+                    "smollm2-1.7b-q4", "deepseek-r1-distill-qwen-7b-q4",
+                    # what people run now (issue 13): chat, reasoning and tools; embeddings; rerankers
+                    "qwen3-0.6b-q8", "qwen3-4b-q4", "qwen3-8b-q4", "gemma-3-4b-q4", "smollm3-3b-q4",
+                    "phi-4-mini-q4", "deepseek-r1-0528-qwen3-8b-q4", "gpt-oss-20b", "nomic-embed-text-v1.5-q8",
+                    "bge-small-en-v1.5-q8", "qwen3-embedding-0.6b-q8", "bge-reranker-v2-m3-q8"}
+CATALOG_FILE = Path(__file__).resolve().parents[2] / "models.toml"
 
 GOOD_ENTRY = """
 [models.tiny]
@@ -38,11 +47,30 @@ def test_shipped_catalog_has_the_required_real_entries():
         assert spec.gguf is not None and spec.gguf.repo and "/" in spec.gguf.repo, name
         assert (spec.gguf.file is None) != (spec.gguf.quant is None), name
         assert spec.vllm is not None and spec.vllm.repo, name
-        assert spec.context_length >= 2048 and spec.num_params > 100_000_000 and spec.download_bytes > 0, name
-        assert spec.license, name
+        if "chat" in spec.capabilities:
+            assert spec.context_length >= 2048 and spec.num_params > 100_000_000, name
+        else:  # encoders are small: bge-small has 33M parameters and 512 tokens
+            assert spec.context_length >= 512 and spec.num_params > 10_000_000, name
+        assert spec.license and spec.download_bytes > 0, name
         # 4-bit files hold about 0.55-0.75 bytes per parameter, 8-bit ones 1.06 (small models with large
         # vocabularies keep more in 8-bit embeddings): a size off by a unit or a digit shows here
         assert 0.4 < spec.download_bytes / spec.num_params < 1.5, name
+
+
+def test_every_shipped_entry_states_what_it_can_do():
+    """Stated, not defaulted: the default (chat) exists for user catalogs written before capabilities did."""
+    entries = tomllib.loads(CATALOG_FILE.read_text())["models"]
+    catalog = load_catalog()
+    for name, entry in entries.items():
+        assert entry.get("capabilities"), f"{name} does not state its capabilities"
+        spec = catalog.get(name)
+        assert ("tools" in spec.capabilities) == (spec.tool_format is not None), name
+        assert ("reasoning" in spec.capabilities) == (spec.reasoning_format is not None), name
+    can = {name: spec.capabilities for name, spec in catalog.models.items()}
+    assert can["qwen3-8b-q4"] == {"chat", "tools", "reasoning"} and catalog.get("qwen3-8b-q4").tool_format == "hermes"
+    assert catalog.get("gpt-oss-20b").reasoning_format == "harmony" and can["gemma-2-2b-q4"] == {"chat"}
+    assert can["nomic-embed-text-v1.5-q8"] == {"embeddings"} and can["bge-reranker-v2-m3-q8"] == {"rerank"}
+    assert catalog.get("qwen3-embedding-0.6b-q8").pooling == "last"
 
 
 def test_default_alias_is_the_embedded_file_and_needs_no_network():
@@ -73,6 +101,21 @@ def test_default_alias_is_the_embedded_file_and_needs_no_network():
     (GOOD_ENTRY.replace('vllm = { repo = "org/tiny-AWQ", quantization = "awq" }', 'vllm = "org/tiny"'),
      "vllm must be a table"),
     (GOOD_ENTRY.replace("[models.tiny]", "[models.tiny"), "not valid TOML"),
+    (GOOD_ENTRY + 'capabilities = ["chat", "telepathy"]\n',
+     "capabilities must be one of chat, tools, reasoning, embeddings, rerank, vision, got 'telepathy'"),
+    (GOOD_ENTRY + "capabilities = []\n", "capabilities must be a non-empty list"),
+    (GOOD_ENTRY + 'capabilities = "chat"\n', "capabilities must be a non-empty list"),
+    (GOOD_ENTRY + 'capabilities = ["tools"]\ntool_format = "hermes"\n', "tools and reasoning need chat"),
+    (GOOD_ENTRY + 'capabilities = ["chat", "tools"]\n', "capabilities include tools, so give tool_format"),
+    (GOOD_ENTRY + 'capabilities = ["chat", "tools"]\ntool_format = "xml"\n',
+     "tool_format must be one of hermes, llama3_json, mistral, phi4_mini_json, gpt_oss, got 'xml'"),
+    (GOOD_ENTRY + 'capabilities = ["chat"]\ntool_format = "hermes"\n',
+     "tool_format is set but capabilities do not include tools"),
+    (GOOD_ENTRY + 'capabilities = ["chat", "reasoning"]\nreasoning_format = "cot"\n',
+     "reasoning_format must be one of think_tags, harmony, got 'cot'"),
+    (GOOD_ENTRY + 'capabilities = ["chat", "reasoning"]\n', "so give reasoning_format"),
+    (GOOD_ENTRY + 'capabilities = ["chat"]\npooling = "mean"\n', "pooling is set but capabilities include neither"),
+    (GOOD_ENTRY + 'capabilities = ["embeddings"]\npooling = "max"\n', "pooling must be one of mean, cls, last, rank"),
 ])
 def test_malformed_entry_fails_the_schema_with_one_clear_line(entry, message):
     with pytest.raises(ConfigError) as info:
@@ -86,6 +129,13 @@ def test_good_entry_parses_and_f16_sources_are_quantized_once_by_default():
     spec = parse_catalog(GOOD_ENTRY).get("tiny")
     assert spec.gguf == GGUFSource(repo="org/tiny-GGUF", quant="Q4_K_M")
     assert spec.vllm.quantization == "awq" and spec.context_length == 2048
+    assert spec.capabilities == {"chat"} and spec.tool_format is None and spec.pooling is None  # the default
+    agent = parse_catalog(GOOD_ENTRY + 'capabilities = ["chat", "tools", "reasoning"]\ntool_format = "gpt_oss"\n'
+                          'reasoning_format = "harmony"\n').get("tiny")
+    assert agent.capabilities == {"chat", "tools", "reasoning"}
+    assert (agent.tool_format, agent.reasoning_format) == ("gpt_oss", "harmony")
+    embedder = parse_catalog(GOOD_ENTRY + 'capabilities = ["embeddings"]\npooling = "cls"\n').get("tiny")
+    assert embedder.capabilities == {"embeddings"} and embedder.pooling == "cls"
     f16 = parse_catalog(GOOD_ENTRY.replace('quant = "Q4_K_M"', 'quant = "F16"')).get("tiny")
     assert f16.gguf.quantize_to == "Q4_K_M"
     bf16 = parse_catalog(GOOD_ENTRY.replace('quant = "Q4_K_M"', 'file = "m-bf16.gguf", quantize_to = "q8_0"'))
@@ -208,3 +258,33 @@ def test_default_quantize_output_replaces_the_precision_tag():
     assert default_output(Path("/m/SmolLM2-F16.gguf"), "q4_k_m") == Path("/m/SmolLM2-Q4_K_M.gguf")
     assert default_output(Path("/m/model.bf16.gguf"), "q8_0") == Path("/m/model-Q8_0.gguf")
     assert default_output(Path("/m/model.gguf"), "q6_k") == Path("/m/model-Q6_K.gguf")
+
+
+def _serve_models(capsys, *, as_json: bool) -> str:
+    assert cmd_models(argparse.Namespace(json=as_json, catalog_file=None)) == 0
+    return capsys.readouterr().out
+
+
+def test_serve_models_shows_capabilities_within_100_columns(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("serve.config.USER_CATALOG_FILE", tmp_path / "none.toml")
+    listing = _serve_models(capsys, as_json=False).splitlines()
+    assert listing[0].split() == ["NAME", "PARAMS", "DOWNLOAD", "HAVE", "QUANT", "CONTEXT", "CAPABILITIES"]
+    rows = {line.split()[0]: line.split() for line in listing[1:] if not line.startswith(" ")}
+    assert set(rows) == set(load_catalog().models)
+    assert all(len(line) <= 100 for line in listing if not line.startswith(" ")), listing
+    assert rows["qwen3-8b-q4"][-3:] == ["Q4_K_M", "32K", "chat,tools,reasoning"]
+    assert rows["gpt-oss-20b"][-3:] == ["MXFP4", "128K", "chat,tools,reasoning"]
+    assert rows["bge-small-en-v1.5-q8"][-3:] == ["Q8_0", "512", "embeddings"]
+    assert rows["smollm2-135m"][-3:] == ["Q4_1", "8K", "chat"]  # the embedded file, not its Hub fallback
+
+
+def test_serve_models_json_states_capabilities_and_formats(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("serve.config.USER_CATALOG_FILE", tmp_path / "none.toml")
+    rows = {row["name"]: row for row in json.loads(_serve_models(capsys, as_json=True))}
+    for row in rows.values():
+        assert row["capabilities"] and set(row["capabilities"]) <= set(CAPABILITIES)
+    assert rows["qwen3-8b-q4"]["capabilities"] == ["chat", "tools", "reasoning"]  # the vocabulary's order
+    assert (rows["qwen3-8b-q4"]["tool_format"], rows["qwen3-8b-q4"]["reasoning_format"]) == ("hermes", "think_tags")
+    reranker = rows["bge-reranker-v2-m3-q8"]
+    assert reranker["capabilities"] == ["rerank"] and reranker["pooling"] == "rank"
+    assert rows["mistral-7b-q4"]["tool_format"] == "mistral" and rows["mistral-7b-q4"]["pooling"] is None
