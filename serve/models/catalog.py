@@ -27,7 +27,7 @@ except ImportError:  # Python 3.10
 DEFAULT_ALIAS = "smollm2-135m"
 LATEST_TAG = ":latest"  # Ollama's default tag: `smollm2-135m:latest` is `smollm2-135m`
 QUANTIZE_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")  # what `serve quantize` and the auto-quantizer make
-VLLM_QUANTIZATIONS = ("awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors", "bitsandbytes")
+VLLM_QUANTIZATIONS = ("awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors", "bitsandbytes", "mxfp4")
 # What an entry says the model can do; the API refuses a request the model cannot serve.
 CAPABILITIES = ("chat", "tools", "reasoning", "embeddings", "rerank", "vision")
 DEFAULT_CAPABILITIES = frozenset({"chat"})  # what every entry meant before entries stated it

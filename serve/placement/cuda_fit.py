@@ -21,7 +21,7 @@ MIN_CONTEXT = 2048  # below this a reduced context stops being useful: refuse in
 VLLM_MIN_COMPUTE, FP8_MIN_COMPUTE = (7, 0), (8, 9)
 # Pre-quantized checkpoints whose method vLLM reads from config.json; naming it explicitly would force
 # the slow reference kernel instead of Marlin.
-AUTO_DETECTED_QUANTIZATION = ("awq", "gptq")
+AUTO_DETECTED_QUANTIZATION = ("awq", "gptq", "mxfp4")
 
 
 class NoFit(Exception):

@@ -30,7 +30,8 @@ GGUF_BITS = {"IQ2_XXS": 2.1, "IQ3_XXS": 3.1, "Q2_K": 3.0, "Q3_K_S": 3.5, "Q3_K_M
              "Q5_K_S": 5.5, "Q5_K_M": 5.7, "Q6_K": 6.6, "Q8_0": 8.5, "BF16": 16.0, "F16": 16.0, "F32": 32.0}
 DEFAULT_GGUF_BITS = GGUF_BITS["Q4_K_M"]
 VLLM_BITS = {"awq": 5.0, "awq_marlin": 5.0, "gptq": 5.0, "gptq_marlin": 5.0, "bitsandbytes": 5.0,
-             "compressed-tensors": 5.0, "fp8": 9.0}
+             "compressed-tensors": 5.0, "fp8": 9.0,
+             "mxfp4": 4.25}  # gpt-oss: 4-bit experts with a shared 8-bit scale per 32 weights
 SIXTEEN_BITS = 16.0
 
 

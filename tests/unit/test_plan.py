@@ -71,6 +71,13 @@ def test_a10g_has_no_fp8_and_keeps_16_bits(smollm2):
     assert _mentions(chosen, "FP8 needs compute capability 8.9", "8.6")
 
 
+def test_4090_serves_gpt_oss_20b_in_its_own_mxfp4_with_vllm():
+    gpt_oss = load_catalog().get("gpt-oss-20b")
+    chosen = make_plan(_cuda_box(), gpt_oss)
+    assert (chosen.backend, chosen.settings.quantization) == ("vllm", None)  # vLLM reads MXFP4 from config.json
+    assert 10 * GiB < chosen.weights_bytes < 14 * GiB  # 21B parameters at ~4.25 bits, not 16
+
+
 def test_4090_falls_back_to_llamacpp_when_vllm_does_not_fit():
     chosen = make_plan(_cuda_box(), LLAMA_70B_AWQ)  # ~41 GiB of AWQ weights on a 24 GB card
     assert (chosen.backend, chosen.device, chosen.settings.n_gpu_layers) == ("llamacpp", "cpu", 0)
