@@ -73,6 +73,9 @@ class ServerConfig:
     keep_alive: float = 300.0  # seconds an idle model stays loaded; negative: forever
     pinned: tuple[str, ...] = ()  # never evicted
     switch_window: float = 2.0  # a busy model stays at least this long before it is swapped out
+    # what a request may load (serve/models/access.py)
+    models_dir: Path | None = None  # requests may name files under it; other paths only on the command line
+    allow_pull: bool = False  # requests may download (hf:// specs not in the cache, /api/pull)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -95,6 +98,19 @@ def parse_bytes(value: object) -> int:
     return int(number * 1024 ** " kmgt".index(unit or " "))
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def parse_bool(name: str, value: object) -> bool:
+    """true/false in a config file; 1/0, true/false, yes/no, on/off in SERVE_* variables."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE + _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
 _PLAN_CHOICE_NAMES = tuple(f.name for f in fields(PlanChoices))
 # One flat namespace of setting names (flags, config-file keys, SERVE_* variables), plan choices included.
 _FIELD_TYPES = {f.name: f.type for f in (*fields(ServerConfig), *fields(PlanChoices)) if f.name != "plan_choices"}
@@ -106,8 +122,10 @@ def _coerce(name: str, value: object) -> object:
         return None
     if name in ("models", "pinned"):
         return tuple(value) if isinstance(value, (list, tuple)) else tuple(str(value).split(","))
-    if name == "catalog_file":
+    if name in ("catalog_file", "models_dir"):
         return Path(str(value)).expanduser()
+    if kind.startswith("bool"):
+        return parse_bool(name, value)
     if name == "max_memory":
         return parse_bytes(value)
     if name in ("keep_alive", "switch_window"):

@@ -44,6 +44,23 @@ class ModelNotFoundError(ServeError):
     code = "model_not_found"
 
 
+class ModelNotAvailableError(ServeError):
+    """A request named a model it may not load (serve/models/access.py). One message whatever the name
+    points at, so a refusal tells nothing about the server's files."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PullNotAllowedError(ServeError):
+    """A download was asked over HTTP and the server was not started with --allow-pull."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "pull_not_allowed"
+
+
 class PayloadTooLargeError(ServeError):
     status_code = 413
     error_type = "invalid_request_error"

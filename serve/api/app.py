@@ -10,6 +10,7 @@ from serve.api.guards import APIKeyGuard, BodySizeLimit
 from serve.api.ollama import routes as ollama_routes
 from serve.api.openai import routes as openai_routes
 from serve.config import ServerConfig
+from serve.models.access import ModelAccess
 from serve.models.catalog import Catalog
 
 
@@ -20,7 +21,8 @@ def create_app(pool: PoolClient, config: ServerConfig, catalog: Catalog) -> Fast
                   docs_url="/docs", redoc_url=None)
     install_error_handlers(app)
     app.include_router(openai_routes.build_router(pool))
-    app.include_router(ollama_routes.build_router(pool, catalog, config.plan_choices.backend))
+    access = ModelAccess.from_config(config, catalog)  # the loader's policy, for Ollama's pulls
+    app.include_router(ollama_routes.build_router(pool, catalog, access, config.plan_choices.backend))
     app.include_router(health.build_router(pool))
     # The last middleware added runs first: the key is checked before any body is read.
     app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)

@@ -37,6 +37,10 @@ def _add_up(subparsers) -> None:
     up.add_argument("--pin", action="append", dest="pinned", default=[], help="never unload this model (repeatable)")
     up.add_argument("--switch-window", dest="switch_window",
                     help="a busy model stays at least this long before another takes its place (default 2s)")
+    up.add_argument("--models-dir", type=Path, dest="models_dir",
+                    help="requests may load model files under this directory (other paths: only with --model)")
+    up.add_argument("--allow-pull", action="store_const", const=True, dest="allow_pull",
+                    help="requests may download models (hf:// specs not yet cached, Ollama's /api/pull)")
     up.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     up.set_defaults(func=_cmd_up)
 
@@ -48,7 +52,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     names = ("models", "host", "port", "context_length", "num_threads", "num_parallel", "max_queue",
              "max_batch_tokens", "api_key", "backend", "catalog_file", "tensor_parallel_size",
              "pipeline_parallel_size", "ray_address", "gpu_memory_utilization", "log_level", "max_memory",
-             "max_models", "keep_alive", "pinned", "switch_window")
+             "max_models", "keep_alive", "pinned", "switch_window", "models_dir", "allow_pull")
     config = resolve_config({name: getattr(args, name) for name in names})
     logging.getLogger().setLevel(config.log_level.upper())
     server.run(config)

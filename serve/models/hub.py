@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from serve.models.catalog import Catalog, GGUFSource, ModelSpec
@@ -258,6 +259,19 @@ def _cached_vllm(spec: ModelSpec) -> list[Path]:
     if spec.vllm is None or not spec.vllm.repo:
         return []
     return _cached_paths(spec.vllm.repo, _vllm_files(spec.vllm.repo)) or []
+
+
+def cached_spec(spec: ModelSpec) -> ModelSpec | None:
+    """A Hub spec as the cache already holds it, found without any network access: each source pointed at
+    its cached files (so loading it downloads nothing), a source not in the cache dropped; None when no
+    source is cached. (Hub specs are served as they are: no one-time quantization to look for.)"""
+    source = spec.gguf
+    gguf = _cached_paths(source.repo, lambda files: _plan_gguf(source, files)) if source and source.repo else None
+    checkpoint = _cached_vllm(spec)
+    if not gguf and not checkpoint:
+        return None
+    return replace(spec, gguf=replace(source, local_path=gguf[0]) if gguf else None,
+                   vllm=replace(spec.vllm, local_path=_snapshot_dir(checkpoint[0])) if checkpoint else None)
 
 
 def _on_disk(spec: ModelSpec) -> tuple[list[Path], int]:

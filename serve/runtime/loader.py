@@ -1,11 +1,13 @@
-"""From a model name to a running Engine: resolve (catalog), plan (hardware), fetch (Hub), load (backend)."""
+"""From a model name to a running Engine: resolve (catalog, under the access policy), plan (hardware),
+fetch (Hub), load (backend)."""
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
 
 from backends.base import load_backend
-from serve.models.catalog import Catalog, ModelSpec, resolve_model
+from serve.models.access import ModelAccess
+from serve.models.catalog import Catalog, ModelSpec
 from serve.config import ServerConfig
 from serve.runtime.engine import Engine
 from serve.placement.hardware import Hardware
@@ -17,12 +19,15 @@ log = logging.getLogger("serve.runtime.loader")
 class ModelLoader:
     def __init__(self, config: ServerConfig, catalog: Catalog, hw: Hardware):
         self._config = config
-        self._catalog = catalog
+        self._access = ModelAccess.from_config(config, catalog)
         self._hw = hw
+        self._served_names: dict[str, None] = {}  # what this loader loaded: requests may ask for it again
 
     def resolve(self, spec_text: str | None) -> ModelSpec:
-        """A catalog alias, hf:// spec or local path; None is the embedded default."""
-        return resolve_model(spec_text, self._catalog)
+        """What a request names (or the spec an evicted model was loaded from), if a request may load it:
+        a catalog alias, a command-line spec, a cached hf:// spec, a path under --models-dir, any hf:// spec
+        with --allow-pull; None is the embedded default. Else one 404 that reveals nothing of the disk."""
+        return self._access.resolve(spec_text, loaded=list(self._served_names))
 
     def make_plan(self, spec: ModelSpec) -> Plan:
         return make_plan(self._hw, spec, self._config.plan_choices)
@@ -38,4 +43,5 @@ class ModelLoader:
             print(f"  - {reason}", flush=True)
         model_path = ensure_model_file(spec, chosen.backend)
         backend = load_backend(chosen.backend, replace(settings, model_path=model_path))
+        self._served_names[spec.name] = None
         return Engine(spec.name, backend, max_queue=self._config.max_queue, model_path=model_path)

@@ -36,6 +36,11 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     return {"smol-q8": q8, "smol-copy": copy}
 
 
+def small(model_files: dict[str, Path]) -> list[str]:
+    """SMALL, and requests may load the test's model files by their paths."""
+    return SMALL + ["--models-dir", str(model_files["smol-q8"].parent)]
+
+
 def planned_bytes(path: Path) -> int:
     """What the server's pool will count for this model with SMALL settings."""
     chosen = make_plan(probe(), resolve_model(str(path), load_catalog()),
@@ -81,7 +86,7 @@ def finish_stream(response, lines) -> dict:
 
 
 def test_alternating_requests_are_served_by_the_model_they_name(tmp_path_factory, model_files):
-    with start_llamacpp_server(tmp_path_factory, "two-models", SMALL) as server, server.http() as http:
+    with start_llamacpp_server(tmp_path_factory, "two-models", small(model_files)) as server, server.http() as http:
         q8 = str(model_files["smol-q8"])
         first = chat(server, http, q8)  # a path loads on first use; its file stem is the served name
         assert first["model"] == "smol-q8"
@@ -94,7 +99,7 @@ def test_alternating_requests_are_served_by_the_model_they_name(tmp_path_factory
 def test_busy_model_is_not_evicted_when_a_third_needs_room(tmp_path_factory, model_files):
     """Budget for two: the least recently used model is streaming, so the idle one goes instead."""
     budget = int(planned_bytes(model_files["smol-copy"]) * 2.5)
-    args = SMALL + ["--max-memory", str(budget), "--model", str(model_files["smol-copy"])]
+    args = small(model_files) + ["--max-memory", str(budget), "--model", str(model_files["smol-copy"])]
     with start_llamacpp_server(tmp_path_factory, "tight", args) as server, server.http() as http:
         response, lines = open_stream(http, "smol-copy", 120)  # smol-copy: busy and least recently used
         chat(server, http, str(model_files["smol-q8"]))  # loaded beside it, now the most recent
@@ -106,7 +111,8 @@ def test_busy_model_is_not_evicted_when_a_third_needs_room(tmp_path_factory, mod
 def test_a_busy_model_drains_before_it_is_swapped_out(tmp_path_factory, model_files):
     """Budget for one: the new model's request waits until the running stream has finished."""
     budget = int(planned_bytes(model_files["smol-copy"]) * 1.5)
-    args = SMALL + ["--max-memory", str(budget), "--model", str(model_files["smol-copy"]), "--switch-window", "0"]
+    args = small(model_files) + ["--max-memory", str(budget), "--model", str(model_files["smol-copy"]),
+                                 "--switch-window", "0"]
     with start_llamacpp_server(tmp_path_factory, "drain", args) as server, server.http() as http:
         response, lines = open_stream(http, "smol-copy", 60)
         assert chat(server, http, "smollm2-135m")["model"] == "smollm2-135m"
@@ -117,14 +123,14 @@ def test_a_busy_model_drains_before_it_is_swapped_out(tmp_path_factory, model_fi
 
 
 def test_keep_alive_zero_unloads_after_the_request(tmp_path_factory, model_files):
-    args = SMALL + ["--keep-alive", "0"]
+    args = small(model_files) + ["--keep-alive", "0"]
     with start_llamacpp_server(tmp_path_factory, "keepalive", args) as server, server.http() as http:
         chat(server, http, str(model_files["smol-q8"]))
         wait_until(lambda: loaded(http) == {"smollm2-135m"})  # the preloaded model stays
 
 
 def test_concurrent_first_requests_trigger_one_load(tmp_path_factory, model_files):
-    with start_llamacpp_server(tmp_path_factory, "one-load", SMALL) as server:
+    with start_llamacpp_server(tmp_path_factory, "one-load", small(model_files)) as server:
         path = str(model_files["smol-q8"])
 
         async def burst() -> list[httpx.Response]:
@@ -141,7 +147,7 @@ def test_concurrent_first_requests_trigger_one_load(tmp_path_factory, model_file
 def test_a_model_larger_than_the_budget_gets_a_clear_error(tmp_path_factory, model_files):
     """The Q8_0 file is bigger than the Q4_1 one; the budget fits only the latter."""
     assert planned_bytes(model_files["smol-q8"]) > planned_bytes(embedded_model_path()) + 1
-    args = SMALL + ["--max-memory", str(planned_bytes(embedded_model_path()) + 1)]
+    args = small(model_files) + ["--max-memory", str(planned_bytes(embedded_model_path()) + 1)]
     with start_llamacpp_server(tmp_path_factory, "too-big", args) as server, server.http() as http:
         response = http.post("/v1/chat/completions", json={
             "model": str(model_files["smol-q8"]), "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})

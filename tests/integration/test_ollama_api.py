@@ -52,7 +52,9 @@ def server(tmp_path_factory, hub):
         download_bytes = {embedded_model_path().stat().st_size}
     """))
     env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(home / "hf"), "HF_HUB_OFFLINE": "0"}
-    args = ["--ctx", str(CONTEXT), "--parallel", "2", "--catalog", str(catalog)]
+    # --allow-pull: /api/pull and Hub specs in requests download (tests/integration/test_model_access.py
+    # tests the server without it)
+    args = ["--ctx", str(CONTEXT), "--parallel", "2", "--catalog", str(catalog), "--allow-pull"]
     with start_llamacpp_server(tmp_path_factory, "ollama", args, env=env) as running:
         yield running
 

@@ -1,4 +1,6 @@
 """Configuration precedence and validation: defaults < file < SERVE_* env < flags."""
+from pathlib import Path
+
 import pytest
 
 from serve.config import PlanChoices, ServerConfig, parse_bytes, resolve_config
@@ -51,6 +53,22 @@ def test_plan_choices_keep_their_top_level_names(tmp_path):
 def test_bad_plan_choices_are_refused_once_at_start_up(values, fragment):
     with pytest.raises(ConfigError, match=fragment):
         PlanChoices(**values)
+
+
+def test_what_requests_may_load_is_set_like_every_other_setting(tmp_path):
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('models_dir = "~/models"\nallow_pull = true\n')
+    from_file = resolve_config({}, {}, config_file)
+    assert from_file.models_dir == Path("~/models").expanduser() and from_file.allow_pull is True
+    from_env = resolve_config({}, {"SERVE_MODELS_DIR": "/srv/models", "SERVE_ALLOW_PULL": "0"}, config_file)
+    assert from_env.models_dir == Path("/srv/models") and from_env.allow_pull is False
+    from_flags = resolve_config({"models_dir": Path("/m"), "allow_pull": True},
+                                {"SERVE_ALLOW_PULL": "no"}, tmp_path / "missing.toml")
+    assert from_flags.models_dir == Path("/m") and from_flags.allow_pull is True
+    defaults = resolve_config({"allow_pull": None}, {}, tmp_path / "missing.toml")
+    assert defaults.models_dir is None and defaults.allow_pull is False
+    with pytest.raises(ConfigError, match="allow_pull must be true or false, got 'maybe'"):
+        resolve_config({}, {"SERVE_ALLOW_PULL": "maybe"}, tmp_path / "missing.toml")
 
 
 def test_unknown_setting_in_the_file_is_named(tmp_path):

@@ -19,11 +19,22 @@ EMBEDDED = "smollm2-135m:latest"
 HELLO = [{"role": "user", "content": "hello"}]
 
 
+def app_client(config: ServerConfig):
+    catalog = load_catalog()
+    pool = ModelPool(ModelLoader(config, catalog, probe()), PoolLimits(max_memory_bytes=0))
+    return TestClient(create_app(pool, config, catalog), raise_server_exceptions=False)
+
+
 @pytest.fixture(scope="module")
 def client():
-    config, catalog = ServerConfig(), load_catalog()
-    pool = ModelPool(ModelLoader(config, catalog, probe()), PoolLimits(max_memory_bytes=0))
-    with TestClient(create_app(pool, config, catalog), raise_server_exceptions=False) as test_client:
+    with app_client(ServerConfig()) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def pulling_client():
+    """A server started with --allow-pull."""
+    with app_client(ServerConfig(allow_pull=True)) as test_client:
         yield test_client
 
 
@@ -74,17 +85,26 @@ def test_show_of_an_unknown_model_is_a_404_naming_the_local_ones(client):
     assert_ollama_error(client.post("/api/show", json={}), 400, "model is required")
 
 
-def test_pull_of_the_embedded_model_succeeds_at_once(client):
-    response = client.post("/api/pull", json={"model": EMBEDDED})
+def test_pull_is_refused_without_allow_pull_saying_how_to_get_the_model(client):
+    for name, spec in ((EMBEDDED, "smollm2-135m"), ("hf.co/some/repo", "hf://some/repo"), ("/x", "/x")):
+        error = assert_ollama_error(client.post("/api/pull", json={"model": name}), 403, "--allow-pull")
+        assert f"`serve pull {spec}` on the server machine" in error
+
+
+def test_pull_of_the_embedded_model_succeeds_at_once(pulling_client):
+    response = pulling_client.post("/api/pull", json={"model": EMBEDDED})
     assert response.headers["content-type"].startswith("application/x-ndjson")
     lines = [json.loads(line) for line in response.text.splitlines()]
     assert lines == [{"status": "pulling manifest"}, {"status": "success"}]
-    assert client.post("/api/pull", json={"model": "smollm2-135m", "stream": False}).json() == {"status": "success"}
+    answer = pulling_client.post("/api/pull", json={"model": "smollm2-135m", "stream": False})
+    assert answer.json() == {"status": "success"}
 
 
-def test_pull_of_an_unknown_model_is_a_404(client):
-    assert_ollama_error(client.post("/api/pull", json={"model": "no-such-model"}), 404, "unknown model")
-    assert_ollama_error(client.post("/api/pull", json={"model": "hf.co/not a repo"}), 400, "invalid Hub spec")
+def test_pull_of_an_unknown_model_or_a_path_is_a_404(pulling_client):
+    for name in ("no-such-model", "/etc/passwd"):
+        error = assert_ollama_error(pulling_client.post("/api/pull", json={"model": name}), 404)
+        assert error.startswith(f"model {name} is not available; available: ") and "smollm2-135m" in error
+    assert_ollama_error(pulling_client.post("/api/pull", json={"model": "hf.co/not a repo"}), 400, "invalid Hub spec")
 
 
 @pytest.mark.parametrize("path, body", [("/api/chat", {"model": "llama9:70b", "messages": HELLO}),

@@ -28,7 +28,8 @@ from serve.api.ollama.protocol import ChatRequest, GenerateRequest, ModelRequest
 from serve.api.ollama.pull import pull_backend, pull_progress
 from serve.api.ollama.request import chat_request_prompt, generate_request_prompt, request_params
 from serve.errors import InvalidRequestError, ModelNotFoundError, ServeError
-from serve.models.catalog import Catalog, resolve_model
+from serve.models.access import ModelAccess
+from serve.models.catalog import Catalog
 
 logger = logging.getLogger("serve.api")
 
@@ -52,12 +53,14 @@ ollama_errors = errors_answered_by(ollama_error)
 # --- the router -----------------------------------------------------------------------------------------
 
 class OllamaAPI:
-    """The routes' shared state: the pool, the catalog, and the backend the server was told to use (pulls
-    fetch that backend's files; None: the GGUF when there is one)."""
+    """The routes' shared state: the pool, the catalog, what a request may load (pulls are only allowed
+    with --allow-pull), and the backend the server was told to use (pulls fetch that backend's files;
+    None: the GGUF when there is one)."""
 
-    def __init__(self, pool: PoolClient, catalog: Catalog, backend: str | None):
+    def __init__(self, pool: PoolClient, catalog: Catalog, access: ModelAccess, backend: str | None):
         self.pool = pool
         self.catalog = catalog
+        self.access = access
         self.backend = backend
 
     async def local_models(self) -> list[ollama_models.LocalModel]:
@@ -87,9 +90,9 @@ class OllamaAPI:
         await self.model(name)  # not loaded: fine if it exists here, else the 404 naming what does
 
 
-def build_router(pool: PoolClient, catalog: Catalog, backend: str | None = None) -> APIRouter:
+def build_router(pool: PoolClient, catalog: Catalog, access: ModelAccess, backend: str | None = None) -> APIRouter:
     """Ollama's routes over the model pool; `backend` is the one the server was told to use, if any."""
-    api = OllamaAPI(pool, catalog, backend)
+    api = OllamaAPI(pool, catalog, access, backend)
     router = APIRouter()
     _add_generation_routes(router, api)
     _add_model_routes(router, api)
@@ -157,7 +160,8 @@ def _add_model_routes(router: APIRouter, api: OllamaAPI) -> None:
     @ollama_errors
     async def pull(http_request: HTTPRequest) -> Response:
         body = validate(ModelRequest, parse_json_object(await http_request.body()))
-        spec = resolve_model(_model_name(body), api.catalog)
+        loaded = [info.name for info in api.pool.model_infos()]
+        spec = api.access.resolve_pull(_model_name(body), loaded)
         progress = pull_progress(spec, pull_backend(spec, api.backend))
         if body.stream is not False:
             return NDJSONResponse(errors_as_events(progress, error_object, f"pull of {body.model_name}"))
