@@ -56,6 +56,12 @@ def test_bad_flag_values(args, fragment):
     assert_one_line_error(serve("up", *args), fragment)
 
 
+def test_models_dir_must_be_a_directory(tmp_path):
+    missing = tmp_path / "nowhere"
+    assert_one_line_error(serve("up", "--models-dir", str(missing), "--port", str(free_port())),
+                          f"--models-dir {missing} is not a directory")
+
+
 def test_impossible_backend_override_names_what_is_missing(tmp_path):
     """A GGUF file cannot go to vLLM; a Hugging Face directory cannot go to llama.cpp."""
     gguf = str(embedded_model_path())
