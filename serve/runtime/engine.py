@@ -90,8 +90,8 @@ class Engine:
         self.model_name = model_name
         self.model_path = model_path  # the GGUF file or Hugging Face directory the weights came from
         self.backend = backend
-        self.capabilities: Capabilities = backend.capabilities
-        caps = self.capabilities
+        caps: Capabilities = backend.capabilities
+        self.capabilities = caps
         self.scheduler = Scheduler(
             num_parallel=caps.num_parallel, max_waiting=max_queue, max_batch_tokens=caps.max_batch_tokens,
             max_prefill_tokens_while_decoding=caps.max_prefill_tokens_while_decoding, admit=self._admit)
