@@ -25,10 +25,25 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    # Logprobs cost a log-softmax over the vocabulary per token: computed only when asked. None: not asked;
+    # 0: the chosen token's logprob only; N: also the N most likely tokens at that position.
+    num_logprobs: int | None = None
+    # The same for every prompt token (OpenAI completions' echo); the first prompt token has none.
+    num_prompt_logprobs: int | None = None
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token, its log-probability, and the most likely alternatives at its position (most likely first)."""
+
+    token_id: int
+    piece: bytes  # the token's text as bytes (a multi-byte character may be split between tokens)
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...] = ()  # (token id, piece, logprob)
 
 
 class FinishReason(str, enum.Enum):
@@ -62,6 +77,10 @@ class StepOutput:
     # Prompt tokens the backend reused from its own prefix cache, for backends that learn it only once
     # the request runs (vLLM); backends that choose the reuse at admission return it from admit().
     num_cached_tokens: int | None = None
+    # One per new token, when the request asked for logprobs (SamplingParams.num_logprobs).
+    logprobs: list[TokenLogprob] | None = None
+    # Every prompt token's (None for the first), on the request's first output, when asked.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass
