@@ -298,17 +298,18 @@ class LlamaCppBackend:
         params = sequence.request.params
         token = ll.llama_sampler_sample(slot.sampler, self._ctx, index)
         slot.num_generated += 1
-        finish, text = None, ""
+        finish, text, stop_string = None, "", None
         if token in self._eog_tokens and not params.ignore_eos:
             finish, text = FinishReason.STOP, slot.text.flush()
         else:
             text, hit_stop = slot.text.feed(self._piece(token))
             slot.pending_token = token
             if hit_stop:
-                finish = FinishReason.STOP
+                finish, stop_string = FinishReason.STOP, slot.text.matched_stop
             elif slot.num_generated >= params.max_tokens or len(slot.cached_tokens) + 1 >= self._context_length:
                 finish, text = FinishReason.LENGTH, text + slot.text.flush()
-        output = StepOutput(sequence.request_id, text=text, num_new_tokens=1, finish_reason=finish)
+        output = StepOutput(sequence.request_id, text=text, num_new_tokens=1, finish_reason=finish,
+                            stop_string=stop_string)
         if finish is not None:
             self._release(slot)
         return output

@@ -14,6 +14,7 @@ class TextOutput:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = tuple(s for s in stop if s)
         self._held = ""  # decoded text not yet released because it may start a stop string
+        self.matched_stop: str | None = None  # the stop string that ended the text (Anthropic reports it)
 
     def feed(self, piece: bytes) -> tuple[str, bool]:
         """Add one token's bytes; return (text safe to release now, whether a stop string was hit)."""
@@ -37,8 +38,11 @@ class TextOutput:
         return text
 
     def _first_stop_index(self) -> int | None:
-        hits = [i for i in (self._held.find(s) for s in self._stop) if i >= 0]
-        return min(hits) if hits else None
+        hits = [(i, stop) for stop in self._stop if (i := self._held.find(stop)) >= 0]
+        if not hits:
+            return None
+        index, self.matched_stop = min(hits, key=lambda hit: hit[0])
+        return index
 
     def _longest_stop_prefix_suffix(self) -> int:
         """Length of the longest tail of the held text that is a proper prefix of some stop string."""

@@ -235,11 +235,14 @@ class VLLMBackend:
             async for result in self._engine.generate(TokensPrompt(prompt_token_ids=token_ids), params,
                                                       request_id):
                 completion = result.outputs[0]
-                finish = None
+                finish, stop_string = None, None
                 if result.finished:
                     finish = _FINISH_REASONS.get(str(completion.finish_reason), FinishReason.STOP)
+                    # vLLM's stop_reason is the matched stop string, or the id of a stop token
+                    stop_string = completion.stop_reason if isinstance(completion.stop_reason, str) else None
                 self._emit(StepOutput(request_id, text=completion.text, num_new_tokens=len(completion.token_ids),
-                                      finish_reason=finish, num_cached_tokens=result.num_cached_tokens))
+                                      finish_reason=finish, num_cached_tokens=result.num_cached_tokens,
+                                      stop_string=stop_string))
         except asyncio.CancelledError:
             raise  # released by the engine thread: nobody is waiting for more
         except Exception:

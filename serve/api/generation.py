@@ -64,6 +64,7 @@ class Generation:
     stream: OutputStream
     timings: Timings
     is_finished: bool = False
+    stop_string: str | None = None  # the stop string that ended it, once finished (Anthropic reports it)
 
     @property
     def request_id(self) -> str:
@@ -76,6 +77,7 @@ class Generation:
             if output.finish_reason is not None:
                 self.timings.finished = time.perf_counter()
                 self.is_finished = True
+                self.stop_string = output.stop_string
             yield output
 
     def abort_unless_finished(self) -> None:

@@ -44,3 +44,10 @@ def test_flush_releases_held_prefix_when_generation_ends_otherwise():
 
 def test_empty_stop_strings_are_ignored():
     assert feed_all(TextOutput(stop=("",)), [b"abc"]) == ("abc", False)
+
+
+def test_the_stop_string_that_ended_the_text_is_named():
+    output = TextOutput(stop=("END", "STOP"))
+    assert output.matched_stop is None
+    text, stopped = feed_all(output, [b"go S", b"TOP then END"])
+    assert (text, stopped, output.matched_stop) == ("go ", True, "STOP")
