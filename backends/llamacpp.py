@@ -20,9 +20,11 @@ from typing import Any, Callable
 import llama_cpp
 import llama_cpp._logger
 import llama_cpp.llama_cpp as ll
+import numpy as np
 
 from backends.base import BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplate
+from backends.logprobs import log_softmax, token_logprob
 from backends.text_output import TextOutput
 from serve.errors import ModelLoadError
 from serve.sequence import Batch, FinishReason, PrefillChunk, SamplingParams, Sequence, StepOutput
@@ -54,6 +56,7 @@ class _Slot:
     text: TextOutput | None = None
     pending_token: int | None = None  # sampled, not yet decoded
     num_generated: int = 0
+    prompt_logprobs: list | None = None  # of the prompt tokens scored so far (echo), until the first output
     last_used: int = 0
 
 
@@ -85,6 +88,7 @@ class LlamaCppBackend:
         self._slots = [_Slot(seq_id=i) for i in range(settings.num_parallel)]
         self._slot_of: dict[str, _Slot] = {}
         self._num_admitted = 0
+        self._prompts_to_score: list[tuple[_Slot, PrefillChunk, int]] = []  # (slot, chunk, first batch index)
         self._num_vocab = ll.llama_vocab_n_tokens(self._vocab)
         # Looked up once: the per-token check then needs no call into llama.cpp (each releases the GIL).
         self._eog_tokens = frozenset(t for t in range(self._num_vocab) if ll.llama_vocab_is_eog(self._vocab, t))
@@ -172,6 +176,9 @@ class LlamaCppBackend:
     def admit(self, sequence: Sequence) -> int:
         prompt = sequence.request.prompt_token_ids
         slot, num_cached = self._choose_slot(prompt)
+        scores_prompt = sequence.request.params.num_prompt_logprobs is not None
+        if scores_prompt:
+            num_cached = 0  # every prompt position's logits are needed, and a cached prefix has none
         if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, num_cached, -1):
             ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)  # cannot cut partially: start over
             num_cached = 0
@@ -181,6 +188,7 @@ class LlamaCppBackend:
         slot.sampler = self._make_sampler(sequence.request.params)
         slot.text = TextOutput(sequence.request.params.stop)
         slot.pending_token, slot.num_generated = None, 0
+        slot.prompt_logprobs = [None] if scores_prompt else None  # the first prompt token has no logprob
         self._slot_of[sequence.request_id] = slot
         return num_cached
 
@@ -248,6 +256,7 @@ class LlamaCppBackend:
         status = ll.llama_decode(self._ctx, self._batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
+        self._score_prompts()
         return [self._sample(slot, index) for slot, index in to_sample]
 
     def _fill_batch(self, batch: Batch) -> list[tuple[_Slot, int]]:
@@ -276,9 +285,26 @@ class LlamaCppBackend:
             raise RuntimeError(f"prefill of {chunk.sequence.request_id} starts at {chunk.start}, "
                                f"but {len(slot.cached_tokens)} tokens are cached")
         tokens = chunk.sequence.request.prompt_token_ids[chunk.start:chunk.end]
+        scores_prompt = slot.prompt_logprobs is not None  # echo: logits at every prompt position
+        if scores_prompt:
+            self._prompts_to_score.append((slot, chunk, self._batch.n_tokens))
         for token in tokens[:-1]:
-            self._add_token(slot, token, wants_logits=False)
-        return self._add_token(slot, tokens[-1], wants_logits=chunk.is_last)
+            self._add_token(slot, token, wants_logits=scores_prompt)
+        return self._add_token(slot, tokens[-1], wants_logits=chunk.is_last or scores_prompt)
+
+    def _logprobs_at(self, index: int) -> np.ndarray:
+        """The log-softmax of the batch position's logits (the model's own distribution, before sampling)."""
+        logits = ll.llama_get_logits_ith(self._ctx, index)
+        return log_softmax(np.ctypeslib.as_array(logits, shape=(self._num_vocab,)))
+
+    def _score_prompts(self) -> None:
+        """Each scored prompt position's logits give the logprob of the prompt token after it."""
+        for slot, chunk, first in self._prompts_to_score:
+            prompt, num_top = chunk.sequence.request.prompt_token_ids, chunk.sequence.request.params.num_prompt_logprobs
+            for offset, position in enumerate(range(chunk.start, min(chunk.end, len(prompt) - 1))):
+                logprobs = self._logprobs_at(first + offset)
+                slot.prompt_logprobs.append(token_logprob(logprobs, prompt[position + 1], num_top, self._piece))
+        self._prompts_to_score.clear()
 
     def _add_token(self, slot: _Slot, token: int, wants_logits: bool) -> int:
         b, i = self._batch, self._batch.n_tokens
@@ -296,6 +322,8 @@ class LlamaCppBackend:
     def _sample(self, slot: _Slot, index: int) -> StepOutput:
         sequence = slot.sequence
         params = sequence.request.params
+        # Before sampling: the sampler chain may rewrite the logits (penalties, grammar).
+        logprobs = self._logprobs_at(index) if params.num_logprobs is not None else None
         token = ll.llama_sampler_sample(slot.sampler, self._ctx, index)
         slot.num_generated += 1
         finish, text, stop_string = None, "", None
@@ -310,6 +338,10 @@ class LlamaCppBackend:
                 finish, text = FinishReason.LENGTH, text + slot.text.flush()
         output = StepOutput(sequence.request_id, text=text, num_new_tokens=1, finish_reason=finish,
                             stop_string=stop_string)
+        if logprobs is not None and not (token in self._eog_tokens and not params.ignore_eos):
+            output.logprobs = [token_logprob(logprobs, token, params.num_logprobs, self._piece)]
+        if slot.prompt_logprobs is not None:
+            output.prompt_logprobs, slot.prompt_logprobs = slot.prompt_logprobs, None
         if finish is not None:
             self._release(slot)
         return output

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from backends.base import BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplateError
 from serve.errors import ModelLoadError
-from serve.sequence import Batch, FinishReason, SamplingParams, Sequence, StepOutput
+from serve.sequence import Batch, FinishReason, SamplingParams, Sequence, StepOutput, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "logit_bias": {int(token): float(bias) for token, bias in params.logit_bias.items()} or None,
         "stop": list(params.stop) or None,
         "ignore_eos": params.ignore_eos,
+        # The model's own distribution (vLLM's default raw_logprobs), only for requests that ask.
+        "logprobs": params.num_logprobs,
+        "prompt_logprobs": params.num_prompt_logprobs,
         # Stop strings never reach the client; special tokens (EOS) are not text.
         "include_stop_str_in_output": False,
         "skip_special_tokens": True,
@@ -70,6 +73,24 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
 
 def _clamp_penalty(value: float) -> float:
     return min(max(value, -MAX_ABS_PENALTY), MAX_ABS_PENALTY)
+
+
+def token_logprobs(token_ids: list[int], positions: Any, num_top: int,
+                   piece: Callable[[int, Any], bytes]) -> list[TokenLogprob | None]:
+    """vLLM's logprobs (per position a dict token id -> Logprob(logprob, rank, decoded_token), holding the
+    chosen token and the `num_top` best ranks) as ours; a position without any stays None (the first prompt
+    token). `piece(token_id, logprob)` gives a token's bytes. Pure: importable without vllm."""
+    converted: list[TokenLogprob | None] = []
+    for token_id, position in zip(token_ids, positions):
+        if not position:
+            converted.append(None)
+            continue
+        best = sorted((entry.rank, other, entry) for other, entry in position.items()
+                      if entry.rank is not None and entry.rank <= num_top)
+        top = tuple((other, piece(other, entry), entry.logprob) for _, other, entry in best)
+        chosen = position[token_id]
+        converted.append(TokenLogprob(token_id, piece(token_id, chosen), chosen.logprob, top))
+    return converted
 
 
 def engine_kwargs(settings: BackendSettings, *, on_cpu: bool) -> dict[str, Any]:
@@ -101,6 +122,7 @@ class VLLMBackend:
     def __init__(self, settings: BackendSettings):
         self._tokenizer = _load_tokenizer(settings.model_path)
         self._bos_id, self._add_bos = _bos(self._tokenizer)
+        self._end_token_ids = frozenset(self._tokenizer.all_special_ids)
         self._outputs: queue.SimpleQueue[StepOutput] = queue.SimpleQueue()
         self._notify: Callable[[], None] = lambda: None
         self._tasks: dict[str, asyncio.Task] = {}  # touched only on the vLLM loop thread
@@ -215,6 +237,9 @@ class VLLMBackend:
                 known.text += output.text
                 known.num_new_tokens += output.num_new_tokens
                 known.finish_reason = output.finish_reason or known.finish_reason
+                if output.logprobs is not None:
+                    known.logprobs = (known.logprobs or []) + output.logprobs
+                known.prompt_logprobs = known.prompt_logprobs or output.prompt_logprobs
                 if known.num_cached_tokens is None:
                     known.num_cached_tokens = output.num_cached_tokens
 
@@ -240,9 +265,11 @@ class VLLMBackend:
                     finish = _FINISH_REASONS.get(str(completion.finish_reason), FinishReason.STOP)
                     # vLLM's stop_reason is the matched stop string, or the id of a stop token
                     stop_string = completion.stop_reason if isinstance(completion.stop_reason, str) else None
-                self._emit(StepOutput(request_id, text=completion.text, num_new_tokens=len(completion.token_ids),
-                                      finish_reason=finish, num_cached_tokens=result.num_cached_tokens,
-                                      stop_string=stop_string))
+                output = StepOutput(request_id, text=completion.text, num_new_tokens=len(completion.token_ids),
+                                    finish_reason=finish, num_cached_tokens=result.num_cached_tokens,
+                                    stop_string=stop_string)
+                self._add_logprobs(output, result, params)
+                self._emit(output)
         except asyncio.CancelledError:
             raise  # released by the engine thread: nobody is waiting for more
         except Exception:
@@ -251,6 +278,25 @@ class VLLMBackend:
                                   error="vLLM failed this request; the server log has the details"))
         finally:
             self._tasks.pop(request_id, None)
+
+    def _add_logprobs(self, output: StepOutput, result, params) -> None:
+        """The delta's logprobs (without the end-of-sequence token's: it is not text, as on llama.cpp), and the
+        prompt's on the first output."""
+        completion = result.outputs[0]
+        if params.logprobs is not None and completion.logprobs is not None:
+            token_ids = list(completion.token_ids)
+            if (output.finish_reason == FinishReason.STOP and completion.stop_reason is None and token_ids
+                    and token_ids[-1] in self._end_token_ids):
+                token_ids = token_ids[:-1]
+            output.logprobs = token_logprobs(token_ids, completion.logprobs, params.logprobs, self._piece)
+        if params.prompt_logprobs is not None and result.prompt_logprobs is not None:
+            prompt_ids = list(result.prompt_token_ids or [])
+            output.prompt_logprobs = token_logprobs(prompt_ids, result.prompt_logprobs, params.prompt_logprobs,
+                                                    self._piece)
+
+    def _piece(self, token_id: int, logprob) -> bytes:
+        text = logprob.decoded_token
+        return (text if text is not None else self._tokenizer.decode([token_id])).encode()
 
     async def _shutdown(self) -> None:
         tasks = list(self._tasks.values())
