@@ -24,6 +24,7 @@ import numpy as np
 
 from backends.base import BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplate
+from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
 from backends.logprobs import log_softmax, token_logprob
 from backends.text_output import TextOutput
 from serve.errors import ModelLoadError
@@ -53,6 +54,8 @@ class _Slot:
     cached_tokens: list[int] = field(default_factory=list)  # tokens whose KV is in this seq id
     sequence: Sequence | None = None
     sampler: Any = None
+    grammar: Any = None  # llama.cpp's grammar sampler, only for a constrained request (structured output)
+    error: str | None = None  # why the request cannot run (its grammar was refused); sent at its first step
     text: TextOutput | None = None
     pending_token: int | None = None  # sampled, not yet decoded
     num_generated: int = 0
@@ -93,6 +96,7 @@ class LlamaCppBackend:
         # Looked up once: the per-token check then needs no call into llama.cpp (each releases the GIL).
         self._eog_tokens = frozenset(t for t in range(self._num_vocab) if ll.llama_vocab_is_eog(self._vocab, t))
         self._piece_cache: dict[int, bytes] = {}
+        self._grammars = GrammarSampling(self._vocab, self._num_vocab)
         self._bos_text, self._add_bos = self._bos()
         self._chat_template = self._load_chat_template()
         self.capabilities = Capabilities(
@@ -186,6 +190,7 @@ class LlamaCppBackend:
         slot.cached_tokens = slot.cached_tokens[:num_cached]
         slot.sequence, slot.last_used = sequence, self._num_admitted
         slot.sampler = self._make_sampler(sequence.request.params)
+        slot.grammar, slot.error = self._grammars.create(sequence.request.params.constraint)
         slot.text = TextOutput(sequence.request.params.stop)
         slot.pending_token, slot.num_generated = None, 0
         slot.prompt_logprobs = [None] if scores_prompt else None  # the first prompt token has no logprob
@@ -238,10 +243,13 @@ class LlamaCppBackend:
     def _release(self, slot: _Slot) -> None:
         if slot.sampler is not None:
             ll.llama_sampler_free(slot.sampler)
+        if slot.grammar is not None:
+            ll.llama_sampler_free(slot.grammar)
         if slot.sequence is not None:
             self._slot_of.pop(slot.sequence.request_id, None)
         # The KV cache (cached_tokens) stays for prefix reuse by a later request.
         slot.sequence, slot.sampler, slot.text, slot.pending_token = None, None, None, None
+        slot.grammar, slot.error = None, None
 
     # -- the step ----------------------------------------------------------------------------------
 
@@ -324,7 +332,11 @@ class LlamaCppBackend:
         params = sequence.request.params
         # Before sampling: the sampler chain may rewrite the logits (penalties, grammar).
         logprobs = self._logprobs_at(index) if params.num_logprobs is not None else None
-        token = ll.llama_sampler_sample(slot.sampler, self._ctx, index)
+        try:
+            token = self._next_token(slot, index)
+        except GrammarRejectedError as exc:
+            self._release(slot)
+            return StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=str(exc))
         slot.num_generated += 1
         finish, text, stop_string = None, "", None
         if token in self._eog_tokens and not params.ignore_eos:
@@ -345,6 +357,13 @@ class LlamaCppBackend:
         if finish is not None:
             self._release(slot)
         return output
+
+    def _next_token(self, slot: _Slot, index: int) -> int:
+        if slot.error is not None:
+            raise GrammarRejectedError(slot.error)
+        if slot.grammar is None:
+            return ll.llama_sampler_sample(slot.sampler, self._ctx, index)
+        return self._grammars.sample(slot.grammar, slot.sampler, self._ctx, index)
 
     def close(self) -> None:
         for slot in self._slots:

@@ -10,6 +10,35 @@ from typing import Any, Callable
 
 
 @dataclass(frozen=True)
+class OutputConstraint:
+    """What the generated text must match; built at the API edge (serve/grammar) and enforced per sequence
+    by the backend. Unconstrained requests carry none, so they pay nothing.
+
+    gbnf: the grammar in llama.cpp's GBNF (root rule `root`), always set: llama.cpp's grammar sampler
+        enforces it, and a JSON schema is converted (and its features checked) before the request is
+        submitted, so both backends refuse the same unenforceable features.
+    json_schema: the JSON schema as canonical JSON text when the grammar came from one; vLLM enforces the
+        schema itself (its structured outputs: xgrammar or guidance) instead of the GBNF.
+    is_json_object: any JSON object (OpenAI's `json_object`, Ollama's "json"); vLLM's `json_object`.
+    trigger_patterns: a lazy grammar when not empty (llama.cpp's `llama_sampler_init_grammar_lazy_patterns`,
+        what llama-server uses for `tool_choice: auto`): the output is free until one of these regular
+        expressions (std::regex, ECMAScript) is found in the text generated so far; from the start of its
+        first non-empty capture group (or of the whole match) on, the text must match the grammar. So the
+        grammar itself begins with the trigger's text, e.g. pattern `<tool_call>` and grammar
+        `root ::= "<tool_call>" ...`. A plain word is a pattern once its regex characters are escaped.
+    """
+
+    gbnf: str
+    json_schema: str | None = None
+    is_json_object: bool = False
+    trigger_patterns: tuple[str, ...] = ()
+
+    @property
+    def is_lazy(self) -> bool:
+        return bool(self.trigger_patterns)
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens; defaults follow the OpenAI API."""
 
@@ -25,6 +54,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    constraint: OutputConstraint | None = None  # structured output: a grammar the text must match
     # Logprobs cost a log-softmax over the vocabulary per token: computed only when asked. None: not asked;
     # 0: the chosen token's logprob only; N: also the N most likely tokens at that position.
     num_logprobs: int | None = None
