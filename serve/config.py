@@ -76,12 +76,16 @@ class ServerConfig:
     # what a request may load (serve/models/access.py)
     models_dir: Path | None = None  # requests may name files under it; other paths only on the command line
     allow_pull: bool = False  # requests may download (hf:// specs not in the cache, /api/pull)
+    # the Responses API's store of finished responses (previous_response_id, GET /v1/responses/{id}); 0: none
+    max_stored_responses: int = 1024
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
         if self.max_queue < 0:
             raise ConfigError(f"--max-queue must be >= 0, got {self.max_queue}")
+        if self.max_stored_responses < 0:
+            raise ConfigError(f"--max-stored-responses must be >= 0, got {self.max_stored_responses}")
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)

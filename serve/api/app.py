@@ -4,11 +4,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from serve.api import health
+from serve.api.anthropic import routes as anthropic_routes
 from serve.api.engine_client import PoolClient
 from serve.api.errors import install_error_handlers
 from serve.api.guards import APIKeyGuard, BodySizeLimit
 from serve.api.ollama import routes as ollama_routes
 from serve.api.openai import routes as openai_routes
+from serve.api.responses import routes as responses_routes
+from serve.api.responses.store import ResponseStore
 from serve.config import ServerConfig
 from serve.models.access import ModelAccess
 from serve.models.catalog import Catalog
@@ -23,6 +26,8 @@ def create_app(pool: PoolClient, config: ServerConfig, catalog: Catalog) -> Fast
     app.include_router(openai_routes.build_router(pool))
     access = ModelAccess.from_config(config, catalog)  # the loader's policy, for Ollama's pulls
     app.include_router(ollama_routes.build_router(pool, catalog, access, config.plan_choices.backend))
+    app.include_router(anthropic_routes.build_router(pool))
+    app.include_router(responses_routes.build_router(pool, ResponseStore(config.max_stored_responses)))
     app.include_router(health.build_router(pool))
     # The last middleware added runs first: the key is checked before any body is read.
     app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)

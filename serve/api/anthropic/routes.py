@@ -1,0 +1,55 @@
+"""Anthropic's Messages API: POST /v1/messages and /v1/messages/count_tokens.
+
+Generation goes through the core every dialect shares (serve/api/generation.py); only the edges are
+Anthropic's: the request (serve/api/anthropic/request.py) and the answer (serve/api/anthropic/sse.py).
+Every error on these routes has Anthropic's shape (serve/api/anthropic/errors.py). The API key may come
+as `x-api-key` (what Anthropic's clients send) or as a bearer token: serve/api/guards.py reads both.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, Request as HTTPRequest
+from fastapi.responses import JSONResponse, Response
+
+from serve.api.anthropic.errors import anthropic_errors
+from serve.api.anthropic.protocol import CountTokensRequest, MessagesRequest
+from serve.api.anthropic.request import sampling_params, template_messages
+from serve.api.anthropic.sse import MessageFraming
+from serve.api.engine_client import PoolClient
+from serve.api.errors import parse_json_object, validate
+from serve.api.generation import Timings, answer, chat_prompt, resolve_engine, submit
+
+
+def new_message_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def build_router(pool: PoolClient) -> APIRouter:
+    """Anthropic's routes over the model pool."""
+    router = APIRouter()
+
+    @router.post("/v1/messages")
+    @anthropic_errors
+    async def messages(http_request: HTTPRequest) -> Response:
+        timings = Timings(started=time.perf_counter())
+        body = validate(MessagesRequest, parse_json_object(await http_request.body()))
+        engine = await resolve_engine(pool, body.model, timings)
+        prompt = chat_prompt(engine, template_messages(body))
+        generation = submit(engine, new_message_id(), prompt, sampling_params(body), timings)
+        framing = MessageFraming(generation, body.model)
+        return await answer(http_request, generation, can_stream=body.stream, framing=framing,
+                            collected=framing.collected)
+
+    @router.post("/v1/messages/count_tokens")
+    @anthropic_errors
+    async def count_tokens(http_request: HTTPRequest) -> Response:
+        """The prompt's tokens as this model's chat template renders the conversation."""
+        timings = Timings(started=time.perf_counter())
+        body = validate(CountTokensRequest, parse_json_object(await http_request.body()))
+        engine = await resolve_engine(pool, body.model, timings)
+        prompt = chat_prompt(engine, template_messages(body))
+        return JSONResponse({"input_tokens": len(prompt.token_ids)})
+
+    return router

@@ -1,0 +1,186 @@
+"""Pydantic models of OpenAI's Responses API request (POST /v1/responses).
+
+As OpenAI's own API does, a parameter this server does not know is a 400 naming it; one OpenAI defines
+that is not implemented here yet is a 400 that says so, unless it is sent with the value that means "not
+used" (no tools, plain text). Input is text: other item and content types are refused by name. Responses
+and stream events are built as plain dicts in serve/api/responses/events.py.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+MAX_METADATA_KEYS = 16
+# Responses parameters that are not implemented yet: the value that means "not used" is accepted.
+NOT_IMPLEMENTED = {
+    "tools": ([], "function tools are not supported by this server yet; send the request without tools"),
+    "tool_choice": (("auto", "none"), "tool_choice is not supported by this server yet (there are no tools)"),
+    "reasoning": ({}, "reasoning options are not supported by this server yet (no reasoning models); omit reasoning"),
+    "include": ([], "include is not supported by this server yet; omit it"),
+    "background": (False, "background responses are not supported by this server; omit background"),
+    "conversation": (None, "conversations are not supported by this server; use previous_response_id"),
+    "prompt": (None, "prompt templates are not supported by this server; send input and instructions"),
+    "top_logprobs": (0, "logprobs are not supported by the Responses API of this server yet; omit top_logprobs"),
+    "max_tool_calls": (None, "max_tool_calls is not supported by this server (there are no tools)"),
+    "stream_options": (None, "stream_options is not supported by this server yet; omit it"),
+}
+NOT_TEXT_CONTENT = ("input_image", "input_file", "input_audio", "refusal")
+NOT_MESSAGE_ITEMS = {
+    "function_call": "function_call items are not supported by this server yet (function tools are not implemented)",
+    "function_call_output": "function_call_output items are not supported by this server yet (function tools are "
+                            "not implemented)",
+    "reasoning": "reasoning items are not supported by this server yet (no reasoning models)",
+}
+
+
+def _fail(kind: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError(kind, message)  # keeps the message verbatim
+
+
+def _is_unused(value: Any, unused: Any) -> bool:
+    return value is None or value == unused or (isinstance(unused, tuple) and value in unused)
+
+
+def check_parameter_names(data: Any, model_cls: type[BaseModel]) -> Any:
+    """A 400 naming the first parameter that is not implemented, or not one of OpenAI's at all."""
+    if not isinstance(data, dict):
+        return data
+    for name, value in data.items():
+        if name in NOT_IMPLEMENTED:
+            unused, message = NOT_IMPLEMENTED[name]
+            if not _is_unused(value, unused):
+                raise _fail("not_implemented", f"{name}: {message}")
+        elif name not in model_cls.model_fields:
+            raise _fail("unknown_parameter", f"{name}: unknown parameter; see the Responses API of this server "
+                                             "in its README")
+    return data
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextContent(_Strict):
+    type: Literal["input_text", "output_text"]
+    text: str
+    annotations: Optional[list[Any]] = None  # what an earlier response's output_text carries back
+    logprobs: Optional[list[Any]] = None
+
+
+class MessageItem(_Strict):
+    """A message of the input; an earlier response's output message may be sent back as it was."""
+
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: Union[str, list[TextContent]]
+    id: Optional[str] = None
+    status: Optional[str] = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _check_content(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for index, part in enumerate(value):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in NOT_TEXT_CONTENT:
+                    raise _fail("content_part", f"part {index}: {kind} content is not supported "
+                                                "(this server serves text-only models)")
+        return value
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content)
+
+    def to_template_dict(self) -> dict[str, str]:
+        role = "system" if self.role == "developer" else self.role  # developer is the newer name of system
+        return {"role": role, "content": self.text}
+
+
+def _check_items(value: Any) -> Any:
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            kind = item.get("type", "message") if isinstance(item, dict) else None
+            if kind in NOT_MESSAGE_ITEMS:
+                raise _fail("input_item", f"item {index}: {NOT_MESSAGE_ITEMS[kind]}")
+            if kind != "message":
+                raise _fail("input_item", f"item {index}: expected a message item "
+                                          "{'role': 'user', 'content': ...}, got type {kind!r}")
+    return value
+
+
+class TextFormat(_Strict):
+    type: Literal["text"]
+
+
+class TextConfig(_Strict):
+    format: Optional[TextFormat] = None
+    verbosity: Optional[Literal["medium"]] = None  # the one verbosity this server has
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _check_format(cls, value: Any) -> Any:
+        kind = value.get("type") if isinstance(value, dict) else None
+        if kind in ("json_schema", "json_object"):
+            raise _fail("text_format", f"{kind} output is not supported by the Responses API of this server "
+                                       "yet; use /v1/chat/completions or omit text.format")
+        return value
+
+
+class ResponsesRequest(_Strict):
+    model: Optional[str] = None  # absent: the first loaded model (as /v1/chat/completions)
+    input: Union[str, list[MessageItem]]
+    instructions: Optional[str] = None
+    max_output_tokens: Optional[int] = Field(default=None, gt=0)
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    stream: bool = False
+    store: bool = True
+    previous_response_id: Optional[str] = None
+    metadata: Optional[dict[str, str]] = None
+    text: Optional[TextConfig] = None
+    truncation: Optional[Literal["disabled"]] = None  # "auto" would drop input silently: not implemented
+    parallel_tool_calls: Optional[bool] = None  # there are no tools: nothing to parallelize
+    service_tier: Optional[Literal["auto", "default"]] = None  # one tier here
+    user: Optional[str] = None  # identifiers of the end user or cache key: they change nothing
+    safety_identifier: Optional[str] = None
+    prompt_cache_key: Optional[str] = None
+    # accepted only with the value that means "not used" (see NOT_IMPLEMENTED)
+    tools: Optional[list[Any]] = None
+    tool_choice: Optional[Any] = None
+    reasoning: Optional[Any] = None
+    include: Optional[list[Any]] = None
+    background: Optional[bool] = None
+    conversation: Optional[Any] = None
+    prompt: Optional[Any] = None
+    top_logprobs: Optional[int] = None
+    max_tool_calls: Optional[int] = None
+    stream_options: Optional[Any] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_parameters(cls, data: Any) -> Any:
+        return check_parameter_names(data, cls)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _check_input(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise _fail("input_empty", "input must not be empty")
+        return _check_items(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: Optional[dict[str, str]]) -> Optional[dict[str, str]]:
+        if value and len(value) > MAX_METADATA_KEYS:
+            raise _fail("metadata", f"at most {MAX_METADATA_KEYS} metadata keys are allowed, got {len(value)}")
+        return value
+
+    @property
+    def input_messages(self) -> list[dict[str, str]]:
+        if isinstance(self.input, str):
+            return [{"role": "user", "content": self.input}]
+        return [item.to_template_dict() for item in self.input]

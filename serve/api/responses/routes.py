@@ -1,0 +1,65 @@
+"""OpenAI's Responses API: POST /v1/responses, GET and DELETE /v1/responses/{id}.
+
+Generation goes through the core every dialect shares (serve/api/generation.py); only the edges are the
+Responses API's: the request (serve/api/responses/request.py), the answer (serve/api/responses/events.py)
+and the store of earlier responses (serve/api/responses/store.py). Errors keep OpenAI's shape (the app's
+handlers answer them).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request as HTTPRequest
+from fastapi.responses import JSONResponse, Response
+
+from serve.api.engine_client import PoolClient
+from serve.api.errors import parse_json_object, validate
+from serve.api.generation import Generation, Timings, answer, chat_prompt, resolve_engine, submit
+from serve.api.responses.events import ResponseDraft, ResponseFraming
+from serve.api.responses.protocol import ResponsesRequest
+from serve.api.responses.request import conversation, sampling_params, template_messages
+from serve.api.responses.store import ResponseStore, StoredResponse
+
+
+def _framing(generation: Generation, body: ResponsesRequest, messages: list[dict[str, Any]],
+             store: ResponseStore) -> ResponseFraming:
+    """The framing of this response; a finished response is stored unless the request said store: false."""
+    draft = ResponseDraft(response_id=generation.request_id, message_id=f"msg_{uuid.uuid4().hex}",
+                          model=generation.request.model, body=body, generation=generation)
+
+    def keep(response: dict[str, Any], text: str) -> None:
+        if body.store:
+            store.put(response["id"], StoredResponse(response, [*messages, {"role": "assistant", "content": text}]))
+
+    return ResponseFraming(draft, keep)
+
+
+def build_router(pool: PoolClient, store: ResponseStore) -> APIRouter:
+    """The Responses routes over the model pool, with `store` keeping finished responses."""
+    router = APIRouter()
+
+    @router.post("/v1/responses")
+    async def create_response(http_request: HTTPRequest) -> Response:
+        timings = Timings(started=time.perf_counter())
+        body = validate(ResponsesRequest, parse_json_object(await http_request.body()))
+        messages = conversation(body, store)
+        engine = await resolve_engine(pool, body.model, timings)
+        prompt = chat_prompt(engine, template_messages(body, messages))
+        generation = submit(engine, f"resp_{uuid.uuid4().hex}", prompt, sampling_params(engine, prompt, body),
+                            timings)
+        framing = _framing(generation, body, messages, store)
+        return await answer(http_request, generation, can_stream=body.stream, framing=framing,
+                            collected=framing.collected)
+
+    @router.get("/v1/responses/{response_id}")
+    async def get_response(response_id: str) -> JSONResponse:
+        return JSONResponse(store.get(response_id).body)
+
+    @router.delete("/v1/responses/{response_id}")
+    async def delete_response(response_id: str) -> JSONResponse:
+        store.delete(response_id)
+        return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+    return router
