@@ -6,6 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The chat page's test drives Debian's chromium through its chromedriver (tests/integration/test_web_page.py).
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        echo "chromium and chromium-driver are missing (apt-get install chromium chromium-driver as root):" \
+             "the chat page's browser test will skip" >&2
+    fi
+fi
+
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip

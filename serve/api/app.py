@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from serve.api import health
+from serve.api import health, metrics
 from serve.api.anthropic import routes as anthropic_routes
 from serve.api.engine_client import PoolClient
 from serve.api.errors import install_error_handlers
@@ -12,6 +12,7 @@ from serve.api.ollama import routes as ollama_routes
 from serve.api.openai import routes as openai_routes
 from serve.api.responses import routes as responses_routes
 from serve.api.responses.store import ResponseStore
+from serve.api.web import routes as web_routes
 from serve.config import ServerConfig
 from serve.models.access import ModelAccess
 from serve.models.catalog import Catalog
@@ -29,8 +30,10 @@ def create_app(pool: PoolClient, config: ServerConfig, catalog: Catalog) -> Fast
     app.include_router(anthropic_routes.build_router(pool))
     app.include_router(responses_routes.build_router(pool, ResponseStore(config.max_stored_responses)))
     app.include_router(health.build_router(pool))
+    app.include_router(metrics.build_router(pool))
+    app.include_router(web_routes.build_router())  # `/`: the chat page or "Ollama is running"
     # The last middleware added runs first: the key is checked before any body is read.
     app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)
-    if config.api_key:
-        app.add_middleware(APIKeyGuard, api_key=config.api_key)
+    if config.api_key or config.metrics_key:
+        app.add_middleware(APIKeyGuard, api_key=config.api_key, metrics_key=config.metrics_key)
     return app

@@ -7,7 +7,8 @@ Four builds, each installed into a fresh venv that cannot see the repository, th
 - the wheel `pip wheel .` makes from a clean clone (only committed files count);
 - the wheel built from the sdist of that clone;
 - an editable install of that clone (the README's `pip install -e .`).
-The built artifacts must hold serve/models.toml as a regular file equal to the top-level models.toml.
+The built artifacts must hold serve/models.toml as a regular file equal to the top-level models.toml, and
+the chat page's assets (serve/api/web/static/) as they are in the source tree.
 
 There is no Docker engine here: the image itself is never built. Each build runs with pip's build isolation,
 as in the image. `serve` runs with a clean HOME (no user catalog) from an empty folder. The few libraries the
@@ -39,6 +40,8 @@ except ImportError:  # Python 3.10
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile.cuda"
 CATALOG = REPO / "models.toml"
+WEB_STATIC = REPO / "serve" / "api" / "web" / "static"
+WEB_ASSETS = ("index.html", "app.js", "style.css")
 MODEL = "mistral-7b-q4"
 # what `serve models` and `serve probe` import beyond quantserve itself (the rest of its dependencies,
 # llama-cpp-python included, load only when serving)
@@ -151,6 +154,9 @@ def _check_wheel(wheel: Path) -> Path:
         names = archive.namelist()
         assert "serve/models.toml" in names, f"{wheel.name} has no serve/models.toml"
         assert archive.read("serve/models.toml") == CATALOG.read_bytes()
+        for asset in WEB_ASSETS:  # the chat page works offline only if its files ship in the package
+            assert f"serve/api/web/static/{asset}" in names, f"{wheel.name} has no chat page {asset}"
+            assert archive.read(f"serve/api/web/static/{asset}") == (WEB_STATIC / asset).read_bytes()
         # a symbolic link stored in a zip keeps S_IFLNK in the high bits of external_attr
         assert not any((archive.getinfo(n).external_attr >> 16) & 0o170000 == 0o120000 for n in names)
     return wheel

@@ -1,5 +1,5 @@
 """Ollama's API on the same port as the OpenAI one: /api/chat, /api/generate, /api/tags, /api/ps, /api/show,
-/api/pull, /api/version, and `GET /` answering "Ollama is running".
+/api/pull, /api/version (`GET /`, "Ollama is running" to non-browsers, is in serve/api/web/routes.py).
 
 Generation goes through the core every dialect shares (serve/api/generation.py); only the edges are Ollama's:
 the request (serve/api/ollama/request.py: prompt, num_ctx, options) and the replies (serve/api/ollama/ndjson.py),
@@ -16,7 +16,7 @@ import uuid
 from typing import Any, Callable
 
 from fastapi import APIRouter, Request as HTTPRequest
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 
 from serve.api.engine_client import EngineClient, PoolClient
 from serve.api.errors import error_headers, errors_answered_by, parse_json_object, validate
@@ -35,7 +35,6 @@ logger = logging.getLogger("serve.api")
 
 # The Ollama API version we answer like (GET /api/version); clients gate features on it.
 OLLAMA_API_VERSION = "0.9.0"
-ROOT_TEXT = "Ollama is running"
 NOT_IMPLEMENTED = {"/api/create", "/api/copy", "/api/delete", "/api/push", "/api/embed", "/api/embeddings",
                    "/api/blobs"}
 
@@ -172,10 +171,6 @@ def _add_model_routes(router: APIRouter, api: OllamaAPI) -> None:
 
 
 def _add_misc_routes(router: APIRouter) -> None:
-    @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    async def root() -> Response:
-        return PlainTextResponse(ROOT_TEXT)
-
     @router.get("/api/version")
     async def version() -> dict[str, str]:
         return {"version": OLLAMA_API_VERSION}
