@@ -78,6 +78,9 @@ class ServerConfig:
     allow_pull: bool = False  # requests may download (hf:// specs not in the cache, /api/pull)
     # the Responses API's store of finished responses (previous_response_id, GET /v1/responses/{id}); 0: none
     max_stored_responses: int = 1024
+    # operations
+    metrics_key: str | None = None  # GET /metrics wants this key (instead of the API key) when set
+    drain_timeout: float = 30.0  # seconds running requests get to finish after SIGTERM/SIGINT
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -86,6 +89,8 @@ class ServerConfig:
             raise ConfigError(f"--max-queue must be >= 0, got {self.max_queue}")
         if self.max_stored_responses < 0:
             raise ConfigError(f"--max-stored-responses must be >= 0, got {self.max_stored_responses}")
+        if self.drain_timeout < 0:
+            raise ConfigError(f"--drain-timeout must be >= 0, got {self.drain_timeout:g} s")
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -132,7 +137,7 @@ def _coerce(name: str, value: object) -> object:
         return parse_bool(name, value)
     if name == "max_memory":
         return parse_bytes(value)
-    if name in ("keep_alive", "switch_window"):
+    if name in ("keep_alive", "switch_window", "drain_timeout"):
         try:
             return parse_duration(value)
         except ValueError as exc:

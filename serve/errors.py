@@ -80,9 +80,16 @@ class OverloadedError(ServeError):
 
 
 class ServerStoppingError(ServeError):
+    """The server is draining before it exits (SIGTERM/SIGINT): it admits nothing new. Another instance,
+    or this one restarted, may take the request `retry_after` seconds later."""
+
     status_code = 503
     error_type = "server_error"
     code = "shutting_down"
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ConfigError(ServeError):

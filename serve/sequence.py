@@ -124,6 +124,7 @@ class Sequence:
     num_computed_tokens: int = 0  # prompt tokens already in the KV cache
     num_cached_tokens: int = 0  # of those, reused from an earlier request (prefix reuse)
     num_output_tokens: int = 0
+    admitted_at: float | None = None  # perf_counter() when it got a sequence slot (queue time ends)
     is_aborted: bool = False
     finish_reason: FinishReason | None = None
 

@@ -1,11 +1,20 @@
-"""`serve up`: preload the models asked for, then serve HTTP until SIGINT/SIGTERM."""
+"""`serve up`: preload the models asked for, then serve HTTP until SIGINT/SIGTERM, then drain and exit 0.
+
+On the first SIGTERM or SIGINT the server keeps listening but admits nothing new (503 with Retry-After, in
+each dialect's error shape; /health answers 503 too, so a load balancer stops sending), lets running and
+queued requests finish for up to --drain-timeout seconds, ends what remains with an error event, and
+exits 0: what Docker's `docker stop` and Kubernetes' pod termination expect. A second signal ends the
+drain at once.
+"""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
 import signal
 import socket
+import time
 
 from serve.models.catalog import Catalog, load_catalog
 from serve.config import ServerConfig
@@ -16,7 +25,8 @@ from serve.runtime.pool import ModelPool, PoolLimits
 
 log = logging.getLogger("serve")
 
-GRACEFUL_SHUTDOWN_SECONDS = 5  # running streams get this long to finish on SIGINT/SIGTERM
+# After the drain, what is left has been ended with an error event; its responses get this long to be sent.
+GRACEFUL_SHUTDOWN_SECONDS = 5
 MEMORY_MARGIN_BYTES = 2 * 2**30  # left to the OS and everything else when --max-memory is not given
 
 
@@ -41,14 +51,26 @@ def default_memory_budget(hw: Hardware) -> int:
 def _uvicorn_server(app, config: ServerConfig, pool: ModelPool):
     import uvicorn
 
-    class QuietExitServer(uvicorn.Server):
-        """uvicorn re-raises SIGINT after its graceful shutdown, which turns Ctrl+C into a traceback and a
-        non-zero exit; we only want the graceful shutdown. Running requests are ended at once (their
-        clients get an error event and [DONE]) rather than cut when the graceful timeout expires."""
+    class DrainingServer(uvicorn.Server):
+        """uvicorn, with a drain between the signal and its own shutdown (which stops listening, so
+        requests arriving meanwhile would be refused instead of answered 503). Signals are not re-raised
+        after the shutdown, as uvicorn does, which would turn Ctrl+C into a traceback and a non-zero exit."""
+
+        loop: asyncio.AbstractEventLoop | None = None
+        is_draining = False
 
         def handle_exit(self, sig, frame) -> None:
-            pool.stop_engines()
+            if self.is_draining and self.loop is not None:
+                # A second signal ends the drain now; loop-safe, as a signal handler must be.
+                self.loop.call_soon_threadsafe(pool.stop_engines)
+                return
             super().handle_exit(sig, frame)
+
+        async def main_loop(self) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().main_loop()
+            self.is_draining = True
+            await drain(pool, config.drain_timeout)
 
         @contextlib.contextmanager
         def capture_signals(self):
@@ -59,9 +81,23 @@ def _uvicorn_server(app, config: ServerConfig, pool: ModelPool):
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    return QuietExitServer(uvicorn.Config(
+    return DrainingServer(uvicorn.Config(
         app, host=config.host, port=config.port, log_level=config.log_level,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, access_log=False))
+
+
+async def drain(pool: ModelPool, timeout: float) -> None:
+    """Admit nothing new; let running and queued requests finish for up to `timeout` seconds; end the rest."""
+    started = time.monotonic()
+    num_unfinished = sum(stats["running"] + stats["waiting"] for stats in pool.stats().values())
+    if num_unfinished:
+        print(f"stopping: waiting up to {timeout:g} s for {num_unfinished} request(s) to finish "
+              f"(new requests get 503; a second Ctrl+C ends them now)", flush=True)
+    num_left = await pool.drain(timeout)
+    if num_left:
+        log.warning("drain timeout: ending %d request(s) still running after %.1f s", num_left,
+                    time.monotonic() - started)
+    pool.stop_engines()
 
 
 def build_pool(config: ServerConfig, catalog: Catalog, hw: Hardware) -> ModelPool:
@@ -75,8 +111,10 @@ def build_pool(config: ServerConfig, catalog: Catalog, hw: Hardware) -> ModelPoo
         spec = loader.resolve(spec_text)
         chosen = loader.make_plan(spec)
         # Models named at start-up stay until evicted for room: that is what `serve up --model X` asks for.
-        pool.add(loader.load(spec, chosen), size_bytes=chosen.weights_bytes + chosen.kv_cache_bytes,
-                 keep_alive=-1, spec_text=spec_text)
+        started = time.perf_counter()
+        engine = loader.load(spec, chosen)
+        pool.add(engine, size_bytes=chosen.weights_bytes + chosen.kv_cache_bytes, keep_alive=-1,
+                 spec_text=spec_text, load_seconds=time.perf_counter() - started)
     return pool
 
 

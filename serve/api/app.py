@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from serve.api import health
+from serve.api import health, metrics
 from serve.api.anthropic import routes as anthropic_routes
 from serve.api.engine_client import PoolClient
 from serve.api.errors import install_error_handlers
@@ -30,9 +30,10 @@ def create_app(pool: PoolClient, config: ServerConfig, catalog: Catalog) -> Fast
     app.include_router(anthropic_routes.build_router(pool))
     app.include_router(responses_routes.build_router(pool, ResponseStore(config.max_stored_responses)))
     app.include_router(health.build_router(pool))
+    app.include_router(metrics.build_router(pool))
     app.include_router(web_routes.build_router())  # `/`: the chat page or "Ollama is running"
     # The last middleware added runs first: the key is checked before any body is read.
     app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)
-    if config.api_key:
-        app.add_middleware(APIKeyGuard, api_key=config.api_key)
+    if config.api_key or config.metrics_key:
+        app.add_middleware(APIKeyGuard, api_key=config.api_key, metrics_key=config.metrics_key)
     return app

@@ -68,3 +68,7 @@ class PoolClient(Protocol):
     def model_infos(self) -> list[ModelInfo]: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+    @property
+    def is_stopping(self) -> bool:
+        """The server is draining before it exits: it admits no new request."""

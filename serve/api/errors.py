@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.errors import InvalidRequestError, OverloadedError, ServeError
+from serve.api.metrics import count_error
+from serve.errors import InvalidRequestError, OverloadedError, ServeError, ServerStoppingError
 
 logger = logging.getLogger("serve.api")
 
@@ -36,13 +37,20 @@ def internal_error() -> ServeError:
 
 
 def error_headers(error: ServeError) -> dict[str, str]:
-    """Retry-After on a 429: when a full queue may have room again."""
-    if isinstance(error, OverloadedError):
+    """Retry-After on a 429 (when a full queue may have room again) and on a 503 while draining."""
+    if isinstance(error, (OverloadedError, ServerStoppingError)):
         return {"Retry-After": str(max(1, int(error.retry_after)))}
     return {}
 
 
+def counted(error: ServeError) -> ServeError:
+    """`error`, counted in the metrics as it becomes an answer (each error is mapped once)."""
+    count_error(error.status_code, error.error_type, error.code)
+    return error
+
+
 def error_response(error: ServeError) -> JSONResponse:
+    counted(error)
     return JSONResponse(error.to_openai(), status_code=error.status_code, headers=error_headers(error))
 
 
@@ -60,10 +68,10 @@ def errors_answered_by(render: Callable[[ServeError], Response]) -> Callable[[Ha
             except ServeError as exc:
                 if exc.status_code >= 500:
                     logger.error("%s failed: %s", handler.__name__, exc.message)
-                return render(exc)
+                return render(counted(exc))
             except Exception:  # noqa: BLE001 - the client gets a generic error, the log the traceback
                 logger.exception("internal error in %s", handler.__name__)
-                return render(internal_error())
+                return render(counted(internal_error()))
         return wrapper
     return decorate
 
@@ -139,6 +147,7 @@ async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONR
         message = f"no route {request.method} {request.url.path}"
     error_type = _TYPES_BY_STATUS.get(exc.status_code, "server_error" if exc.status_code >= 500 else
                                       "invalid_request_error")
+    count_error(exc.status_code, error_type, None)
     return JSONResponse(error_body(message, error_type), status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
 
@@ -147,7 +156,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # The traceback goes to the log (Starlette re-raises the exception to uvicorn, which prints it),
     # never to the client.
     logger.error("internal error on %s %s: %r", request.method, request.url.path, exc)
-    return JSONResponse(internal_error().to_openai(), status_code=500)
+    return JSONResponse(counted(internal_error()).to_openai(), status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -21,7 +21,7 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response
 
 from serve.api.engine_client import EngineClient, OutputStream, PoolClient
-from serve.api.errors import internal_error
+from serve.api.errors import counted, internal_error
 from serve.api.streaming import ClosingStreamingResponse
 from serve.errors import InvalidRequestError, ServeError
 from serve.sequence import FinishReason, Request, SamplingParams, StepOutput
@@ -218,9 +218,9 @@ def failure_event(exc: Exception, error_event: Callable[[ServeError], Event], wh
     """A failure after a stream started, as the dialect's error event (its status is already sent).
     An unexpected failure is logged, and the client learns only that there was one."""
     if isinstance(exc, ServeError):
-        return error_event(exc)
+        return error_event(counted(exc))
     logger.error("%s failed while streaming", what, exc_info=exc)
-    return error_event(internal_error())
+    return error_event(counted(internal_error()))
 
 
 async def collect(generation: Generation) -> Completion:

@@ -10,6 +10,7 @@ import hmac
 import json
 from typing import Awaitable, Callable
 
+from serve.api.metrics import METRICS_PATH, count_error
 from serve.errors import AuthenticationError, PayloadTooLargeError, ServeError
 
 Scope = dict
@@ -24,6 +25,7 @@ OPEN_PATHS = frozenset({"/health", "/", "/ui/app.js", "/ui/style.css"})
 
 
 async def send_error(send: Send, error: ServeError, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
+    count_error(error.status_code, error.error_type, error.code)
     body = json.dumps(error.to_openai()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                *extra_headers]
@@ -48,19 +50,30 @@ def presented_key(scope: Scope) -> str | None:
 
 
 class APIKeyGuard:
-    """401 for every path but /health when the server was started with --api-key."""
+    """401 for every path but the open ones when the server was started with --api-key. GET /metrics wants
+    the --metrics-key when one is set (a scraper's credential that cannot generate; the API key then does
+    not open it), else the API key."""
 
-    def __init__(self, app: ASGIApp, api_key: str):
+    def __init__(self, app: ASGIApp, api_key: str | None, metrics_key: str | None = None):
         self.app = app
-        self.api_key = api_key.encode()
+        self.api_key = api_key.encode() if api_key else None
+        self.metrics_key = metrics_key.encode() if metrics_key else None
+
+    def _required_key(self, path: str) -> bytes | None:
+        if path == METRICS_PATH and self.metrics_key is not None:
+            return self.metrics_key
+        return self.api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
             return await self.app(scope, receive, send)
+        required = self._required_key(scope["path"])
+        if required is None:
+            return await self.app(scope, receive, send)
         key = presented_key(scope)
         if key is None:
             error = AuthenticationError("missing API key: send the header 'Authorization: Bearer <key>'")
-        elif not hmac.compare_digest(key.encode(), self.api_key):
+        elif not hmac.compare_digest(key.encode(), required):
             error = AuthenticationError("invalid API key")
         else:
             return await self.app(scope, receive, send)

@@ -43,6 +43,10 @@ def _add_up(subparsers) -> None:
                     help="requests may download models (hf:// specs not yet cached, Ollama's /api/pull)")
     up.add_argument("--max-stored-responses", type=int, dest="max_stored_responses",
                     help="Responses API: keep this many finished responses for previous_response_id (default 1024)")
+    up.add_argument("--metrics-key", dest="metrics_key",
+                    help="GET /metrics wants this bearer token (default: the API key, if any)")
+    up.add_argument("--drain-timeout", dest="drain_timeout",
+                    help="on SIGTERM/SIGINT, running requests get this long to finish, e.g. 30s (default), 0")
     up.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     up.set_defaults(func=_cmd_up)
 
@@ -54,7 +58,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     names = ("models", "host", "port", "context_length", "num_threads", "num_parallel", "max_queue",
              "max_batch_tokens", "api_key", "backend", "catalog_file", "tensor_parallel_size",
              "pipeline_parallel_size", "ray_address", "gpu_memory_utilization", "log_level", "max_memory",
-             "max_models", "keep_alive", "pinned", "switch_window", "models_dir", "allow_pull", "max_stored_responses")
+             "max_models", "keep_alive", "pinned", "switch_window", "models_dir", "allow_pull", "max_stored_responses",
+             "metrics_key", "drain_timeout")
     config = resolve_config({name: getattr(args, name) for name in names})
     logging.getLogger().setLevel(config.log_level.upper())
     server.run(config)

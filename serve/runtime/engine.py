@@ -22,6 +22,7 @@ from typing import Callable
 
 from backends.base import Backend, Capabilities
 from serve.errors import ContextLengthError, InvalidRequestError, ServerStoppingError
+from serve.runtime import metrics
 from serve.runtime.scheduler import Scheduler
 from serve.sequence import Batch, FinishReason, Request, Sequence, StepOutput
 
@@ -29,7 +30,8 @@ log = logging.getLogger("serve.runtime.engine")
 
 
 class RequestStream:
-    """Async iterator of StepOutput for one request; ends after the output carrying finish_reason."""
+    """Async iterator of StepOutput for one request; ends after the output carrying finish_reason.
+    It logs the request's line and records its metrics, on the event loop, as the outputs arrive."""
 
     def __init__(self, engine: "Engine", sequence: Sequence, queue: asyncio.Queue):
         self._engine = engine
@@ -37,6 +39,9 @@ class RequestStream:
         self._queue = queue
         self._submitted_at = time.perf_counter()
         self._first_token_at: float | None = None
+        self._last_token_at = 0.0
+        self._num_output_tokens = 0  # delivered to the client: what its usage reports
+        self._observe_inter_token = metrics.inter_token_latency(engine.model_name)
         self._done = False
 
     @property
@@ -59,11 +64,17 @@ class RequestStream:
         if self._done:
             raise StopAsyncIteration
         output: StepOutput = await self._queue.get()
-        if self._first_token_at is None and output.num_new_tokens:
-            self._first_token_at = time.perf_counter()
+        if output.num_new_tokens:
+            now = time.perf_counter()
+            if self._first_token_at is None:
+                self._first_token_at = now
+            else:
+                self._observe_inter_token(now - self._last_token_at)
+            self._last_token_at = now
+            self._num_output_tokens += output.num_new_tokens
         if output.finish_reason is not None:
             self._done = True
-            self._log_finished(output.finish_reason)
+            self._finished(output.finish_reason)
         return output
 
     def abort(self) -> None:
@@ -72,15 +83,21 @@ class RequestStream:
             self._done = True
             self._sequence.is_aborted = True
             self._engine.wake()
-            self._log_finished(FinishReason.ABORT)
+            self._finished(FinishReason.ABORT)
 
-    def _log_finished(self, reason: FinishReason) -> None:
+    def _finished(self, reason: FinishReason) -> None:
         now = time.perf_counter()
-        ttft = f"{(self._first_token_at - self._submitted_at) * 1000:.0f}ms" if self._first_token_at else "-"
+        ttft = self._first_token_at - self._submitted_at if self._first_token_at else None
+        admitted_at = self._sequence.admitted_at
+        metrics.record_request(
+            self._engine.model_name, finish_reason=reason.value, num_prompt_tokens=self.num_prompt_tokens,
+            num_cached_tokens=self.num_cached_tokens, num_output_tokens=self._num_output_tokens,
+            queue_seconds=None if admitted_at is None else admitted_at - self._submitted_at,
+            ttft_seconds=ttft, e2e_seconds=now - self._submitted_at)
         log.info("%s model=%s prompt=%d cached=%d output=%d ttft=%s duration=%.0fms finish=%s",
                  self.request_id, self._sequence.request.model, self.num_prompt_tokens,
-                 self._sequence.num_cached_tokens, self._sequence.num_output_tokens, ttft,
-                 (now - self._submitted_at) * 1000, reason.value)
+                 self.num_cached_tokens, self._sequence.num_output_tokens,
+                 "-" if ttft is None else f"{ttft * 1000:.0f}ms", (now - self._submitted_at) * 1000, reason.value)
 
 
 class Engine:
@@ -97,6 +114,7 @@ class Engine:
             max_prefill_tokens_while_decoding=caps.max_prefill_tokens_while_decoding, admit=self._admit)
         self._wakeup = threading.Event()
         self._stopping = False
+        self._is_admitting = True
         self._on_idle: Callable[[], None] = lambda: None
         backend.set_notify(self.wake)
         self._thread = threading.Thread(target=self._run, name=f"engine-{model_name}", daemon=True)
@@ -115,7 +133,7 @@ class Engine:
 
     def submit(self, request: Request) -> RequestStream:
         """Queue a request; raises at once when it cannot be served (too long, queue full)."""
-        if self._stopping:
+        if self._stopping or not self._is_admitting:
             raise ServerStoppingError("the server is shutting down; retry against another instance")
         self._validate(request)
         loop = asyncio.get_running_loop()
@@ -146,10 +164,14 @@ class Engine:
         self._wakeup.set()
 
     def stats(self) -> dict:
-        """Load and capacity for /health: each request gets the whole `context_length` (never a share of
-        it split between the `num_parallel` sequences)."""
+        """Load and capacity for /health and /metrics: each request gets the whole `context_length` (never
+        a share of it split between the `num_parallel` sequences); `kv_cache_usage` is the share of the
+        `num_parallel` x `context_length` KV cache that running requests hold (0 to 1)."""
+        caps = self.capabilities
+        num_tokens_held = sum(s.num_computed_tokens + s.num_output_tokens for s in self.scheduler.running)
         return {"running": self.scheduler.num_running, "waiting": self.scheduler.num_waiting,
-                "num_parallel": self.capabilities.num_parallel, "context_length": self.capabilities.context_length}
+                "num_parallel": caps.num_parallel, "context_length": caps.context_length,
+                "kv_cache_usage": round(num_tokens_held / max(caps.num_parallel * caps.context_length, 1), 4)}
 
     @property
     def is_busy(self) -> bool:
@@ -163,6 +185,7 @@ class Engine:
     # -- engine thread -------------------------------------------------------------------------------
 
     def _admit(self, sequence: Sequence) -> int:
+        sequence.admitted_at = time.perf_counter()
         num_cached = self.backend.admit(sequence)
         sequence.num_cached_tokens = num_cached
         return num_cached
@@ -205,6 +228,10 @@ class Engine:
                 sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=reason))
             except RuntimeError:  # the event loop is already closed: nobody is listening
                 pass
+
+    def stop_admitting(self) -> None:
+        """The server is draining: new requests get ServerStoppingError (503); running and queued ones go on."""
+        self._is_admitting = False
 
     def stop(self) -> None:
         """Stop at the next step: running and queued requests end at once with finish_reason "abort"

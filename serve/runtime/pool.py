@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Protocol
 
 from serve.models.catalog import LATEST_TAG
+from serve.runtime import metrics
 from serve.runtime.engine import Engine
-from serve.errors import ModelNotFoundError, ServeError
+from serve.errors import ModelNotFoundError, ServeError, ServerStoppingError
 
 log = logging.getLogger("serve.runtime.pool")
 
@@ -116,16 +117,19 @@ class ModelPool:
         self._num_waiting: collections.Counter[str] = collections.Counter()  # requests inside get(), by model
         self._changes = _Changes()
         self._loop: asyncio.AbstractEventLoop | None = None  # where engine threads send their news
+        self._is_stopping = False  # draining before the server exits: nothing new is admitted
 
     # -- lookups --------------------------------------------------------------------------------------
 
     async def get(self, name: str | None, *, keep_alive: float | None = None) -> Engine:
         """The engine for `name`, loading it (and making room) if needed; raises ModelNotFoundError."""
         self._start()
+        self._refuse_when_stopping()
         served = self._served_name(name)
         self._num_waiting[served] += 1
         try:
             while True:
+                self._refuse_when_stopping()
                 resident = self._resident.get(served)
                 if resident is not None and not resident.draining:
                     self._touch(resident, keep_alive)
@@ -137,6 +141,10 @@ class ModelPool:
         finally:
             self._num_waiting[served] -= 1
             self._changes.notify()  # a model nobody waits for any more may be evicted or expire
+
+    def _refuse_when_stopping(self) -> None:
+        if self._is_stopping:
+            raise ServerStoppingError("the server is shutting down; retry against another instance")
 
     def loaded_name(self, name: str) -> str | None:
         """The served name of the resident model that `name` (as requests call it: an alias, a Hub spec,
@@ -187,15 +195,21 @@ class ModelPool:
             chosen = self._loader.make_plan(spec)
             size = chosen.weights_bytes + chosen.kv_cache_bytes
             await self._make_room(served, size)
+            started = time.perf_counter()
             engine = await asyncio.to_thread(self._loader.load, spec, chosen)
-            self.add(engine, size_bytes=size, keep_alive=keep_alive, spec_text=spec_text)
+            self.add(engine, size_bytes=size, keep_alive=keep_alive, spec_text=spec_text,
+                     load_seconds=time.perf_counter() - started)
 
     def add(self, engine: Engine, *, size_bytes: int = 0, keep_alive: float | None = None,
-            spec_text: str | None = None) -> None:
+            spec_text: str | None = None, load_seconds: float | None = None) -> None:
         """Register a loaded engine (preloaded at start-up, or loaded on demand); `spec_text` is what it
-        was loaded from, so it can be loaded again by its served name after an eviction."""
+        was loaded from, so it can be loaded again by its served name after an eviction; `load_seconds`,
+        how long loading it took, goes to the metrics."""
         now = time.time()
         name = engine.model_name
+        metrics.record_load(name, load_seconds)
+        if self._is_stopping:
+            engine.stop_admitting()
         self._sources[name] = spec_text
         self._resident[name] = _Resident(
             engine, size_bytes, self._limits.default_keep_alive if keep_alive is None else keep_alive,
@@ -220,7 +234,7 @@ class ModelPool:
                 # Every candidate is busy and recent: wait until one goes idle or its switch window ends.
                 await self._changes.wait(timeout=self._until_switch_window_ends())
                 continue
-            await self.unload(victim)
+            await self._unload(victim, reason="evicted")
 
     def _fits(self, size: int) -> bool:
         cap = self._limits.max_models
@@ -257,6 +271,10 @@ class ModelPool:
 
     async def unload(self, name: str) -> None:
         """Drain (running and queued requests finish; new ones wait), then free the model."""
+        await self._unload(name, reason="requested")
+
+    async def _unload(self, name: str, *, reason: str) -> None:
+        """unload(); `reason` (evicted, expired, requested) labels the metrics' count of unloads."""
         self._start()
         resident = self._resident.get(name)
         if resident is None:
@@ -267,6 +285,7 @@ class ModelPool:
         if self._resident.get(name) is not resident:
             return
         del self._resident[name]
+        metrics.record_unload(name, reason)
         self._changes.notify()  # requests waiting for it to leave can load it again
         await asyncio.to_thread(resident.engine.shutdown)
         log.info("unloaded %s; resident: %s", name, self._available())
@@ -297,7 +316,7 @@ class ModelPool:
                     continue
                 resident.idle_since = resident.idle_since or now
                 if self._is_expired(resident, now):
-                    await self.unload(name)
+                    await self._unload(name, reason="expired")
             await self._changes.wait(timeout=self._until_next_expiry())
 
     @staticmethod
@@ -331,9 +350,29 @@ class ModelPool:
     def stats(self) -> dict:
         return {name: r.engine.stats() for name, r in self._resident.items()}
 
+    @property
+    def is_stopping(self) -> bool:
+        return self._is_stopping
+
+    async def drain(self, timeout: float) -> int:
+        """Shutting down: admit nothing new (ServerStoppingError, 503), and wait up to `timeout` seconds
+        for the running and queued requests to finish; returns how many are left (0: all finished)."""
+        self._start()
+        self._is_stopping = True
+        for resident in self._resident.values():
+            resident.engine.stop_admitting()
+        self._changes.notify()  # requests waiting inside get() give up
+        deadline = time.monotonic() + timeout
+        while (num_left := self._num_unfinished()) and (left := deadline - time.monotonic()) > 0:
+            await self._changes.wait(timeout=left)
+        return num_left
+
+    def _num_unfinished(self) -> int:
+        return sum(stats["running"] + stats["waiting"] for stats in self.stats().values())
+
     def stop_engines(self) -> None:
-        """Signal-safe: end every running request now, so streams close with an error event instead of
-        being cut when the graceful-shutdown timeout expires."""
+        """End every running and queued request now (what a drain left): streams close with an error event
+        instead of being cut when uvicorn's graceful-shutdown timeout expires."""
         for resident in list(self._resident.values()):
             resident.engine.stop()
 

@@ -87,6 +87,8 @@ class FakeEngine:
 
 
 class FakePool:
+    is_stopping = False
+
     def __init__(self, engine: FakeEngine):
         self.engine = engine
 

@@ -115,8 +115,8 @@ def test_unknown_models_are_404_in_ollamas_shape(client, path, body):
 
 
 @pytest.mark.parametrize("path, body, fragment", [
-    ("/api/chat", {"model": EMBEDDED, "messages": HELLO, "format": "json"}, "structured output is not supported"),
-    ("/api/generate", {"model": EMBEDDED, "prompt": "hi", "format": {"type": "object"}}, "structured output"),
+    ("/api/chat", {"model": EMBEDDED, "messages": HELLO, "format": "yaml"}, "format must be"),
+    ("/api/generate", {"model": EMBEDDED, "prompt": "hi", "format": ["json"]}, "format must be"),
     ("/api/generate", {"model": EMBEDDED, "prompt": "hi", "options": {"temperature": "hot"}}, "options.temperature"),
     ("/api/chat", {"model": EMBEDDED, "messages": HELLO, "options": {"num_predict": "many"}}, "options.num_predict"),
     ("/api/chat", {"model": EMBEDDED, "messages": HELLO, "keep_alive": "a while"}, "keep_alive"),

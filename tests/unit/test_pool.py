@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from serve.errors import ModelNotFoundError
+from serve.errors import ModelNotFoundError, ServerStoppingError
 from serve.runtime.engine import Engine
 from serve.runtime.pool import InsufficientMemoryError, ModelPool, PoolLimits
 from serve.sequence import FinishReason
@@ -230,3 +230,61 @@ def test_stopping_the_engines_aborts_running_requests_with_the_reason():
         assert last.finish_reason is FinishReason.ABORT and "shutting down" in last.error
 
     run(scenario, pool)
+
+
+def test_a_drain_refuses_new_requests_and_waits_for_the_running_ones():
+    pool, loader = make_pool()
+
+    async def scenario():
+        engine = await pool.get("a")
+        stream = engine.submit(make_request("r1", "a"))
+        drain = asyncio.create_task(pool.drain(timeout=5))
+        await until(lambda: pool.is_stopping, "the pool stops admitting")
+        with pytest.raises(ServerStoppingError):
+            await pool.get("a")
+        with pytest.raises(ServerStoppingError):
+            engine.submit(make_request("r2", "a"))
+        await asyncio.sleep(0.02)
+        assert not drain.done()  # r1 still runs
+        loader.backends["a"].finish("r1")
+        assert (await collect(stream))[-1].finish_reason is FinishReason.STOP
+        assert await asyncio.wait_for(drain, 1) == 0
+
+    run(scenario, pool)
+
+
+def test_a_drain_gives_up_after_its_timeout_and_reports_what_is_left():
+    pool, _ = make_pool()
+
+    async def scenario():
+        engine = await pool.get("a")
+        stream = engine.submit(make_request("r1", "a"))
+        started = time.monotonic()
+        assert await pool.drain(timeout=0.1) == 1
+        assert 0.09 <= time.monotonic() - started < 1
+        pool.stop_engines()
+        last = (await collect(stream))[-1]
+        assert last.finish_reason is FinishReason.ABORT and "shutting down" in last.error
+
+    run(scenario, pool)
+
+
+def test_loads_and_unloads_are_counted_by_reason():
+    from serve.runtime.metrics import REGISTRY
+
+    def count(name: str, **labels) -> float:
+        return REGISTRY.get_sample_value(f"quantserve_{name}_total", labels) or 0.0
+
+    before = {"loads": count("model_loads", model="b"), "evicted": count("model_unloads", model="a", reason="evicted"),
+              "expired": count("model_unloads", model="b", reason="expired")}
+    pool, _ = make_pool(max_models=1)
+
+    async def scenario():
+        await pool.get("a")  # never expires: it can only be evicted
+        await pool.get("b", keep_alive=0.05)  # evicts a
+        await until(lambda: not resident(pool), "b expires")
+
+    run(scenario, pool)
+    assert count("model_loads", model="b") == before["loads"] + 1
+    assert count("model_unloads", model="a", reason="evicted") == before["evicted"] + 1
+    assert count("model_unloads", model="b", reason="expired") == before["expired"] + 1

@@ -114,6 +114,8 @@ class ConversationFields(_Strict):
     model: str = Field(min_length=1)
     messages: list[InputMessage] = Field(min_length=1)
     system: Union[str, list[TextBlock], None] = None
+    # A prompt-caching hint: quantserve reuses the KV cache of a repeated prompt prefix without being asked.
+    cache_control: Optional[dict[str, Any]] = None
 
     @field_validator("system", mode="before")
     @classmethod

@@ -161,12 +161,13 @@ def _keep_alive_field(value: Any) -> float | None:
         raise _fail("keep_alive", str(exc)) from None
 
 
-def _check_format(value: Any) -> None:
+def _check_format(value: Any) -> Any:
+    """"json", a JSON schema (an object), or nothing; the schema itself is checked when the request is
+    turned into ours (serve/api/ollama/request.py)."""
     if value is None or value == "":
         return None
     if value == "json" or isinstance(value, dict):
-        raise _fail("format_unsupported", "structured output is not supported yet (format \"json\" or a JSON "
-                                          "schema); omit format")
+        return value
     raise _fail("format", f"format must be \"json\" or a JSON schema, got {value!r}")
 
 
@@ -189,7 +190,7 @@ class _GenerationFields(_Strict):
 
     @field_validator("format", mode="before")
     @classmethod
-    def _validate_format(cls, value: Any) -> None:
+    def _validate_format(cls, value: Any) -> Any:
         return _check_format(value)
 
     @field_validator("keep_alive", mode="before")

@@ -2,6 +2,7 @@
 budget (`num_predict` within `num_ctx`) and `options` as SamplingParams."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from serve.api.engine_client import EngineClient
@@ -10,7 +11,8 @@ from serve.api.ollama.protocol import (DEFAULT_REPEAT_PENALTY, DEFAULT_TEMPERATU
                                        ChatRequest, GenerateRequest, Options)
 from serve.api.ollama.template import TemplateError, render_prompt_template
 from serve.errors import ContextLengthError, InvalidRequestError
-from serve.sequence import SamplingParams
+from serve.grammar import json_object_constraint, schema_constraint
+from serve.sequence import OutputConstraint, SamplingParams
 
 
 def sampling_params(options: Options, num_max_tokens: int) -> SamplingParams:
@@ -38,8 +40,17 @@ def _context_limit(engine: EngineClient, options: Options) -> int:
     return options.num_ctx or served
 
 
-def request_params(engine: EngineClient, prompt: Prompt, options: Options) -> SamplingParams:
-    """The sampling parameters; the output may use what num_ctx (or the server's context) leaves."""
+def output_constraint(output_format: Any) -> OutputConstraint | None:
+    """Ollama's `format`: "json" (any JSON object) or a JSON schema the output must be valid under."""
+    if output_format is None:
+        return None
+    return json_object_constraint() if output_format == "json" else schema_constraint(output_format, "format")
+
+
+def request_params(engine: EngineClient, prompt: Prompt, options: Options,
+                   output_format: Any = None) -> SamplingParams:
+    """The sampling parameters; the output may use what num_ctx (or the server's context) leaves, and
+    matches `format` when one is given."""
     unsupported = options.unsupported()
     if unsupported:
         raise InvalidRequestError(unsupported, param="options")
@@ -52,7 +63,7 @@ def request_params(engine: EngineClient, prompt: Prompt, options: Options) -> Sa
     num_left = max(1, limit - num_prompt_tokens)
     wanted = options.num_predict
     num_max_tokens = num_left if wanted is None or wanted < 0 else min(wanted, num_left)
-    return sampling_params(options, num_max_tokens)
+    return replace(sampling_params(options, num_max_tokens), constraint=output_constraint(output_format))
 
 
 def chat_request_prompt(engine: EngineClient, body: ChatRequest) -> Prompt:

@@ -123,7 +123,7 @@ async def _generation(api: OllamaAPI, http_request: HTTPRequest, request_class: 
     engine = await resolve_engine(api.pool, name, timings, keep_alive=body.keep_alive)
     prompt = prompt_of(engine, body)
     generation = submit(engine, f"ollama-{uuid.uuid4().hex}", prompt,
-                        request_params(engine, prompt, body.sampling_options), timings)
+                        request_params(engine, prompt, body.sampling_options, body.format), timings)
     framing = NDJSONFraming(generation, shape, body.model)
     return await answer(http_request, generation, can_stream=body.can_stream, framing=framing,
                         collected=framing.collected)

@@ -28,6 +28,20 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(_Lenient):
+    name: str = Field(min_length=1, max_length=64)
+    description: Optional[str] = None
+    schema_: Optional[dict[str, Any]] = Field(default=None, alias="schema")
+    strict: Optional[bool] = None  # accepted either way: the schema is always enforced whole
+
+
+class ResponseFormat(_Lenient):
+    """OpenAI's response_format: free text, any JSON object, or JSON valid under a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JSONSchemaFormat] = None
+
+
 class SamplingFields(_Lenient):
     """The generation parameters shared by /v1/chat/completions and /v1/completions."""
 
@@ -47,6 +61,10 @@ class SamplingFields(_Lenient):
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
+    # Structured output (serve/api/openai/structured.py): at most one of these.
+    response_format: Optional[ResponseFormat] = None
+    json_schema: Optional[dict[str, Any]] = None  # llama-server's extension: JSON valid under this schema
+    grammar: Optional[str] = None  # llama-server's extension: text matching this GBNF grammar
 
     @field_validator("stop", mode="before")
     @classmethod

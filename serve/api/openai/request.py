@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from serve.api.engine_client import EngineClient
 from serve.api.generation import Prompt, default_num_max_tokens
+from serve.api.openai.structured import output_constraint
 from serve.api.openai.protocol import SamplingFields
 from serve.errors import InvalidRequestError
 from serve.sequence import SamplingParams
@@ -35,6 +36,7 @@ def sampling_params(body: SamplingFields, num_max_tokens: int) -> SamplingParams
         repeat_penalty=1.0 if body.repeat_penalty is None else body.repeat_penalty,
         logit_bias={int(token): bias for token, bias in (body.logit_bias or {}).items()},
         stop=body.stop,
+        constraint=output_constraint(body),
     )
 
 

@@ -1,0 +1,109 @@
+"""What the runtime tells Prometheus: per-model request latencies, token counts, loads and unloads.
+
+The collectors live in one process-wide registry, `REGISTRY` (the server runs one pool per process);
+GET /metrics (serve/api/metrics.py) exposes it together with the gauges read from the pool at scrape
+time (`PoolGauges`). Names follow vLLM's metrics where they overlap (`vllm:num_requests_running` is
+`quantserve_num_requests_running` here) with a `model` label; the README lists every one.
+
+Requests are recorded on the event loop side, by the request's stream as its outputs arrive and when it
+finishes (serve/runtime/engine.py), never on the engine thread between steps.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+PREFIX = "quantserve"
+REGISTRY = CollectorRegistry()
+
+# vLLM's buckets, with finer ones at the low end: a small model on a CPU decodes a token in milliseconds.
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+                5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
+                    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+_LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+def _histogram(name: str, documentation: str, buckets: tuple[float, ...]) -> Histogram:
+    return Histogram(f"{PREFIX}_{name}", documentation, ["model"], buckets=buckets, registry=REGISTRY)
+
+
+def _counter(name: str, documentation: str, labels: tuple[str, ...] = ("model",)) -> Counter:
+    return Counter(f"{PREFIX}_{name}", documentation, list(labels), registry=REGISTRY)
+
+
+QUEUE_TIME = _histogram("request_queue_time_seconds",
+                        "Time a request waited for a free sequence slot (submitted until admitted)",
+                        _REQUEST_BUCKETS)
+TIME_TO_FIRST_TOKEN = _histogram("time_to_first_token_seconds",
+                                 "Time from submission to the first generated token", _TTFT_BUCKETS)
+INTER_TOKEN_LATENCY = _histogram("inter_token_latency_seconds",
+                                 "Time between two consecutive outputs of one request", _ITL_BUCKETS)
+E2E_LATENCY = _histogram("e2e_request_latency_seconds",
+                         "Time from submission to the last output (or the abort)", _REQUEST_BUCKETS)
+PROMPT_TOKENS = _counter("prompt_tokens", "Prompt tokens of the requests that were admitted")
+PROMPT_TOKENS_CACHED = _counter("prompt_tokens_cached",
+                                "Of the prompt tokens, those reused from the KV cache (prefix cache hits)")
+GENERATION_TOKENS = _counter("generation_tokens", "Generated tokens delivered to the requests")
+REQUEST_SUCCESS = _counter("request_success", "Requests that ended, by finish reason (stop, length, abort)",
+                           ("model", "finished_reason"))
+MODEL_LOADS = _counter("model_loads", "Models loaded (at start-up or on demand)")
+MODEL_LOAD_TIME = _histogram("model_load_seconds", "Time to load a model's weights and start its engine",
+                             _LOAD_BUCKETS)
+MODEL_UNLOADS = _counter("model_unloads", "Models unloaded, by reason: evicted (to make room for another), "
+                         "expired (idle past its keep-alive), requested (by a client, or at shutdown)",
+                         ("model", "reason"))
+
+
+def record_request(model: str, *, finish_reason: str, num_prompt_tokens: int, num_cached_tokens: int,
+                   num_output_tokens: int, queue_seconds: float | None, ttft_seconds: float | None,
+                   e2e_seconds: float) -> None:
+    """One ended request; the prompt counts only when it was admitted (its prompt was computed)."""
+    if queue_seconds is not None:
+        QUEUE_TIME.labels(model).observe(queue_seconds)
+        PROMPT_TOKENS.labels(model).inc(num_prompt_tokens)
+        PROMPT_TOKENS_CACHED.labels(model).inc(num_cached_tokens)
+    if ttft_seconds is not None:
+        TIME_TO_FIRST_TOKEN.labels(model).observe(ttft_seconds)
+    GENERATION_TOKENS.labels(model).inc(num_output_tokens)
+    E2E_LATENCY.labels(model).observe(e2e_seconds)
+    REQUEST_SUCCESS.labels(model, finish_reason).inc()
+
+
+def inter_token_latency(model: str) -> Callable[[float], None]:
+    """The `observe` of one model's inter-token histogram, looked up once per request, not per token."""
+    return INTER_TOKEN_LATENCY.labels(model).observe
+
+
+def record_load(model: str, seconds: float | None) -> None:
+    MODEL_LOADS.labels(model).inc()
+    if seconds is not None:
+        MODEL_LOAD_TIME.labels(model).observe(seconds)
+
+
+def record_unload(model: str, reason: str) -> None:
+    MODEL_UNLOADS.labels(model, reason).inc()
+
+
+class PoolGauges:
+    """Gauges read at scrape time from the pool's per-model stats (`ModelPool.stats()`): requests
+    running and waiting, and the share of the KV cache held by running requests."""
+
+    def __init__(self, stats: Callable[[], dict[str, dict[str, Any]]]):
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        running = GaugeMetricFamily(f"{PREFIX}_num_requests_running", "Requests being decoded", labels=["model"])
+        waiting = GaugeMetricFamily(f"{PREFIX}_num_requests_waiting", "Requests queued for a free sequence slot",
+                                    labels=["model"])
+        kv_usage = GaugeMetricFamily(f"{PREFIX}_kv_cache_usage_perc",
+                                     "KV cache used by running requests, 0 to 1 (1 = full)", labels=["model"])
+        for model, stats in self._stats().items():
+            running.add_metric([model], stats["running"])
+            waiting.add_metric([model], stats["waiting"])
+            kv_usage.add_metric([model], stats["kv_cache_usage"])
+        yield from (running, waiting, kv_usage)
