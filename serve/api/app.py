@@ -24,7 +24,7 @@ def create_app(pool: PoolClient, config: ServerConfig, catalog: Catalog) -> Fast
     app = FastAPI(title="quantserve", summary="OpenAI-compatible server for quantized models",
                   docs_url="/docs", redoc_url=None)
     install_error_handlers(app)
-    app.include_router(openai_routes.build_router(pool))
+    app.include_router(openai_routes.build_router(pool, catalog))
     access = ModelAccess.from_config(config, catalog)  # the loader's policy, for Ollama's pulls
     app.include_router(ollama_routes.build_router(pool, catalog, access, config.plan_choices.backend))
     app.include_router(anthropic_routes.build_router(pool))

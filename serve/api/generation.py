@@ -22,9 +22,10 @@ from fastapi.responses import JSONResponse, Response
 
 from serve.api.engine_client import EngineClient, OutputStream, PoolClient
 from serve.api.errors import counted, internal_error
+from serve.api.reasoning import ReasoningSplitter
 from serve.api.streaming import ClosingStreamingResponse
 from serve.errors import InvalidRequestError, ServeError
-from serve.sequence import FinishReason, Request, SamplingParams, StepOutput
+from serve.sequence import FinishReason, Request, SamplingParams, StepOutput, TokenLogprob
 
 logger = logging.getLogger("serve.api")
 
@@ -64,6 +65,8 @@ class Generation:
     stream: OutputStream
     timings: Timings
     is_finished: bool = False
+    # Set by a dialect that answers a reasoning model's thinking apart (serve/api/reasoning.py).
+    splitter: ReasoningSplitter | None = None
     stop_string: str | None = None  # the stop string that ended it, once finished (Anthropic reports it)
 
     @property
@@ -92,11 +95,16 @@ class Completion:
     text: str
     num_output_tokens: int
     finish_reason: str
+    reasoning: str = ""  # a reasoning model's thinking, when the dialect split it off
+    logprobs: list[TokenLogprob] | None = None  # when asked (SamplingParams.num_logprobs)
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # when asked (echo)
 
 
 class Framing(Protocol):
     """How one dialect streams one answer, as bytes. `finish` gets the finish reason and the number of
-    generated tokens; `error` is the event for a failure after the first byte."""
+    generated tokens; `error` is the event for a failure after the first byte. A dialect that splits
+    reasoning off or reports logprobs takes `delta(content, reasoning=..., logprobs=...)`: the core passes
+    those keywords only to the requests that asked for them."""
 
     @property
     def media_type(self) -> str: ...
@@ -133,6 +141,16 @@ def chat_prompt(engine: EngineClient, messages: list[dict[str, Any]]) -> Prompt:
 def text_prompt(engine: EngineClient, text: str) -> Prompt:
     """A prompt used as it is (already templated, or a plain completion)."""
     return Prompt(text, engine.tokenize(text))
+
+
+def token_prompt(engine: EngineClient, token_ids: list[int]) -> Prompt:
+    """A prompt given as token ids (evaluation harnesses send them); it has no text of its own."""
+    vocab_size = getattr(engine.capabilities, "vocab_size", 0)  # 0: unknown
+    bad = [token for token in token_ids if token < 0 or (vocab_size and token >= vocab_size)]
+    if not token_ids or bad:
+        raise InvalidRequestError(f"prompt token ids must be between 0 and {max(vocab_size - 1, 0)} (the model's "
+                                  f"vocabulary); got {bad[:3] or 'none'}", param="prompt")
+    return Prompt("", list(token_ids))
 
 
 def num_context_left(engine: EngineClient, prompt: Prompt) -> int:
@@ -175,13 +193,13 @@ async def answer(http_request: HTTPRequest, generation: Generation, *, can_strea
 
 def stream_response(generation: Generation, framing: Framing) -> ClosingStreamingResponse:
     """The streamed answer; a client that leaves aborts the generation."""
-    events = framed_events(generation.outputs(), framing, generation.request_id)
+    events = framed_events(generation.outputs(), framing, generation.request_id, generation.splitter)
     return ClosingStreamingResponse(events, media_type=framing.media_type,
                                     on_close=generation.abort_unless_finished)
 
 
-async def framed_events(outputs: AsyncIterator[StepOutput], framing: Framing,
-                        request_id: str) -> AsyncIterator[bytes]:
+async def framed_events(outputs: AsyncIterator[StepOutput], framing: Framing, request_id: str,
+                        splitter: ReasoningSplitter | None = None) -> AsyncIterator[bytes]:
     """The events of one streamed answer; a failure after the first byte becomes the error event.
     (One generator, not a chain of them: this runs once per generated token.)"""
     for event in framing.opening():
@@ -190,7 +208,11 @@ async def framed_events(outputs: AsyncIterator[StepOutput], framing: Framing,
         num_output_tokens = 0
         async for output in outputs:
             num_output_tokens += output.num_new_tokens
-            if output.text:
+            if splitter is not None or output.logprobs:
+                event = _split_delta(framing, output, splitter)
+                if event is not None:
+                    yield event
+            elif output.text:
                 yield framing.delta(output.text)
             if output.finish_reason is not None:
                 for event in framing.finish(finish_reason(output), num_output_tokens):
@@ -202,6 +224,17 @@ async def framed_events(outputs: AsyncIterator[StepOutput], framing: Framing,
         yield failure_event(exc, framing.error, f"request {request_id}")
     for event in framing.closing():
         yield event
+
+
+def _split_delta(framing: Framing, output: StepOutput, splitter: ReasoningSplitter | None) -> bytes | None:
+    """The delta of an output whose text is split into reasoning and content, or that carries logprobs."""
+    reasoning, content = splitter.feed(output.text) if splitter is not None else ("", output.text)
+    if splitter is not None and output.finish_reason is not None:
+        more_reasoning, more_content = splitter.flush()
+        reasoning, content = reasoning + more_reasoning, content + more_content
+    if not (reasoning or content or output.logprobs):
+        return None
+    return framing.delta(content, reasoning=reasoning, logprobs=output.logprobs)  # type: ignore[call-arg]
 
 
 async def errors_as_events(events: AsyncIterator[Event], error_event: Callable[[ServeError], Event],
@@ -225,12 +258,27 @@ def failure_event(exc: Exception, error_event: Callable[[ServeError], Event], wh
 
 async def collect(generation: Generation) -> Completion:
     parts, num_tokens = [], 0
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs = None
     async for output in generation.outputs():
         parts.append(output.text)
         num_tokens += output.num_new_tokens
+        if output.logprobs is not None:
+            logprobs = (logprobs or []) + output.logprobs
+        prompt_logprobs = prompt_logprobs or output.prompt_logprobs
         if output.finish_reason is not None:
-            return Completion("".join(parts), num_tokens, finish_reason(output))
+            reasoning, text = "", "".join(parts)
+            if generation.splitter is not None:
+                reasoning, text = _split_whole(generation.splitter, text)
+            return Completion(text, num_tokens, finish_reason(output), reasoning=reasoning, logprobs=logprobs,
+                              prompt_logprobs=prompt_logprobs)
     raise ServeError("the engine ended the request without a finish reason")
+
+
+def _split_whole(splitter: ReasoningSplitter, text: str) -> tuple[str, str]:
+    reasoning, content = splitter.feed(text)
+    more_reasoning, more_content = splitter.flush()
+    return reasoning + more_reasoning, content + more_content
 
 
 async def _wait_for_disconnect(http_request: HTTPRequest) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from serve.models.catalog import Catalog
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 THINK_TAGS = "think_tags"  # the catalog's reasoning_format for these tags
@@ -93,6 +95,12 @@ class ReasoningSplitter:
         cut = len(body) - trailing
         released, self._held = self._held[:cut], self._held[cut:]
         return released
+
+
+def catalog_reasoning_format(catalog: Optional[Catalog], model_name: str) -> Optional[str]:
+    """The catalog's reasoning_format of a served model; None for models it does not list."""
+    spec = catalog.models.get(model_name) if catalog is not None else None
+    return spec.reasoning_format if spec is not None else None
 
 
 def reasoning_splitter(reasoning_format: Optional[str], prompt_text: str) -> ReasoningSplitter | None:

@@ -134,7 +134,9 @@ BAD_REQUESTS = [
     (CHAT, {"messages": HELLO, "logit_bias": {"word": 5}}, 400, "logit_bias", "token ids"),
     (CHAT, {"messages": HELLO, "logit_bias": {"2": -500}}, 400, "logit_bias", "between -100 and 100"),
     (CHAT, {"messages": HELLO, "presence_penalty": 3}, 400, "presence_penalty", "less than or equal to 2"),
-    (CHAT, {"messages": HELLO, "logprobs": True}, 400, "logprobs", "not supported"),
+    (CHAT, {"messages": HELLO, "top_logprobs": 2}, 400, "top_logprobs", "needs logprobs: true"),
+    (CHAT, {"messages": HELLO, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs", "less than or equal"),
+    (COMPLETIONS, {"prompt": "a", "echo": True, "stream": True}, 400, "echo", "not supported with stream"),
     (COMPLETIONS, {"prompt": ["a", "b"]}, 400, "prompt", "exactly one prompt"),
     (CHAT, {"model": "no-such-model", "messages": HELLO}, 404, "model", "no-such-model"),
 ]

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 MAX_STOP_STRINGS = 4
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat's top_logprobs (and vLLM's default max_logprobs)
 CHAT_ROLES = ("system", "user", "assistant", "tool", "developer", "function")
 
 
@@ -139,6 +140,7 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(default=None, gt=0)
     logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # needs logprobs: true
 
     @property
     def num_max_tokens(self) -> Optional[int]:
@@ -146,19 +148,26 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Union[str, list[str]]
-    echo: Optional[bool] = None
-    logprobs: Optional[int] = None
+    # Text, or token ids (lm-evaluation-harness sends [[ids]]); a batch of several prompts is refused.
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    echo: Optional[bool] = None  # the prompt in front of the text (and its tokens' logprobs with logprobs)
+    logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # the N most likely per token
     suffix: Optional[str] = None
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, value: Union[str, list[str]]) -> str:
+    def _one_prompt(cls, value: Any) -> Union[str, list[int]]:
         if isinstance(value, str):
             return value
+        if value and all(isinstance(item, int) for item in value):
+            return value  # one prompt as token ids
         if len(value) != 1:
             raise _fail("prompt_batch", f"exactly one prompt is supported per request, got {len(value)}")
         return value[0]
+
+    @property
+    def prompt_token_ids(self) -> Optional[list[int]]:
+        return self.prompt if isinstance(self.prompt, list) else None
 
 
 # Responses. Stream chunks are built as plain dicts in serve/api/openai/sse.py (they are hot); these models
@@ -179,12 +188,15 @@ class Usage(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    # A reasoning model's thinking: llama-server's name and vLLM's (clients read either); None otherwise.
+    reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: Optional[dict[str, Any]] = None  # {"content": [...], "refusal": null} when asked
     finish_reason: Optional[str]
 
 
@@ -201,7 +213,7 @@ class ChatCompletionResponse(BaseModel):
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: Optional[dict[str, Any]] = None  # tokens, token_logprobs, top_logprobs, text_offset when asked
     finish_reason: Optional[str]
 
 

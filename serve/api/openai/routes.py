@@ -16,12 +16,15 @@ from fastapi.responses import JSONResponse, Response
 
 from serve.api.engine_client import PoolClient
 from serve.api.errors import parse_json_object, validate
-from serve.api.generation import (Completion, Generation, Timings, answer, chat_prompt, resolve_engine, submit,
-                                  text_prompt)
+from serve.api.generation import (Completion, Generation, Prompt, Timings, answer, chat_prompt, resolve_engine,
+                                  submit, text_prompt, token_prompt)
 from serve.api.openai import protocol
+from serve.api.openai.logprobs import chat_logprobs, completion_logprobs
 from serve.api.openai.request import check_supported, request_params
 from serve.api.openai.sse import CHAT_CHUNK, TEXT_CHUNK, SSEFraming, StreamHeader
+from serve.api.reasoning import catalog_reasoning_format, reasoning_splitter
 from serve.errors import ModelNotFoundError
+from serve.models.catalog import Catalog
 from serve.runtime.pool import ModelInfo
 
 
@@ -34,28 +37,53 @@ def usage(generation: Generation, num_completion_tokens: int) -> protocol.Usage:
                           total_tokens=stream.num_prompt_tokens + num_completion_tokens, prompt_tokens_details=cached)
 
 
-def _collected(generation: Generation, is_chat: bool, completion: Completion) -> dict[str, Any]:
+def _echoed(prompt_text: str, completion: Completion) -> tuple[str, list, str]:
+    """echo: the prompt's text in front of the output, and its tokens' logprobs in front of the output's.
+    The first prompt token has no logprob; its text is what the later tokens leave of the prompt (a
+    token-id prompt has no text of its own: its echo starts at the second token)."""
+    entries = list(completion.prompt_logprobs or [])
+    rest = b"".join(entry.piece for entry in entries if entry is not None).decode("utf-8", "replace")
+    if not prompt_text:
+        prompt_text = rest
+    first_text = prompt_text[:len(prompt_text) - len(rest)] if prompt_text.endswith(rest) else ""
+    return prompt_text, entries, first_text
+
+
+def _text_choice(completion: Completion, echo_prompt: str | None, wants_logprobs: bool) -> protocol.CompletionChoice:
+    text, entries, first_text = completion.text, list(completion.logprobs or []), ""
+    if echo_prompt is not None:
+        prefix, prompt_entries, first_text = _echoed(echo_prompt, completion)
+        text, entries = prefix + text, prompt_entries + entries
+    logprobs = completion_logprobs(entries, first_token_text=first_text) if wants_logprobs else None
+    return protocol.CompletionChoice(text=text, logprobs=logprobs, finish_reason=completion.finish_reason)
+
+
+def _collected(generation: Generation, body: protocol.SamplingFields, completion: Completion,
+               prompt: Prompt) -> dict[str, Any]:
     """The whole output as one chat.completion or text_completion object."""
     request_id, model, created = generation.request_id, generation.request.model, int(time.time())
     counts = usage(generation, completion.num_output_tokens)
-    if is_chat:
-        message = protocol.AssistantMessage(content=completion.text)
-        choice = protocol.ChatChoice(message=message, finish_reason=completion.finish_reason)
+    if isinstance(body, protocol.ChatCompletionRequest):
+        reasoning = completion.reasoning or None
+        message = protocol.AssistantMessage(content=completion.text, reasoning_content=reasoning, reasoning=reasoning)
+        choice = protocol.ChatChoice(message=message, logprobs=chat_logprobs(completion.logprobs),
+                                     finish_reason=completion.finish_reason)
         return protocol.ChatCompletionResponse(id=request_id, created=created, model=model, choices=[choice],
                                                usage=counts).model_dump()
-    text_choice = protocol.CompletionChoice(text=completion.text, finish_reason=completion.finish_reason)
+    assert isinstance(body, protocol.CompletionRequest)
+    text_choice = _text_choice(completion, prompt.text if body.echo else None, body.logprobs is not None)
     return protocol.CompletionResponse(id=request_id, created=created, model=model, choices=[text_choice],
                                        usage=counts).model_dump()
 
 
 async def _answer(http_request: HTTPRequest, generation: Generation, body: protocol.SamplingFields,
-                  is_chat: bool) -> Response:
+                  is_chat: bool, prompt: Prompt) -> Response:
     header = StreamHeader(request_id=generation.request_id, model=generation.request.model,
                           created=int(time.time()), shape=CHAT_CHUNK if is_chat else TEXT_CHUNK,
                           include_usage=body.can_include_usage)
     framing = SSEFraming(header, lambda n: usage(generation, n).model_dump())
     return await answer(http_request, generation, can_stream=bool(body.stream), framing=framing,
-                        collected=lambda completion: _collected(generation, is_chat, completion))
+                        collected=lambda completion: _collected(generation, body, completion, prompt))
 
 
 def _model_card(info: ModelInfo) -> protocol.ModelCard:
@@ -70,8 +98,8 @@ def _find_card(pool: PoolClient, model_id: str | None) -> protocol.ModelCard | N
     return None
 
 
-def build_router(pool: PoolClient) -> APIRouter:
-    """The OpenAI routes over the model pool."""
+def build_router(pool: PoolClient, catalog: Catalog | None = None) -> APIRouter:
+    """The OpenAI routes over the model pool; the catalog says which models reason."""
     router = APIRouter()
 
     @router.post("/v1/chat/completions")
@@ -83,7 +111,8 @@ def build_router(pool: PoolClient) -> APIRouter:
         prompt = chat_prompt(engine, [message.to_template_dict() for message in body.messages])
         generation = submit(engine, f"chatcmpl-{uuid.uuid4().hex}", prompt,
                             request_params(engine, prompt, body), timings)
-        return await _answer(http_request, generation, body, is_chat=True)
+        generation.splitter = reasoning_splitter(catalog_reasoning_format(catalog, engine.model_name), prompt.text)
+        return await _answer(http_request, generation, body, is_chat=True, prompt=prompt)
 
     @router.post("/v1/completions")
     async def completions(http_request: HTTPRequest) -> Response:
@@ -91,10 +120,11 @@ def build_router(pool: PoolClient) -> APIRouter:
         body = validate(protocol.CompletionRequest, parse_json_object(await http_request.body()))
         check_supported(body)
         engine = await resolve_engine(pool, body.model, timings)
-        prompt = text_prompt(engine, body.prompt)
+        token_ids = body.prompt_token_ids
+        prompt = token_prompt(engine, token_ids) if token_ids is not None else text_prompt(engine, body.prompt)
         generation = submit(engine, f"cmpl-{uuid.uuid4().hex}", prompt, request_params(engine, prompt, body),
                             timings)
-        return await _answer(http_request, generation, body, is_chat=False)
+        return await _answer(http_request, generation, body, is_chat=False, prompt=prompt)
 
     @router.get("/v1/models")
     async def list_models() -> JSONResponse:

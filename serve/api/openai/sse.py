@@ -8,12 +8,13 @@ Chunks are plain dicts: one is built per generated token, and pydantic would onl
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Optional
 
 from serve.api.generation import framed_events
+from serve.api.openai.logprobs import chat_logprobs, completion_logprobs
 from serve.errors import ServeError
-from serve.sequence import StepOutput
+from serve.sequence import StepOutput, TokenLogprob
 
 DONE = b"data: [DONE]\n\n"
 
@@ -38,6 +39,20 @@ class ChunkShape:
         if text is not None:
             delta["content"] = text
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+    def split_choice(self, text: str, reasoning: str, logprobs: Optional[list[TokenLogprob]],
+                     offset: list[int]) -> dict[str, Any]:
+        """A delta with reasoning (as llama-server's `reasoning_content` and vLLM's `reasoning`) and/or the
+        logprobs of its tokens; `offset` counts a text stream's characters so far (text_offset)."""
+        choice = self.choice(text if text or not reasoning else None, None)
+        if self.is_chat:
+            if reasoning:
+                choice["delta"]["reasoning_content"] = choice["delta"]["reasoning"] = reasoning
+            choice["logprobs"] = chat_logprobs(logprobs)
+        elif logprobs is not None:
+            choice["logprobs"] = completion_logprobs(list(logprobs), offset[0])
+            offset[0] += len(text)
+        return choice
 
 
 CHAT_CHUNK = ChunkShape("chat.completion.chunk", is_chat=True)
@@ -69,13 +84,16 @@ class SSEFraming:
     header: StreamHeader
     usage_of: Callable[[int], dict[str, Any]]
     media_type: str = "text/event-stream"
+    _text_offset: list[int] = field(default_factory=lambda: [0])  # characters streamed (text_offset)
 
     def opening(self) -> list[bytes]:
         shape = self.header.shape
         return [self.header.chunk([shape.choice("", None, role=True)])] if shape.is_chat else []
 
-    def delta(self, text: str) -> bytes:
-        return self.header.chunk([self.header.shape.choice(text, None)])
+    def delta(self, text: str, *, reasoning: str = "", logprobs: Optional[list[TokenLogprob]] = None) -> bytes:
+        if not reasoning and logprobs is None:
+            return self.header.chunk([self.header.shape.choice(text, None)])
+        return self.header.chunk([self.header.shape.split_choice(text, reasoning, logprobs, self._text_offset)])
 
     def finish(self, reason: str, num_output_tokens: int) -> list[bytes]:
         shape = self.header.shape
