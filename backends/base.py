@@ -67,12 +67,14 @@ class Backend(Protocol):
     """One loaded model. All methods but `tokenize` and `render_chat` run on the engine thread."""
 
     capabilities: Capabilities
+    chat_template: str  # the Jinja source render_chat applies (the API reads tool markup from it)
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of an already-templated prompt (BOS handled as the model expects)."""
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        """The model's own chat template applied to OpenAI-style messages, ready for generation."""
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        """The model's own chat template applied to OpenAI-style messages, ready for generation; `tools`
+        (OpenAI's tool shape) reach the template as `tools`, as Hugging Face's apply_chat_template does."""
 
     def set_notify(self, notify: Callable[[], None]) -> None:
         """`notify` (thread-safe, never blocks) wakes the engine loop: a backend that produces output

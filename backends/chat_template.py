@@ -40,6 +40,7 @@ def _raise(message: str) -> None:
 
 class ChatTemplate:
     def __init__(self, source: str, bos_token: str, eos_token: str):
+        self.source = source  # the API recognises a tool-call format from its text
         env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
                                             extensions=[_GenerationTag, jinja2.ext.loopcontrols])
         env.filters["tojson"] = _tojson
@@ -47,10 +48,12 @@ class ChatTemplate:
         self._bos_token = bos_token
         self._eos_token = eos_token
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+               tools: list[dict[str, Any]] | None = None) -> str:
+        """`tools` as Hugging Face passes them: OpenAI's tool shape, None when the request has none."""
         try:
             return self._template.render(
-                messages=messages, bos_token=self._bos_token, eos_token=self._eos_token,
+                messages=messages, tools=tools, bos_token=self._bos_token, eos_token=self._eos_token,
                 add_generation_prompt=add_generation_prompt, raise_exception=_raise,
                 strftime_now=lambda fmt: datetime.now().strftime(fmt))
         except ChatTemplateError:

@@ -160,8 +160,12 @@ class LlamaCppBackend:
                 return list(buffer[:count])
             capacity = -count
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        return self._chat_template.render(messages)
+    @property
+    def chat_template(self) -> str:
+        return self._chat_template.source
+
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        return self._chat_template.render(messages, tools=tools)
 
     def _piece(self, token: int) -> bytes:
         piece = self._piece_cache.get(token)

@@ -45,8 +45,17 @@ class EngineClient(Protocol):
     @property
     def capabilities(self) -> ContextLimit: ...
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        """The model's chat template applied; a template refusal is an InvalidRequestError."""
+    @property
+    def tool_format(self) -> str | None:
+        """How the model writes tool calls, as the catalog states it; None: recognised from chat_template."""
+
+    @property
+    def chat_template(self) -> str:
+        """The Jinja source of the model's chat template."""
+
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        """The model's chat template applied (with `tools` in OpenAI's shape, when given); a template
+        refusal is an InvalidRequestError."""
 
     def tokenize(self, text: str) -> list[int]: ...
 

@@ -44,4 +44,5 @@ class ModelLoader:
         model_path = ensure_model_file(spec, chosen.backend)
         backend = load_backend(chosen.backend, replace(settings, model_path=model_path))
         self._served_names[spec.name] = None
-        return Engine(spec.name, backend, max_queue=self._config.max_queue, model_path=model_path)
+        return Engine(spec.name, backend, max_queue=self._config.max_queue, model_path=model_path,
+                      tool_format=spec.tool_format)

@@ -48,7 +48,9 @@ class FakeBackend:
     def tokenize(self, text: str) -> list[int]:
         return list(range(len(text.split())))
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+    chat_template = "{{ messages }}"
+
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         return " ".join(message["content"] for message in messages)
 
     def set_notify(self, notify: Callable[[], None]) -> None:
