@@ -1,0 +1,84 @@
+"""Graceful shutdown of the real server: on SIGTERM or SIGINT it admits nothing new (503 with Retry-After in
+each dialect's shape, /health 503), lets running streams finish within --drain-timeout, ends the rest with
+an error event and [DONE], and exits 0 in time."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import httpx
+
+from tests.integration.conftest import start_llamacpp_server
+
+NO_EOS = {"0": -100, "2": -100}  # the model never ends on its own: a stream runs to max_tokens
+EXIT_GRACE_SECONDS = 15  # after the drain: the engines stop, uvicorn closes, the model is freed
+
+
+def stream_body(model: str, max_tokens: int) -> dict:
+    return {"model": model, "prompt": "Once upon a time", "max_tokens": max_tokens, "logit_bias": NO_EOS,
+            "stream": True, "temperature": 0}
+
+
+def wait_until_stopping(http: httpx.Client, timeout: float = 10) -> None:
+    """The signal is noticed within uvicorn's 0.1 s tick; /health then answers 503."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if http.get("/health").status_code == 503:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the server did not start draining")
+
+
+def wait_for_exit(process: subprocess.Popen, timeout: float) -> int:
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the server did not exit within {timeout:.0f} s") from None
+
+
+def test_sigterm_lets_a_running_stream_finish_and_refuses_new_requests(tmp_path_factory):
+    with start_llamacpp_server(tmp_path_factory, "drain", ["--parallel", "1", "--drain-timeout", "120"]) as server, \
+            server.http() as http, \
+            http.stream("POST", "/v1/completions", json=stream_body(server.model, 300)) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        server.process.send_signal(signal.SIGTERM)
+        wait_until_stopping(http)
+        health = http.get("/health")
+        assert health.json()["status"] == "stopping"
+
+        refused = http.post("/v1/completions", json={"model": server.model, "prompt": "Hi", "max_tokens": 2})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "shutting_down"
+        assert "shutting down" in refused.json()["error"]["message"]
+        ollama = http.post("/api/generate", json={"model": server.model, "prompt": "Hi", "stream": False})
+        assert ollama.status_code == 503 and ollama.headers["retry-after"] == "1"
+        assert "shutting down" in ollama.json()["error"]  # Ollama's shape: {"error": "..."}
+        assert server.process.poll() is None, "the server exited while a stream was running"
+
+        events = [line.removeprefix("data: ") for line in lines if line]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(event) for event in events[:-1]]
+        assert all("error" not in chunk for chunk in chunks), chunks[-1]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert wait_for_exit(server.process, EXIT_GRACE_SECONDS) == 0
+
+
+def test_sigint_ends_a_stream_past_the_drain_timeout_with_an_error_event(tmp_path_factory):
+    drain_timeout = 1.0
+    args = ["--parallel", "1", "--drain-timeout", f"{drain_timeout:g}s"]
+    with start_llamacpp_server(tmp_path_factory, "drain-timeout", args) as server, server.http() as http, \
+            http.stream("POST", "/v1/completions", json=stream_body(server.model, 3000)) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGINT)
+        events = [line.removeprefix("data: ") for line in lines if line]
+        ended = time.monotonic() - signalled
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert "shutting down" in error["message"], error
+        assert drain_timeout <= ended < drain_timeout + 10
+        assert wait_for_exit(server.process, EXIT_GRACE_SECONDS) == 0
