@@ -77,6 +77,7 @@ class MessageItem(_Strict):
     content: Union[str, list[TextContent]]
     id: Optional[str] = None
     status: Optional[str] = None
+    phase: Optional[str] = None  # commentary or final_answer, on an earlier output message
 
     @field_validator("content", mode="before")
     @classmethod
