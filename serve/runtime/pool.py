@@ -36,7 +36,6 @@ from serve.errors import ModelNotFoundError, ServeError, ServerStoppingError
 log = logging.getLogger("serve.runtime.pool")
 
 
-
 class InsufficientMemoryError(ServeError):
     status_code = 507
     error_type = "server_error"
