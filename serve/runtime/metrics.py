@@ -10,10 +10,12 @@ finishes (serve/runtime/engine.py), never on the engine thread between steps.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 PREFIX = "quantserve"
 REGISTRY = CollectorRegistry()
@@ -41,8 +43,40 @@ QUEUE_TIME = _histogram("request_queue_time_seconds",
                         _REQUEST_BUCKETS)
 TIME_TO_FIRST_TOKEN = _histogram("time_to_first_token_seconds",
                                  "Time from submission to the first generated token", _TTFT_BUCKETS)
-INTER_TOKEN_LATENCY = _histogram("inter_token_latency_seconds",
-                                 "Time between two consecutive outputs of one request", _ITL_BUCKETS)
+
+
+class OutputGapHistogram:
+    """A histogram observed once per output, so on the event loop's per-token path: a bisect into plain
+    per-model lists (about 0.2 us) instead of prometheus_client's locked Histogram (1 to 3 us). Only the
+    event loop thread observes and scrapes, so no lock is needed."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]):
+        self._name, self._documentation, self._bounds = name, documentation, buckets
+        self._counts: dict[str, list[int]] = {}  # per model: one count per bucket, then +Inf
+        self._sums: dict[str, list[float]] = {}
+
+    def observer(self, model: str) -> Callable[[float], None]:
+        counts = self._counts.setdefault(model, [0] * (len(self._bounds) + 1))
+        total = self._sums.setdefault(model, [0.0])
+        bounds = self._bounds
+
+        def observe(seconds: float) -> None:
+            counts[bisect.bisect_left(bounds, seconds)] += 1
+            total[0] += seconds
+        return observe
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=["model"])
+        for model, counts in self._counts.items():
+            cumulative = list(itertools.accumulate(counts))
+            les = [repr(float(bound)) for bound in self._bounds] + ["+Inf"]
+            family.add_metric([model], list(zip(les, cumulative)), sum_value=self._sums[model][0])
+        yield family
+
+
+INTER_TOKEN_LATENCY = OutputGapHistogram(f"{PREFIX}_inter_token_latency_seconds",
+                                         "Time between two consecutive outputs of one request", _ITL_BUCKETS)
+REGISTRY.register(INTER_TOKEN_LATENCY)
 E2E_LATENCY = _histogram("e2e_request_latency_seconds",
                          "Time from submission to the last output (or the abort)", _REQUEST_BUCKETS)
 PROMPT_TOKENS = _counter("prompt_tokens", "Prompt tokens of the requests that were admitted")
@@ -76,7 +110,7 @@ def record_request(model: str, *, finish_reason: str, num_prompt_tokens: int, nu
 
 def inter_token_latency(model: str) -> Callable[[float], None]:
     """The `observe` of one model's inter-token histogram, looked up once per request, not per token."""
-    return INTER_TOKEN_LATENCY.labels(model).observe
+    return INTER_TOKEN_LATENCY.observer(model)
 
 
 def record_load(model: str, seconds: float | None) -> None:
