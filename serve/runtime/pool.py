@@ -224,6 +224,7 @@ class ModelPool:
                 f"model {served} needs about {size / 2**30:.1f} GiB (weights + KV cache), more than the "
                 f"memory budget of {budget / 2**30:.1f} GiB; raise --max-memory or lower --ctx/--parallel")
         while not self._fits(size):
+            self._refuse_when_stopping()  # no model is loaded for a server that is going away
             victim = self._eviction_candidate()
             if victim is None:
                 if not any(not r.pinned for r in self._resident.values()):

@@ -288,3 +288,22 @@ def test_loads_and_unloads_are_counted_by_reason():
     assert count("model_loads", model="b") == before["loads"] + 1
     assert count("model_unloads", model="a", reason="evicted") == before["evicted"] + 1
     assert count("model_unloads", model="b", reason="expired") == before["expired"] + 1
+
+
+def test_a_drain_ends_the_wait_for_room_without_loading_anything():
+    pool, loader = make_pool(max_models=1, switch_window=60)
+
+    async def scenario():
+        engine = await pool.get("a")
+        stream = engine.submit(make_request("r1", "a"))  # a is busy and recent: b waits for room
+        waiting = asyncio.create_task(pool.get("b"))
+        await asyncio.sleep(0.02)
+        assert not waiting.done()
+        drain = asyncio.create_task(pool.drain(timeout=5))
+        with pytest.raises(ServerStoppingError):
+            await asyncio.wait_for(waiting, 1)
+        loader.backends["a"].finish("r1")
+        await collect(stream)
+        assert await asyncio.wait_for(drain, 1) == 0 and loader.loads == ["a"]
+
+    run(scenario, pool)
