@@ -71,6 +71,19 @@ def test_what_requests_may_load_is_set_like_every_other_setting(tmp_path):
         resolve_config({}, {"SERVE_ALLOW_PULL": "maybe"}, tmp_path / "missing.toml")
 
 
+def test_drain_timeout_and_metrics_key_are_set_like_every_other_setting(tmp_path):
+    missing = tmp_path / "missing.toml"
+    assert resolve_config({}, {}, missing).drain_timeout == 30.0
+    assert resolve_config({}, {}, missing).metrics_key is None
+    from_env = resolve_config({}, {"SERVE_DRAIN_TIMEOUT": "1m", "SERVE_METRICS_KEY": "k"}, missing)
+    assert from_env.drain_timeout == 60.0 and from_env.metrics_key == "k"
+    assert resolve_config({"drain_timeout": "0"}, {"SERVE_DRAIN_TIMEOUT": "1m"}, missing).drain_timeout == 0.0
+    with pytest.raises(ConfigError, match="--drain-timeout must be >= 0"):
+        resolve_config({"drain_timeout": "-1s"}, {}, missing)
+    with pytest.raises(ConfigError, match="drain_timeout"):
+        resolve_config({"drain_timeout": "soon"}, {}, missing)
+
+
 def test_unknown_setting_in_the_file_is_named(tmp_path):
     config_file = tmp_path / "config.toml"
     config_file.write_text("prot = 1\n")
