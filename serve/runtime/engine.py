@@ -210,7 +210,7 @@ class Engine:
         batch = self.scheduler.schedule()
         outputs = self.backend.step(batch)
         self.scheduler.postprocess(batch, outputs)
-        if not outputs and not batch.prefill:
+        if not outputs and not batch.prefill and not batch.released:  # released: the freed slots take work next
             self._sleep_until_woken()
 
     def _sleep_until_woken(self) -> None:

@@ -70,7 +70,8 @@ class Scheduler:
     def schedule(self) -> Batch:
         batch = Batch()
         self._drop_aborted(batch)
-        self._admit_waiting()
+        # The backend frees a released sequence's slot in this step: admitting into it now would find it busy.
+        self._admit_waiting(num_releasing=len(batch.released))
         batch.decode = [s for s in self.running if not s.is_prefilling]
         prefilling = [s for s in self.running if s.is_prefilling]
         batch.prefill = self._prefill_chunks(prefilling, self._prefill_budget(len(batch.decode)))
@@ -83,8 +84,8 @@ class Scheduler:
         batch.released = [s for s in self.running if s.is_aborted]
         self.running = [s for s in self.running if not s.is_aborted]
 
-    def _admit_waiting(self) -> None:
-        while len(self.running) < self._num_parallel:
+    def _admit_waiting(self, num_releasing: int = 0) -> None:
+        while len(self.running) + num_releasing < self._num_parallel:
             with self._lock:
                 if not self.waiting:
                     return

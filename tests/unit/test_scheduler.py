@@ -81,7 +81,9 @@ def test_aborted_running_sequence_is_released_and_its_slot_reused():
     first.is_aborted = True
     batch = scheduler.schedule()
     assert batch.released == [first] and first not in scheduler.running
-    assert [c.sequence for c in batch.prefill] == [second]
+    assert batch.prefill == []  # the backend frees the slot in this step (admitting now found it busy)
+    scheduler.postprocess(batch, [])
+    assert [c.sequence for c in scheduler.schedule().prefill] == [second]
 
 
 def test_aborted_waiting_sequence_is_dropped_without_running():
