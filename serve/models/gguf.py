@@ -6,6 +6,7 @@ runtime dependency, and llama.cpp would load the whole model; the header is all 
 """
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,8 @@ def _read(f: BinaryIO, fmt: str):
 
 def _read_string(f: BinaryIO) -> str:
     length = _read(f, "<Q")
+    if length > os.fstat(f.fileno()).st_size - f.tell():  # garbage lengths must not allocate exabytes
+        raise EOFError("truncated GGUF string")
     data = f.read(length)
     if len(data) != length:
         raise EOFError("truncated GGUF string")
@@ -98,6 +101,8 @@ def read_gguf_info(path: Path) -> GGUFInfo:
             if f.read(4) != GGUF_MAGIC:
                 raise ConfigError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
             version = _read(f, "<I")
+            if version not in (1, 2, 3):
+                raise ValueError(f"unsupported GGUF version {version}")
             num_tensors, num_kv = _read(f, "<Q"), _read(f, "<Q")
             metadata = {}
             for _ in range(num_kv):
@@ -116,6 +121,6 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         raise ConfigError(f"model file not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"{path} is a directory, not a GGUF file") from None
-    except (EOFError, ValueError, struct.error) as exc:
+    except (EOFError, ValueError, OverflowError, struct.error) as exc:
         raise ConfigError(f"{path} is not a valid GGUF file ({exc})") from None
     return GGUFInfo(path=path, version=version, metadata=metadata, tensor_types=types, tensor_shapes=shapes)
