@@ -10,6 +10,7 @@ import hmac
 import json
 from typing import Awaitable, Callable
 
+from serve.api.anthropic.errors import error_object as anthropic_error_object
 from serve.api.metrics import METRICS_PATH, count_error
 from serve.errors import AuthenticationError, PayloadTooLargeError, ServeError
 
@@ -22,11 +23,19 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # liveness probes (Docker HEALTHCHECK) carry no key; the chat page and its assets hold no data (the page asks
 # for the key and sends it with its API calls), and Ollama's probes of `/` carry none either
 OPEN_PATHS = frozenset({"/health", "/", "/ui/app.js", "/ui/style.css"})
+# Anthropic's clients read only Anthropic's error shape (an OpenAI-shaped 401 is an unreadable error to them)
+ANTHROPIC_PATH_PREFIX = "/v1/messages"
 
 
-async def send_error(send: Send, error: ServeError, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
+def is_anthropic_path(path: str) -> bool:
+    return path == ANTHROPIC_PATH_PREFIX or path.startswith(ANTHROPIC_PATH_PREFIX + "/")
+
+
+async def send_error(send: Send, error: ServeError, extra_headers: list[tuple[bytes, bytes]] = (),
+                     path: str = "") -> None:
     count_error(error.status_code, error.error_type, error.code)
-    body = json.dumps(error.to_openai()).encode()
+    payload = anthropic_error_object(error) if is_anthropic_path(path) else error.to_openai()
+    body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                *extra_headers]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
@@ -72,12 +81,13 @@ class APIKeyGuard:
             return await self.app(scope, receive, send)
         key = presented_key(scope)
         if key is None:
-            error = AuthenticationError("missing API key: send the header 'Authorization: Bearer <key>'")
+            header = "'x-api-key: <key>'" if is_anthropic_path(scope["path"]) else "'Authorization: Bearer <key>'"
+            error = AuthenticationError(f"missing API key: send the header {header}")
         elif not hmac.compare_digest(key.encode(), required):
             error = AuthenticationError("invalid API key")
         else:
             return await self.app(scope, receive, send)
-        await send_error(send, error, [(b"www-authenticate", b"Bearer")])
+        await send_error(send, error, [(b"www-authenticate", b"Bearer")], scope["path"])
 
 
 class BodySizeLimit:
@@ -96,7 +106,7 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return await send_error(send, self._too_large(int(declared)), [(b"connection", b"close")])
+            return await send_error(send, self._too_large(int(declared)), [(b"connection", b"close")], scope["path"])
         chunks, num_bytes = [], 0
         while True:
             message = await receive()
@@ -105,7 +115,7 @@ class BodySizeLimit:
             chunks.append(message.get("body", b""))
             num_bytes += len(chunks[-1])
             if num_bytes > self.max_body_bytes:
-                return await send_error(send, self._too_large(None), [(b"connection", b"close")])
+                return await send_error(send, self._too_large(None), [(b"connection", b"close")], scope["path"])
             if not message.get("more_body", False):
                 break
         await self.app(scope, _replay(b"".join(chunks), receive), send)

@@ -136,6 +136,45 @@ def test_stream_event_sequence(server, http):
     assert all(data["delta"]["type"] == "text_delta" for name, data in events if name == "content_block_delta")
 
 
+# --- prefill and thinking -------------------------------------------------------------------------------
+
+def test_a_final_assistant_message_is_continued(server, claude, http):
+    """A prefill: the model continues the assistant's text; the answer is only the continuation."""
+    prefilled = [*QUESTION, {"role": "assistant", "content": "The three colors are"}]
+    first = claude.messages.create(model=server.model, messages=prefilled, **GREEDY)
+    second = claude.messages.create(model=server.model, messages=prefilled, **GREEDY)
+    assert text_of(first) == text_of(second) and not text_of(first).startswith("The three colors are")
+    counts = [http.post("/v1/messages/count_tokens", json={"model": server.model, "messages": messages})
+              .json()["input_tokens"] for messages in (QUESTION, prefilled)]
+    assert counts[1] > counts[0]
+    usage = first.usage
+    assert usage.input_tokens + usage.cache_read_input_tokens == counts[1]
+
+
+def test_an_open_think_block_is_answered_as_a_thinking_block(server, claude):
+    """A prompt that ends inside <think> (as R1-style templates leave it) makes the output reasoning (the
+    135M model never closes the block): it comes back as a thinking block, created and streamed, and is
+    left out when thinking is disabled."""
+    messages = [*QUESTION, {"role": "assistant", "content": "<think>"}]
+    fields = {"model": server.model, "messages": messages, "max_tokens": 6, "extra_body": {"temperature": 0}}
+    created = claude.messages.create(**fields, thinking={"type": "adaptive"})
+    assert [block.type for block in created.content] == ["thinking"] and created.content[0].thinking.strip()
+    assert created.stop_reason in ("end_turn", "max_tokens")
+    with claude.messages.stream(**fields, thinking={"type": "adaptive"}) as stream:
+        kinds = {event.delta.type for event in stream if event.type == "content_block_delta"}
+        final = stream.get_final_message()
+    assert kinds == {"thinking_delta"} and final.content[0].thinking == created.content[0].thinking
+    hidden = claude.messages.create(**fields, thinking={"type": "disabled"})
+    assert [block.type for block in hidden.content] == ["text"] and hidden.content[0].text == ""
+
+
+def test_earlier_thinking_blocks_are_accepted_in_the_history(server, claude):
+    history = [*QUESTION, {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "Colors are easy.", "signature": ""}, {"type": "text", "text": "Red."}]},
+        {"role": "user", "content": "And two more?"}]
+    assert text_of(claude.messages.create(model=server.model, messages=history, **GREEDY)) is not None
+
+
 # --- errors in Anthropic's shape ------------------------------------------------------------------------
 
 def _error(http: httpx.Client, path: str, body: dict, status: int = 400) -> str:
@@ -154,14 +193,17 @@ def _error(http: httpx.Client, path: str, body: dict, status: int = 400) -> str:
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "system", "content": "x"}]}, "top-level `system` field"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "role must be 'user' or 'assistant'"),
-    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, "prefill"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y "}]}, "whitespace"),
+    ({"messages": [{"role": "user", "content": [{"type": "thinking", "thinking": "x"}]}]}, "assistant messages"),
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "image content"),
     ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]}, "tool_result"),
     ({"temperature": 1.5}, "temperature"),
     ({"stop_sequences": [" "]}, "stop_sequences[0]"),
     ({"tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]}, "tools: tool use is not supported"),
     ({"tool_choice": {"type": "any"}}, "tool_choice: tool_choice is not supported"),
-    ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking: extended thinking"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "must be less than max_tokens"),
+    ({"thinking": {"type": "enabled"}, "max_tokens": 4096}, "thinking.budget_tokens: required"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 100}}, "thinking.budget_tokens"),
     ({"output_config": {"effort": "low"}}, "output_config"),
     ({"frobnicate": True}, "frobnicate: unknown field"),
 ])
@@ -212,3 +254,17 @@ def test_x_api_key_is_accepted(guarded_server):
     wrong = anthropic.Anthropic(base_url=guarded_server.base_url, api_key="wrong", max_retries=0, timeout=120)
     with pytest.raises(anthropic.AuthenticationError):
         wrong.messages.create(model=guarded_server.model, messages=QUESTION, max_tokens=2)
+
+
+def test_a_missing_or_wrong_key_is_a_401_in_anthropic_shape(guarded_server):
+    body = {"model": guarded_server.model, "messages": QUESTION, "max_tokens": 2}
+    with httpx.Client(base_url=guarded_server.base_url, timeout=60) as http:
+        missing = http.post("/v1/messages", json=body)
+        wrong = http.post("/v1/messages/count_tokens", json=body, headers={"x-api-key": "wrong"})
+        openai_shaped = http.post("/v1/chat/completions", json=body)
+    for response in (missing, wrong):
+        assert response.status_code == 401
+        payload = response.json()
+        assert payload["type"] == "error" and payload["error"]["type"] == "authentication_error"
+    assert "x-api-key" in missing.json()["error"]["message"]
+    assert openai_shaped.status_code == 401 and "Bearer" in openai_shaped.json()["error"]["message"]

@@ -1,8 +1,9 @@
 """Pydantic models of Anthropic's Messages API: POST /v1/messages and /v1/messages/count_tokens.
 
 Like Anthropic's own API, a request field this server does not know is a 400 naming it; a field Anthropic
-defines that is not implemented here yet is a 400 that says so (never silently ignored). Content is text:
-other block types are refused by name. Responses are built as plain dicts in serve/api/anthropic/sse.py.
+defines that is not implemented here yet is a 400 that says so (never silently ignored). Content is text
+(earlier thinking blocks are accepted in assistant messages): other block types are refused by name.
+Responses are built as plain dicts in serve/api/anthropic/sse.py.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from pydantic_core import PydanticCustomError
 NOT_IMPLEMENTED_FIELDS = {
     "tools": "tool use is not supported by this server yet; send the request without tools",
     "tool_choice": "tool_choice is not supported by this server yet (there are no tools); omit it",
-    "thinking": "extended thinking is not supported by this server yet; omit thinking",
     "output_config": "output_config (structured output, effort) is not supported by this server yet; omit it",
     "output_format": "output_format (structured output) is not supported by this server yet; omit it",
     "mcp_servers": "MCP servers are not supported by this server; omit mcp_servers",
@@ -28,9 +28,11 @@ NOT_TEXT_BLOCKS = {
     "document": "document content is not supported (this server serves text-only models); send the text",
     "tool_use": "tool_use blocks are not supported by this server yet (tool use is not implemented)",
     "tool_result": "tool_result blocks are not supported by this server yet (tool use is not implemented)",
-    "thinking": "thinking blocks are not supported by this server yet (extended thinking is not implemented)",
-    "redacted_thinking": "redacted_thinking blocks are not supported by this server (no extended thinking)",
 }
+# Earlier thinking goes back with the assistant turn it belongs to; like Anthropic's API, the model does not
+# read it again (reasoning models' templates drop earlier thinking too).
+THINKING_BLOCKS = ("thinking", "redacted_thinking")
+MIN_THINKING_BUDGET = 1024  # Anthropic's minimum budget_tokens
 
 
 def _fail(kind: str, message: str) -> PydanticCustomError:
@@ -63,27 +65,47 @@ class TextBlock(_Strict):
     cache_control: Optional[dict[str, Any]] = None
 
 
-def _text_blocks(value: Any) -> Any:
-    """A string, or a list of text blocks; any other block type is refused by name."""
+class ThinkingBlock(_Strict):
+    """An earlier answer's thinking, sent back as it was (its signature is not checked here)."""
+
+    type: Literal["thinking"]
+    thinking: str
+    signature: Optional[str] = None
+
+
+class RedactedThinkingBlock(_Strict):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+def _blocks(value: Any, allowed: tuple[str, ...] = ("text",)) -> Any:
+    """A string, or a list of blocks of the `allowed` types; any other block type is refused by name."""
     if isinstance(value, list):
         for index, block in enumerate(value):
             kind = block.get("type") if isinstance(block, dict) else None
+            if kind in allowed:
+                continue
             if kind in NOT_TEXT_BLOCKS:
                 raise _fail("content_block", f"block {index}: {NOT_TEXT_BLOCKS[kind]}")
-            if kind != "text":
-                raise _fail("content_block", f"block {index}: expected {{'type': 'text', 'text': str}}")
+            if kind in THINKING_BLOCKS:
+                raise _fail("content_block", f"block {index}: {kind} blocks belong to assistant messages only")
+            raise _fail("content_block", f"block {index}: expected {{'type': 'text', 'text': str}}")
     return value
 
 
-def joined_text(content: Union[str, list[TextBlock], None]) -> str:
+Block = Union[TextBlock, ThinkingBlock, RedactedThinkingBlock]
+
+
+def joined_text(content: Union[str, list[Block], None]) -> str:
+    """The text blocks' text; thinking blocks are not read again."""
     if content is None or isinstance(content, str):
         return content or ""
-    return "\n".join(block.text for block in content)
+    return "\n".join(block.text for block in content if isinstance(block, TextBlock))
 
 
 class InputMessage(_Strict):
     role: Literal["user", "assistant"]
-    content: Union[str, list[TextBlock]]
+    content: Union[str, list[Block]]
 
     @field_validator("role", mode="before")
     @classmethod
@@ -94,10 +116,13 @@ class InputMessage(_Strict):
             raise _fail("role", f"role must be 'user' or 'assistant', got {value!r}")
         return value
 
-    @field_validator("content", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _check_content(cls, value: Any) -> Any:
-        return _text_blocks(value)
+    def _check_content(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = ("text", *THINKING_BLOCKS) if data.get("role") == "assistant" else ("text",)
+            _blocks(data.get("content"), allowed)
+        return data
 
     @property
     def text(self) -> str:
@@ -108,6 +133,28 @@ class Metadata(_Strict):
     user_id: Optional[str] = None  # an opaque id of the end user; it changes nothing in the answer
 
 
+class ThinkingConfig(_Strict):
+    """Extended thinking. A reasoning model thinks in its own <think> block and its thinking is answered as
+    thinking blocks, unless this is `disabled` (the thinking is then left out of the answer; the model
+    decides, as its template does, whether it thinks). The budget is bounded by max_tokens, which thinking
+    and answer share, as in Anthropic's API."""
+
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: Optional[int] = Field(default=None, ge=MIN_THINKING_BUDGET)
+    display: Optional[Literal["summarized", "omitted"]] = None  # omitted: left out (never summarized here)
+
+    @model_validator(mode="after")
+    def _check_budget(self) -> "ThinkingConfig":
+        if self.type == "enabled" and self.budget_tokens is None:
+            raise _fail("thinking", f"thinking.budget_tokens: required with type 'enabled', at least "
+                                    f"{MIN_THINKING_BUDGET} and less than max_tokens")
+        return self
+
+    @property
+    def shows_thinking(self) -> bool:
+        return self.type != "disabled" and self.display != "omitted"
+
+
 class ConversationFields(_Strict):
     """What /v1/messages and /v1/messages/count_tokens share: the conversation."""
 
@@ -116,19 +163,34 @@ class ConversationFields(_Strict):
     system: Union[str, list[TextBlock], None] = None
     # A prompt-caching hint: quantserve reuses the KV cache of a repeated prompt prefix without being asked.
     cache_control: Optional[dict[str, Any]] = None
+    thinking: Optional[ThinkingConfig] = None
 
     @field_validator("system", mode="before")
     @classmethod
     def _check_system(cls, value: Any) -> Any:
-        return _text_blocks(value)
+        return _blocks(value)
 
     @field_validator("messages")
     @classmethod
-    def _ends_with_user(cls, value: list[InputMessage]) -> list[InputMessage]:
-        if value and value[-1].role != "user":
-            raise _fail("prefill", "the last message must have role 'user' (continuing a final assistant "
-                                   "message, prefill, is not supported yet)")
+    def _check_prefill(cls, value: list[InputMessage]) -> list[InputMessage]:
+        """A final assistant message is a prefill: the answer continues it. As Anthropic's API, it must not
+        end with whitespace (the model would continue after a space it did not choose)."""
+        last = value[-1] if value else None
+        if last is not None and last.role == "assistant" and last.text != last.text.rstrip():
+            raise _fail("prefill", "the final assistant message (a prefill) must not end with whitespace; "
+                                   "strip it")
         return value
+
+    @property
+    def prefill(self) -> str:
+        """The text the answer continues: the final assistant message's, or none."""
+        last = self.messages[-1]
+        return last.text if last.role == "assistant" else ""
+
+    @property
+    def history(self) -> list[InputMessage]:
+        """The messages before the prefill."""
+        return self.messages[:-1] if self.messages[-1].role == "assistant" else self.messages
 
 
 class MessagesRequest(ConversationFields):
@@ -140,6 +202,14 @@ class MessagesRequest(ConversationFields):
     stream: bool = False
     metadata: Optional[Metadata] = None
     service_tier: Optional[Literal["auto", "standard_only"]] = None  # one tier here: both mean it
+
+    @model_validator(mode="after")
+    def _check_thinking_budget(self) -> "MessagesRequest":
+        budget = self.thinking.budget_tokens if self.thinking is not None else None
+        if budget is not None and budget >= self.max_tokens:
+            raise _fail("thinking", f"thinking.budget_tokens ({budget}) must be less than max_tokens "
+                                    f"({self.max_tokens}): thinking and answer share max_tokens")
+        return self
 
     @model_validator(mode="before")
     @classmethod

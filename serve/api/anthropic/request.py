@@ -1,19 +1,32 @@
 """An Anthropic Messages request as ours: the conversation as chat-template messages (the top-level
-`system` becomes the first message) and its sampling fields as SamplingParams."""
+`system` becomes the first message), the prompt (a final assistant message is continued: prefill) and its
+sampling fields as SamplingParams."""
 from __future__ import annotations
 
 from typing import Any
 
 from serve.api.anthropic.protocol import ConversationFields, MessagesRequest, joined_text
+from serve.api.engine_client import EngineClient
+from serve.api.generation import Prompt, chat_prompt
 from serve.sequence import SamplingParams
 
 
 def template_messages(body: ConversationFields) -> list[dict[str, Any]]:
-    """The conversation as the model's chat template expects it."""
+    """The conversation before the prefill as the model's chat template expects it."""
     system = joined_text(body.system)
     messages = [{"role": "system", "content": system}] if system else []
-    messages.extend({"role": message.role, "content": message.text} for message in body.messages)
+    messages.extend({"role": message.role, "content": message.text} for message in body.history)
     return messages
+
+
+def messages_prompt(engine: EngineClient, body: ConversationFields) -> Prompt:
+    """The templated conversation; a prefill is written after the assistant's turn has opened, so the
+    model continues it (as llama-server does: the template would close a final assistant turn)."""
+    prompt = chat_prompt(engine, template_messages(body))
+    if not body.prefill:
+        return prompt
+    text = prompt.text + body.prefill
+    return Prompt(text, engine.tokenize(text), prompt.messages)
 
 
 def sampling_params(body: MessagesRequest) -> SamplingParams:

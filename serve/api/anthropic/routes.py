@@ -15,19 +15,22 @@ from fastapi.responses import JSONResponse, Response
 
 from serve.api.anthropic.errors import anthropic_errors
 from serve.api.anthropic.protocol import CountTokensRequest, MessagesRequest
-from serve.api.anthropic.request import sampling_params, template_messages
+from serve.api.anthropic.request import messages_prompt, sampling_params
 from serve.api.anthropic.sse import MessageFraming
 from serve.api.engine_client import PoolClient
 from serve.api.errors import parse_json_object, validate
-from serve.api.generation import Timings, answer, chat_prompt, resolve_engine, submit
+from serve.api.generation import Timings, answer, resolve_engine, submit
+from serve.api.reasoning import catalog_reasoning_format, reasoning_splitter
+from serve.models.catalog import Catalog
 
 
 def new_message_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
-def build_router(pool: PoolClient) -> APIRouter:
-    """Anthropic's routes over the model pool."""
+def build_router(pool: PoolClient, catalog: Catalog | None = None) -> APIRouter:
+    """Anthropic's routes over the model pool; the catalog says which models reason (their thinking is
+    answered as thinking blocks)."""
     router = APIRouter()
 
     @router.post("/v1/messages")
@@ -36,9 +39,11 @@ def build_router(pool: PoolClient) -> APIRouter:
         timings = Timings(started=time.perf_counter())
         body = validate(MessagesRequest, parse_json_object(await http_request.body()))
         engine = await resolve_engine(pool, body.model, timings)
-        prompt = chat_prompt(engine, template_messages(body))
+        prompt = messages_prompt(engine, body)
         generation = submit(engine, new_message_id(), prompt, sampling_params(body), timings)
-        framing = MessageFraming(generation, body.model)
+        generation.splitter = reasoning_splitter(catalog_reasoning_format(catalog, engine.model_name), prompt.text)
+        shows_thinking = body.thinking is None or body.thinking.shows_thinking
+        framing = MessageFraming(generation, body.model, shows_thinking=shows_thinking)
         return await answer(http_request, generation, can_stream=body.stream, framing=framing,
                             collected=framing.collected)
 
@@ -49,7 +54,7 @@ def build_router(pool: PoolClient) -> APIRouter:
         timings = Timings(started=time.perf_counter())
         body = validate(CountTokensRequest, parse_json_object(await http_request.body()))
         engine = await resolve_engine(pool, body.model, timings)
-        prompt = chat_prompt(engine, template_messages(body))
+        prompt = messages_prompt(engine, body)
         return JSONResponse({"input_tokens": len(prompt.token_ids)})
 
     return router

@@ -4,13 +4,17 @@ events, in the order Anthropic sends them, or the whole message as one JSON body
     message_start -> content_block_start -> ping -> content_block_delta ... -> content_block_stop
     -> message_delta (stop_reason, stop_sequence, usage) -> message_stop
 
+The content is a list of blocks, each with its own index: a reasoning model's thinking (thinking_delta),
+then the text (text_delta). A block starts when its first delta comes and stops when the next one starts
+or the message ends; when the first block's kind is known up front (plain text), it starts before `ping`,
+as Anthropic's own streams do.
+
 A failure after the first byte is an `error` event (and the stream ends there). Events are plain dicts
 encoded here: one is built per generated token, and pydantic would only slow that path down.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from serve.api.anthropic.errors import error_object
@@ -19,8 +23,9 @@ from serve.errors import ServeError
 
 MEDIA_TYPE = "text/event-stream"
 # Our finish reasons as Anthropic's stop reasons; a matched stop string is "stop_sequence".
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
-TEXT_BLOCK_INDEX = 0  # the answer is one text block
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+EMPTY_BLOCKS = {"text": {"type": "text", "text": ""},
+                "thinking": {"type": "thinking", "thinking": "", "signature": ""}}
 
 
 def sse_event(name: str, payload: dict[str, Any]) -> bytes:
@@ -43,13 +48,27 @@ def usage(generation: Generation, num_output_tokens: int) -> dict[str, int]:
             "cache_read_input_tokens": num_cached, "output_tokens": num_output_tokens}
 
 
-@dataclass(frozen=True)
-class MessageFraming:
-    """The generation core's Framing for Anthropic streams, and the body of a collected message."""
+def content_blocks(text: str, thinking: str = "") -> list[dict[str, Any]]:
+    """A collected answer's blocks: its thinking (when shown), then its text (always one text block when
+    there is nothing else, as Anthropic answers an empty output)."""
+    blocks = [{"type": "thinking", "thinking": thinking, "signature": ""}] if thinking else []
+    if text or not blocks:
+        blocks.append({"type": "text", "text": text})
+    return blocks
 
-    generation: Generation
-    model: str
-    media_type: str = MEDIA_TYPE
+
+class MessageFraming:
+    """The generation core's Framing for Anthropic streams, and the body of a collected message.
+    `shows_thinking` false leaves a reasoning model's thinking out of the answer."""
+
+    media_type = MEDIA_TYPE
+
+    def __init__(self, generation: Generation, model: str, *, shows_thinking: bool = True):
+        self.generation = generation
+        self.model = model
+        self.shows_thinking = shows_thinking
+        self._index = -1  # the open block's index; -1 before the first
+        self._open_kind: str | None = None
 
     def message(self, content: list[dict[str, Any]], reason: str | None, stop_sequence: str | None,
                 num_output_tokens: int) -> dict[str, Any]:
@@ -57,23 +76,49 @@ class MessageFraming:
                 "content": content, "stop_reason": reason, "stop_sequence": stop_sequence,
                 "usage": usage(self.generation, num_output_tokens)}
 
+    def _start(self, block: dict[str, Any]) -> list[bytes]:
+        """Stop the open block, start `block` at the next index."""
+        events = self._stop()
+        self._index += 1
+        self._open_kind = block["type"]
+        events.append(sse_event("content_block_start", {"type": "content_block_start", "index": self._index,
+                                                        "content_block": block}))
+        return events
+
+    def _stop(self) -> list[bytes]:
+        if self._open_kind is None:
+            return []
+        self._open_kind = None
+        return [sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index})]
+
+    def _delta(self, kind: str, delta: dict[str, Any]) -> list[bytes]:
+        events = self._start(dict(EMPTY_BLOCKS[kind])) if self._open_kind != kind else []
+        events.append(sse_event("content_block_delta", {"type": "content_block_delta", "index": self._index,
+                                                        "delta": delta}))
+        return events
+
     def opening(self) -> list[bytes]:
         start = {"type": "message_start", "message": self.message([], None, None, 0)}
-        block = {"type": "content_block_start", "index": TEXT_BLOCK_INDEX,
-                 "content_block": {"type": "text", "text": ""}}
-        return [sse_event("message_start", start), sse_event("content_block_start", block),
-                sse_event("ping", {"type": "ping"})]
+        events = [sse_event("message_start", start)]
+        if self.generation.splitter is None:  # the answer is text from its first token
+            events.extend(self._start(dict(EMPTY_BLOCKS["text"])))
+        return [*events, sse_event("ping", {"type": "ping"})]
 
-    def delta(self, text: str) -> bytes:
-        return sse_event("content_block_delta", {"type": "content_block_delta", "index": TEXT_BLOCK_INDEX,
-                                                 "delta": {"type": "text_delta", "text": text}})
+    def delta(self, text: str, reasoning: str = "", logprobs: Any = None) -> bytes:
+        events = []
+        if reasoning and self.shows_thinking:
+            events.extend(self._delta("thinking", {"type": "thinking_delta", "thinking": reasoning}))
+        if text:
+            events.extend(self._delta("text", {"type": "text_delta", "text": text}))
+        return b"".join(events)
 
     def finish(self, reason: str, num_output_tokens: int) -> list[bytes]:
+        events = self._start(dict(EMPTY_BLOCKS["text"])) if self._index < 0 else []  # never a message of no block
         anthropic_reason, stop_sequence = stop_reason(reason, self.generation.stop_string)
         delta = {"type": "message_delta", "delta": {"stop_reason": anthropic_reason, "stop_sequence": stop_sequence},
                  "usage": usage(self.generation, num_output_tokens)}
-        return [sse_event("content_block_stop", {"type": "content_block_stop", "index": TEXT_BLOCK_INDEX}),
-                sse_event("message_delta", delta), sse_event("message_stop", {"type": "message_stop"})]
+        return [*events, *self._stop(), sse_event("message_delta", delta),
+                sse_event("message_stop", {"type": "message_stop"})]
 
     def error(self, error: ServeError) -> bytes:
         return sse_event("error", error_object(error))
@@ -83,5 +128,6 @@ class MessageFraming:
 
     def collected(self, completion: Completion) -> dict[str, Any]:
         anthropic_reason, stop_sequence = stop_reason(completion.finish_reason, self.generation.stop_string)
-        return self.message([{"type": "text", "text": completion.text}], anthropic_reason, stop_sequence,
+        thinking = completion.reasoning if self.shows_thinking else ""
+        return self.message(content_blocks(completion.text, thinking), anthropic_reason, stop_sequence,
                             completion.num_output_tokens)
