@@ -9,11 +9,16 @@ Why not `hf_hub_download`: in huggingface_hub 2.4 it downloads into a process-un
 deletes on failure, so an interrupted pull restarts from zero (it only resumes within one call). quantserve
 keeps `blobs/<etag>.incomplete` across runs and resumes it with an HTTP Range request, through
 huggingface_hub's own `http_get` (same session, headers, retries and progress bar). The finished file is
-checked against the Hub's sha256 (LFS files) or git blob id (small files) before it enters the cache.
+checked against the Hub's sha256 (LFS files) or git blob id (small files) before it enters the cache, and
+a cached file is checked again before it is used (a blob is named by its checksum): a file changed on disk
+is deleted and fetched again, never loaded. The hash is computed once per version of the file: a stamp
+beside the cache records the size, times and inode it had when it last matched.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -27,6 +32,7 @@ from serve.errors import HubError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+log = logging.getLogger("serve.models")
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,60 @@ def verify_file(path: Path, remote: RemoteFile, etag: str) -> None:
                        "the corrupt download was deleted, run the pull again")
 
 
+def _identity(path: Path) -> str:
+    # ctime changes with every write and no user tool sets it back: a rewritten file is hashed again
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
+
+
+def _stamp_path(etag: str) -> Path:
+    return hub_settings().home / "quantserve" / "verified" / etag
+
+
+def _remember_verified(blob: Path) -> None:
+    try:
+        stamp = _stamp_path(blob.name)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(_identity(blob))
+    except OSError:
+        pass  # a full disk or a read-only home: the file is hashed again next time, nothing worse
+
+
+def _blob_matches_its_name(blob: Path) -> bool:
+    etag = blob.name
+    try:
+        if _stamp_path(etag).read_text() == _identity(blob):
+            return True
+    except OSError:
+        pass
+    if _HEX64.match(etag):
+        actual = file_digest(blob, "sha256")
+    elif _COMMIT.match(etag):
+        actual = file_digest(blob, "sha1", f"blob {blob.stat().st_size}\0".encode())
+    else:
+        return True  # an etag that is no checksum: nothing to check against
+    if actual == etag:
+        _remember_verified(blob)
+    return actual == etag
+
+
+def is_intact(pointer: Path) -> bool:
+    """Whether the cached snapshot file `pointer` still matches the checksum its blob is named by. A
+    corrupt blob is deleted with the pointer (so the next pull fetches it again) and False returned."""
+    if not pointer.is_symlink():  # a copy where the file system has no links: no checksum to go by
+        return pointer.exists()
+    blob = pointer.resolve()
+    if not blob.is_file():
+        return False
+    if _blob_matches_its_name(blob):
+        return True
+    log.warning("%s in the cache does not match its checksum %s (changed on disk): deleted, it will be "
+                "downloaded again", pointer, blob.name[:16])
+    blob.unlink(missing_ok=True)
+    pointer.unlink(missing_ok=True)
+    return False
+
+
 @contextmanager
 def _progress_bars(enabled: bool):
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
@@ -161,6 +221,18 @@ def _fetch_to_partial(url: str, partial: Path, size: int | None, name: str, prog
         http_get(url, f, resume_size=resume, headers=headers, expected_size=size, displayed_filename=name)
 
 
+def _fetch_without_filling_the_disk(url: str, partial: Path, size: int | None, path: str, progress: bool) -> None:
+    try:
+        _fetch_to_partial(url, partial, size, path.rsplit("/", 1)[-1], progress)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        have = partial.stat().st_size if partial.exists() else 0
+        raise HubError(f"the disk filled up while downloading {path} into {partial.parent} ({human_bytes(have)} "
+                       f"of {human_bytes(size or 0)} written, {human_bytes(free_bytes(partial.parent))} free): "
+                       "free some space and run the pull again, it resumes from there") from None
+
+
 def download_file(repo: str, revision: str, remote: RemoteFile, *, progress: bool = True) -> Path:
     """Download one repository file into the cache (resuming a partial one) and return its snapshot path."""
     from filelock import FileLock
@@ -174,7 +246,7 @@ def download_file(repo: str, revision: str, remote: RemoteFile, *, progress: boo
     blob = storage / "blobs" / meta.etag
     pointer = storage / "snapshots" / meta.commit_hash / remote.path
     _write_ref(storage, revision, meta.commit_hash)
-    if pointer.exists():
+    if pointer.exists() and is_intact(pointer):
         return pointer
     blob.parent.mkdir(parents=True, exist_ok=True)
     lock_path = settings.cache_dir / ".locks" / storage.name / f"{meta.etag}.lock"
@@ -183,10 +255,11 @@ def download_file(repo: str, revision: str, remote: RemoteFile, *, progress: boo
         if not blob.exists():
             partial = partial_path(settings.cache_dir, repo, meta.etag)
             size = meta.size if meta.size is not None else remote.size
-            _fetch_to_partial(meta.location, partial, size, remote.path.rsplit("/", 1)[-1], progress)
+            _fetch_without_filling_the_disk(meta.location, partial, size, remote.path, progress)
             verify_file(partial, remote, meta.etag)
             partial.chmod(0o644)
             os.replace(partial, blob)
+            _remember_verified(blob)
         _link(blob, pointer)
     return pointer
 

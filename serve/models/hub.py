@@ -15,7 +15,8 @@ from serve.models.catalog import Catalog, GGUFSource, ModelSpec
 from serve.errors import ConfigError, HubError, ModelNotFoundError
 from serve.models.gguf import read_gguf_info
 from serve.models.cache import (RemoteFile, bytes_to_fetch, cached_repos, cached_snapshot, check_disk_space,
-                             download_file, hub_settings, human_bytes, remove_snapshot_files, snapshot_files)
+                             download_file, hub_settings, human_bytes, is_intact, remove_snapshot_files,
+                             snapshot_files)
 from serve.models.select import select_explicit, select_gguf
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,9 @@ def _fetch(repo: str, remotes: list[RemoteFile], progress: bool) -> list[Path]:
     return [download_file(repo, REVISION, remote, progress=progress) for remote in remotes]
 
 
-def _cached_paths(repo: str, choose) -> list[Path] | None:
+def _cached_paths(repo: str, choose, *, verify: bool = False) -> list[Path] | None:
+    """The cached files `choose` picks, or None; with `verify` (before a load), a file whose checksum no
+    longer matches is deleted and counts as missing."""
     snapshot = cached_snapshot(repo, REVISION)
     if snapshot is None:
         return None
@@ -138,13 +141,16 @@ def _cached_paths(repo: str, choose) -> list[Path] | None:
         chosen = choose(snapshot_files(snapshot))
     except (ModelNotFoundError, HubError):
         return None
-    return [snapshot / p for p in chosen]
+    paths = [snapshot / p for p in chosen]
+    if verify and not all([is_intact(path) for path in paths]):  # a list: every corrupt file is deleted
+        return None
+    return paths
 
 
 def _pull(repo: str, choose, offline: bool, progress: bool) -> list[Path]:
     """Local paths of the files `choose(repo_paths)` picks, pulled if needed (cache first when offline)."""
     if offline:
-        cached = _cached_paths(repo, choose)
+        cached = _cached_paths(repo, choose, verify=True)
         if cached is None:
             raise _offline_error(f"hf://{repo}")
         return cached
@@ -154,7 +160,7 @@ def _pull(repo: str, choose, offline: bool, progress: bool) -> list[Path]:
             remotes = [remote[p] for p in choose(sorted(remote))]
             return _fetch(repo, remotes, progress)
     except HubUnreachableError:
-        cached = _cached_paths(repo, choose)  # no network: a complete cached copy will do
+        cached = _cached_paths(repo, choose, verify=True)  # no network: a complete cached copy will do
         if cached is None:
             raise
         log.warning("cannot reach %s; using the cached copy of %s", hub_settings().endpoint, repo)
@@ -255,10 +261,10 @@ def _cached_gguf(spec: ModelSpec) -> list[Path]:
     return cached
 
 
-def _cached_vllm(spec: ModelSpec) -> list[Path]:
+def _cached_vllm(spec: ModelSpec, *, verify: bool = False) -> list[Path]:
     if spec.vllm is None or not spec.vllm.repo:
         return []
-    return _cached_paths(spec.vllm.repo, _vllm_files(spec.vllm.repo)) or []
+    return _cached_paths(spec.vllm.repo, _vllm_files(spec.vllm.repo), verify=verify) or []
 
 
 def cached_spec(spec: ModelSpec) -> ModelSpec | None:
@@ -266,8 +272,9 @@ def cached_spec(spec: ModelSpec) -> ModelSpec | None:
     its cached files (so loading it downloads nothing), a source not in the cache dropped; None when no
     source is cached. (Hub specs are served as they are: no one-time quantization to look for.)"""
     source = spec.gguf
-    gguf = _cached_paths(source.repo, lambda files: _plan_gguf(source, files)) if source and source.repo else None
-    checkpoint = _cached_vllm(spec)
+    gguf = (_cached_paths(source.repo, lambda files: _plan_gguf(source, files), verify=True)
+            if source and source.repo else None)
+    checkpoint = _cached_vllm(spec, verify=True)
     if not gguf and not checkpoint:
         return None
     return replace(spec, gguf=replace(source, local_path=gguf[0]) if gguf else None,

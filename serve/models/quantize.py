@@ -16,7 +16,7 @@ from pathlib import Path
 
 from serve.errors import ConfigError, ModelLoadError
 from serve.models.gguf import read_gguf_info
-from serve.models.cache import check_disk_space, human_bytes
+from serve.models.cache import check_disk_space, free_bytes, human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,17 @@ def _with_progress(run, tmp: Path, estimate: int, label: str, progress: bool) ->
     return result.get("rc", -1)
 
 
+def _raise_quantize_error(src: Path, quant_type: str, rc: int, tmp: Path, estimate: int) -> None:
+    written = tmp.stat().st_size if tmp.exists() else 0
+    free = free_bytes(tmp.parent)
+    if free < estimate - written:  # llama.cpp only says "iostream error" when a write fails
+        raise ModelLoadError(f"the disk filled up while writing {tmp.parent / tmp.stem} ({human_bytes(written)} of "
+                             f"about {human_bytes(estimate)} written, {human_bytes(free)} free); nothing was left "
+                             "behind: free some space and run it again")
+    detail = f": {_LOG_TAIL[-1]}" if _LOG_TAIL else ""
+    raise ModelLoadError(f"llama.cpp could not quantize {src} to {quant_type.upper()} (code {rc}){detail}")
+
+
 def quantize_file(src: Path, quant_type: str, out: Path | None = None, *, allow_requantize: bool = False,
                   progress: bool = True) -> Path:
     """Quantize the GGUF file `src` (F32/F16/BF16; the first shard of a split model) to `quant_type`.
@@ -150,8 +161,7 @@ def quantize_file(src: Path, quant_type: str, out: Path | None = None, *, allow_
             rc = _with_progress(lambda: _run_quantizer(src, tmp, quant_type, allow_requantize), tmp, estimate,
                                 label, progress)
         if rc != 0 or not tmp.exists():
-            detail = f": {_LOG_TAIL[-1]}" if _LOG_TAIL else ""
-            raise ModelLoadError(f"llama.cpp could not quantize {src} to {quant_type.upper()} (code {rc}){detail}")
+            _raise_quantize_error(src, quant_type, rc, tmp, estimate)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

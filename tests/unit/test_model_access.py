@@ -7,6 +7,7 @@ real os.stat / os.lstat / os.readlink and an audit hook on open() record every p
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import sys
@@ -30,6 +31,11 @@ def catalog() -> Catalog:
     return load_catalog()
 
 
+@functools.lru_cache(maxsize=1)
+def embedded_sha256() -> str:
+    return cache.file_digest(embedded_model_path(), "sha256")
+
+
 def place_gguf(path: Path) -> Path:
     """A real GGUF at `path` (a hard link to the embedded model when the file system allows)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,13 +53,14 @@ def hf_cache(tmp_path, monkeypatch) -> Path:
 
     cache_dir = tmp_path / "hf" / "hub"
     storage = cache.repo_dir(cache_dir, REPO)
-    place_gguf(storage / "blobs" / ("a" * 64))
+    blob = place_gguf(storage / "blobs" / embedded_sha256())  # a blob is named by its checksum, checked on use
     (storage / "refs").mkdir(parents=True)
     (storage / "refs" / "main").write_text(COMMIT)
     pointer = storage / "snapshots" / COMMIT / FILE
     pointer.parent.mkdir(parents=True)
-    pointer.symlink_to(Path("../../blobs") / ("a" * 64))
+    pointer.symlink_to(Path("../../blobs") / blob.name)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
     cache.hub_settings.cache_clear()
     yield cache_dir
     cache.hub_settings.cache_clear()
