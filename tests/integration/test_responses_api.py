@@ -97,7 +97,13 @@ def test_earlier_output_items_may_be_sent_back_as_input(server, client):
     first = client.responses.create(model=server.model, input="My name is Ada.", **GREEDY)
     items = [{"role": "user", "content": "My name is Ada."}, *[item.model_dump() for item in first.output],
              {"role": "user", "content": "What is my name?"}]
-    assert client.responses.create(model=server.model, input=items, **GREEDY).output_text
+    answered = client.responses.create(model=server.model, input=items, **GREEDY)
+    assert answered.output_text
+    # a reasoning model's earlier reasoning item goes back too; like OpenAI's API, it is not read again
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [],
+                 "content": [{"type": "reasoning_text", "text": "The user says their name."}]}
+    with_reasoning = client.responses.create(model=server.model, input=[*items[:1], reasoning, *items[1:]], **GREEDY)
+    assert with_reasoning.usage.input_tokens == answered.usage.input_tokens
 
 
 def test_retrieve_and_delete(server, client):
@@ -138,7 +144,7 @@ def test_unknown_previous_response_id_is_a_404(server, http):
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input_image"),
     ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}]}, "function_call"),
     ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "function_call_output"),
-    ({"input": [{"type": "reasoning", "summary": []}]}, "reasoning items"),
+    ({"input": [{"type": "item_reference", "id": "x"}]}, "expected a message item"),
     ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools: function tools"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"text": {"format": {"type": "json_schema", "name": "a", "schema": {}}}}, "json_schema output"),

@@ -5,6 +5,11 @@ response as its server-sent events, in the order OpenAI sends them:
     -> response.output_text.delta ... -> response.output_text.done -> response.content_part.done
     -> response.output_item.done -> response.completed (response.incomplete when max_output_tokens cut it)
 
+The output is a list of items, each with its own output_index: a reasoning model's thinking as a
+`reasoning` item (its reasoning_text streamed as response.reasoning_text.delta), then the assistant
+message. An item is added when its first delta comes and done when the next one starts or the response
+ends; when the first item's kind is known up front (plain text), it is added at once.
+
 Every event carries a `sequence_number`. A failure after the first byte is an `error` event. Events are
 plain dicts encoded here: one is built per generated token, and pydantic would only slow that path down.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,8 +26,9 @@ from serve.api.responses.protocol import ResponsesRequest
 from serve.errors import ServeError
 
 MEDIA_TYPE = "text/event-stream"
-OUTPUT_INDEX = 0  # the output is one assistant message ...
-CONTENT_INDEX = 0  # ... with one output_text part
+# How each kind of output item streams: its content part's type and the prefix of its text events.
+PARTS = {"message": ("output_text", "response.output_text"), "reasoning": ("reasoning_text", "response.reasoning_text")}
+ID_PREFIXES = {"message": "msg", "reasoning": "rs"}
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:
@@ -33,19 +40,30 @@ def output_text(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
+def content_part(kind: str, text: str) -> dict[str, Any]:
+    return output_text(text) if kind == "message" else {"type": "reasoning_text", "text": text}
+
+
+def new_item_id(kind: str) -> str:
+    return f"{ID_PREFIXES[kind]}_{uuid.uuid4().hex}"
+
+
+def output_item(kind: str, item_id: str, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+    if kind == "reasoning":
+        return {"id": item_id, "type": "reasoning", "status": status, "summary": [], "content": content,
+                "encrypted_content": None}
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
+
+
 @dataclass(frozen=True)
 class ResponseDraft:
     """What one response object is made of; `response()` renders it at any point of its life."""
 
     response_id: str
-    message_id: str
     model: str
     body: ResponsesRequest
     generation: Generation
     created_at: int = field(default_factory=lambda: int(time.time()))
-
-    def message(self, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": self.message_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
     def usage(self, num_output_tokens: int) -> dict[str, Any]:
         stream = self.generation.stream
@@ -68,18 +86,45 @@ class ResponseDraft:
                 "top_p": 1.0 if body.top_p is None else body.top_p, "truncation": "disabled",
                 "usage": usage, "user": body.user, "metadata": body.metadata or {}}
 
-    def finished(self, reason: str, text: str, num_output_tokens: int) -> dict[str, Any]:
+    def finished(self, reason: str, output: list[dict[str, Any]], num_output_tokens: int) -> dict[str, Any]:
         """The final response: `length` (max_output_tokens or the context) makes it incomplete."""
         is_cut = reason == "length"
-        status = "incomplete" if is_cut else "completed"
-        message = self.message(status, [output_text(text)])
-        return self.response(status, [message], self.usage(num_output_tokens),
+        return self.response("incomplete" if is_cut else "completed", output, self.usage(num_output_tokens),
                              "max_output_tokens" if is_cut else None)
+
+
+def item_status(reason: str) -> str:
+    return "incomplete" if reason == "length" else "completed"
+
+
+def collected_items(reason: str, text: str, reasoning: str) -> list[dict[str, Any]]:
+    """A collected answer's output, as its stream would have given it: its reasoning (when there was some),
+    then its message (unless the output was cut before the reasoning ended)."""
+    status = item_status(reason)
+    items = []
+    if reasoning:
+        items.append(output_item("reasoning", new_item_id("reasoning"), "completed" if text else status,
+                                 [content_part("reasoning", reasoning)]))
+    if text or not reasoning:
+        items.append(output_item("message", new_item_id("message"), status, [output_text(text)]))
+    return items
+
+
+@dataclass
+class _OpenItem:
+    kind: str
+    item_id: str
+    output_index: int
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 class ResponseFraming:
     """The generation core's Framing for Responses streams; `on_finished(response, text)` gets the final
-    response (to store it)."""
+    response and its message's text (to store it)."""
 
     media_type = MEDIA_TYPE
 
@@ -87,37 +132,68 @@ class ResponseFraming:
         self.draft = draft
         self.on_finished = on_finished
         self._sequence_number = 0
-        self._parts: list[str] = []
+        self._open: _OpenItem | None = None
+        self._done: list[dict[str, Any]] = []  # the output items finished so far
+        self._message_text = ""
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         payload = {"type": kind, **fields, "sequence_number": self._sequence_number}
         self._sequence_number += 1
         return sse_event(payload)
 
-    def _where(self) -> dict[str, Any]:
-        return {"item_id": self.draft.message_id, "output_index": OUTPUT_INDEX, "content_index": CONTENT_INDEX}
+    def _where(self, item: _OpenItem) -> dict[str, Any]:
+        return {"item_id": item.item_id, "output_index": item.output_index, "content_index": 0}
+
+    def _add(self, kind: str) -> list[bytes]:
+        """Finish the open item, add one of `kind`."""
+        events = self._close("completed")
+        item = self._open = _OpenItem(kind, new_item_id(kind), len(self._done))
+        return [*events, self._event("response.output_item.added", output_index=item.output_index,
+                                     item=output_item(kind, item.item_id, "in_progress", [])),
+                self._event("response.content_part.added", **self._where(item), part=content_part(kind, ""))]
+
+    def _close(self, status: str) -> list[bytes]:
+        item = self._open
+        if item is None:
+            return []
+        self._open = None
+        text, (_, prefix) = item.text, PARTS[item.kind]
+        if item.kind == "message":
+            self._message_text = text
+        done = output_item(item.kind, item.item_id, status, [content_part(item.kind, text)])
+        self._done.append(done)
+        extra = {"logprobs": []} if item.kind == "message" else {}
+        return [self._event(f"{prefix}.done", **self._where(item), text=text, **extra),
+                self._event("response.content_part.done", **self._where(item), part=content_part(item.kind, text)),
+                self._event("response.output_item.done", output_index=item.output_index, item=done)]
+
+    def _text(self, kind: str, text: str) -> list[bytes]:
+        events = self._add(kind) if self._open is None or self._open.kind != kind else []
+        self._open.parts.append(text)
+        extra = {"logprobs": []} if kind == "message" else {}
+        return [*events, self._event(f"{PARTS[kind][1]}.delta", **self._where(self._open), delta=text, **extra)]
 
     def opening(self) -> list[bytes]:
         draft = self.draft
-        return [self._event("response.created", response=draft.response("in_progress", [])),
-                self._event("response.in_progress", response=draft.response("in_progress", [])),
-                self._event("response.output_item.added", output_index=OUTPUT_INDEX,
-                            item=draft.message("in_progress", [])),
-                self._event("response.content_part.added", **self._where(), part=output_text(""))]
+        events = [self._event("response.created", response=draft.response("in_progress", [])),
+                  self._event("response.in_progress", response=draft.response("in_progress", []))]
+        if draft.generation.splitter is None:  # the output is the message from its first token
+            events.extend(self._add("message"))
+        return events
 
-    def delta(self, text: str) -> bytes:
-        self._parts.append(text)
-        return self._event("response.output_text.delta", **self._where(), delta=text, logprobs=[])
+    def delta(self, text: str, reasoning: str = "", logprobs: Any = None) -> bytes:
+        events = self._text("reasoning", reasoning) if reasoning else []
+        if text:
+            events.extend(self._text("message", text))
+        return b"".join(events)
 
     def finish(self, reason: str, num_output_tokens: int) -> list[bytes]:
-        text = "".join(self._parts)
-        response = self.draft.finished(reason, text, num_output_tokens)
-        self.on_finished(response, text)
+        events = self._add("message") if not self._done and self._open is None else []  # always a message
+        events.extend(self._close(item_status(reason)))
+        response = self.draft.finished(reason, self._done, num_output_tokens)
+        self.on_finished(response, self._message_text)
         final = "response.completed" if response["status"] == "completed" else "response.incomplete"
-        return [self._event("response.output_text.done", **self._where(), text=text, logprobs=[]),
-                self._event("response.content_part.done", **self._where(), part=output_text(text)),
-                self._event("response.output_item.done", output_index=OUTPUT_INDEX, item=response["output"][0]),
-                self._event(final, response=response)]
+        return [*events, self._event(final, response=response)]
 
     def error(self, error: ServeError) -> bytes:
         return self._event("error", code=error.code or error.error_type, message=error.message, param=error.param)
@@ -126,6 +202,7 @@ class ResponseFraming:
         return []
 
     def collected(self, completion: Completion) -> dict[str, Any]:
-        response = self.draft.finished(completion.finish_reason, completion.text, completion.num_output_tokens)
+        items = collected_items(completion.finish_reason, completion.text, completion.reasoning)
+        response = self.draft.finished(completion.finish_reason, items, completion.num_output_tokens)
         self.on_finished(response, completion.text)
         return response

@@ -2,8 +2,9 @@
 
 As OpenAI's own API does, a parameter this server does not know is a 400 naming it; one OpenAI defines
 that is not implemented here yet is a 400 that says so, unless it is sent with the value that means "not
-used" (no tools, plain text). Input is text: other item and content types are refused by name. Responses
-and stream events are built as plain dicts in serve/api/responses/events.py.
+used" (no tools, plain text). Input is text messages (and earlier reasoning, not read again): other item
+and content types are refused by name. Responses and stream events are built as plain dicts in
+serve/api/responses/events.py.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ MAX_METADATA_KEYS = 16
 NOT_IMPLEMENTED = {
     "tools": ([], "function tools are not supported by this server yet; send the request without tools"),
     "tool_choice": (("auto", "none"), "tool_choice is not supported by this server yet (there are no tools)"),
-    "reasoning": ({}, "reasoning options are not supported by this server yet (no reasoning models); omit reasoning"),
+    "reasoning": ({}, "reasoning options (effort, summary) are not supported by this server: a reasoning model "
+                      "thinks as its chat template lets it, and its thinking is answered as a reasoning item; "
+                      "omit reasoning"),
     "include": ([], "include is not supported by this server yet; omit it"),
     "background": (False, "background responses are not supported by this server; omit background"),
     "conversation": (None, "conversations are not supported by this server; use previous_response_id"),
@@ -31,7 +34,6 @@ NOT_MESSAGE_ITEMS = {
     "function_call": "function_call items are not supported by this server yet (function tools are not implemented)",
     "function_call_output": "function_call_output items are not supported by this server yet (function tools are "
                             "not implemented)",
-    "reasoning": "reasoning items are not supported by this server yet (no reasoning models)",
 }
 
 
@@ -101,13 +103,30 @@ class MessageItem(_Strict):
         return {"role": role, "content": self.text}
 
 
+class ReasoningText(_Strict):
+    type: Literal["reasoning_text", "summary_text"]
+    text: str
+
+
+class ReasoningItem(_Strict):
+    """An earlier response's reasoning, sent back as it was: accepted, and not read again (as OpenAI's API
+    and reasoning models' templates drop earlier thinking)."""
+
+    type: Literal["reasoning"]
+    id: Optional[str] = None
+    summary: list[ReasoningText] = Field(default_factory=list)
+    content: Optional[list[ReasoningText]] = None
+    encrypted_content: Optional[str] = None
+    status: Optional[str] = None
+
+
 def _check_items(value: Any) -> Any:
     if isinstance(value, list):
         for index, item in enumerate(value):
             kind = item.get("type", "message") if isinstance(item, dict) else None
             if kind in NOT_MESSAGE_ITEMS:
                 raise _fail("input_item", f"item {index}: {NOT_MESSAGE_ITEMS[kind]}")
-            if kind != "message":
+            if kind not in ("message", "reasoning"):
                 raise _fail("input_item", f"item {index}: expected a message item "
                                           "{'role': 'user', 'content': ...}, got type {kind!r}")
     return value
@@ -133,7 +152,7 @@ class TextConfig(_Strict):
 
 class ResponsesRequest(_Strict):
     model: Optional[str] = None  # absent: the first loaded model (as /v1/chat/completions)
-    input: Union[str, list[MessageItem]]
+    input: Union[str, list[Union[MessageItem, ReasoningItem]]]
     instructions: Optional[str] = None
     max_output_tokens: Optional[int] = Field(default=None, gt=0)
     temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
@@ -184,4 +203,4 @@ class ResponsesRequest(_Strict):
     def input_messages(self) -> list[dict[str, str]]:
         if isinstance(self.input, str):
             return [{"role": "user", "content": self.input}]
-        return [item.to_template_dict() for item in self.input]
+        return [item.to_template_dict() for item in self.input if isinstance(item, MessageItem)]

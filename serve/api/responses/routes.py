@@ -17,17 +17,19 @@ from fastapi.responses import JSONResponse, Response
 from serve.api.engine_client import PoolClient
 from serve.api.errors import parse_json_object, validate
 from serve.api.generation import Generation, Timings, answer, chat_prompt, resolve_engine, submit
+from serve.api.reasoning import catalog_reasoning_format, reasoning_splitter
 from serve.api.responses.events import ResponseDraft, ResponseFraming
 from serve.api.responses.protocol import ResponsesRequest
 from serve.api.responses.request import conversation, sampling_params, template_messages
 from serve.api.responses.store import ResponseStore, StoredResponse
+from serve.models.catalog import Catalog
 
 
 def _framing(generation: Generation, body: ResponsesRequest, messages: list[dict[str, Any]],
              store: ResponseStore) -> ResponseFraming:
     """The framing of this response; a finished response is stored unless the request said store: false."""
-    draft = ResponseDraft(response_id=generation.request_id, message_id=f"msg_{uuid.uuid4().hex}",
-                          model=generation.request.model, body=body, generation=generation)
+    draft = ResponseDraft(response_id=generation.request_id, model=generation.request.model, body=body,
+                          generation=generation)
 
     def keep(response: dict[str, Any], text: str) -> None:
         if body.store:
@@ -36,8 +38,9 @@ def _framing(generation: Generation, body: ResponsesRequest, messages: list[dict
     return ResponseFraming(draft, keep)
 
 
-def build_router(pool: PoolClient, store: ResponseStore) -> APIRouter:
-    """The Responses routes over the model pool, with `store` keeping finished responses."""
+def build_router(pool: PoolClient, store: ResponseStore, catalog: Catalog | None = None) -> APIRouter:
+    """The Responses routes over the model pool, with `store` keeping finished responses; the catalog says
+    which models reason (their thinking is answered as reasoning items)."""
     router = APIRouter()
 
     @router.post("/v1/responses")
@@ -49,6 +52,7 @@ def build_router(pool: PoolClient, store: ResponseStore) -> APIRouter:
         prompt = chat_prompt(engine, template_messages(body, messages))
         generation = submit(engine, f"resp_{uuid.uuid4().hex}", prompt, sampling_params(engine, prompt, body),
                             timings)
+        generation.splitter = reasoning_splitter(catalog_reasoning_format(catalog, engine.model_name), prompt.text)
         framing = _framing(generation, body, messages, store)
         return await answer(http_request, generation, can_stream=body.stream, framing=framing,
                             collected=framing.collected)
