@@ -27,6 +27,7 @@ log = logging.getLogger("serve")
 
 # After the drain, what is left has been ended with an error event; its responses get this long to be sent.
 GRACEFUL_SHUTDOWN_SECONDS = 5
+ENDING_SECONDS = 30  # at most this long for the engines to end what the drain left (one step each)
 MEMORY_MARGIN_BYTES = 2 * 2**30  # left to the OS and everything else when --max-memory is not given
 
 
@@ -98,6 +99,9 @@ async def drain(pool: ModelPool, timeout: float) -> None:
         log.warning("drain timeout: ending %d request(s) still running after %.1f s", num_left,
                     time.monotonic() - started)
     pool.stop_engines()
+    # Each engine ends its requests after its current step, which a loaded CPU can make slow: wait for
+    # that here, so uvicorn's short graceful shutdown only has the error events left to send.
+    await pool.drain(ENDING_SECONDS)
 
 
 def build_pool(config: ServerConfig, catalog: Catalog, hw: Hardware) -> ModelPool:

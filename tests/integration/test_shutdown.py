@@ -38,32 +38,45 @@ def wait_for_exit(process: subprocess.Popen, timeout: float) -> int:
         raise AssertionError(f"the server did not exit within {timeout:.0f} s") from None
 
 
+def tokens_for_seconds(http: httpx.Client, model: str, seconds: float) -> int:
+    """How many tokens this machine generates in about `seconds` now (a loaded CI machine can be 100 times
+    slower than an idle one): long enough for the checks made during the drain, short enough to finish."""
+    started = time.monotonic()
+    response = http.post("/v1/completions", json={**stream_body(model, 16), "stream": False})
+    assert response.status_code == 200, response.text
+    tokens_per_second = 16 / (time.monotonic() - started)
+    return max(24, min(int(tokens_per_second * seconds), 2000))
+
+
 def test_sigterm_lets_a_running_stream_finish_and_refuses_new_requests(tmp_path_factory):
-    with start_llamacpp_server(tmp_path_factory, "drain", ["--parallel", "1", "--drain-timeout", "120"]) as server, \
-            server.http() as http, \
-            http.stream("POST", "/v1/completions", json=stream_body(server.model, 300)) as response:
-        lines = response.iter_lines()
-        assert next(lines).startswith("data: ")
-        server.process.send_signal(signal.SIGTERM)
-        wait_until_stopping(http)
-        health = http.get("/health")
-        assert health.json()["status"] == "stopping"
+    args = ["--parallel", "1", "--drain-timeout", "300"]
+    with start_llamacpp_server(tmp_path_factory, "drain", args) as server, server.http() as http:
+        num_tokens = tokens_for_seconds(http, server.model, 5)
+        with http.stream("POST", "/v1/completions", json=stream_body(server.model, num_tokens)) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            server.process.send_signal(signal.SIGTERM)
+            wait_until_stopping(http)
+            assert http.get("/health").json()["status"] == "stopping"
+            assert_refused_in_each_shape(http, server.model)
+            assert server.process.poll() is None, "the server exited while a stream was running"
 
-        refused = http.post("/v1/completions", json={"model": server.model, "prompt": "Hi", "max_tokens": 2})
-        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-        assert refused.json()["error"]["code"] == "shutting_down"
-        assert "shutting down" in refused.json()["error"]["message"]
-        ollama = http.post("/api/generate", json={"model": server.model, "prompt": "Hi", "stream": False})
-        assert ollama.status_code == 503 and ollama.headers["retry-after"] == "1"
-        assert "shutting down" in ollama.json()["error"]  # Ollama's shape: {"error": "..."}
-        assert server.process.poll() is None, "the server exited while a stream was running"
-
-        events = [line.removeprefix("data: ") for line in lines if line]
+            events = [line.removeprefix("data: ") for line in lines if line]
         assert events[-1] == "[DONE]"
         chunks = [json.loads(event) for event in events[:-1]]
         assert all("error" not in chunk for chunk in chunks), chunks[-1]
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
         assert wait_for_exit(server.process, EXIT_GRACE_SECONDS) == 0
+
+
+def assert_refused_in_each_shape(http: httpx.Client, model: str) -> None:
+    refused = http.post("/v1/completions", json={"model": model, "prompt": "Hi", "max_tokens": 2})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "shutting_down"
+    assert "shutting down" in refused.json()["error"]["message"]
+    ollama = http.post("/api/generate", json={"model": model, "prompt": "Hi", "stream": False})
+    assert ollama.status_code == 503 and ollama.headers["retry-after"] == "1"
+    assert "shutting down" in ollama.json()["error"]  # Ollama's shape: {"error": "..."}
 
 
 def test_sigint_ends_a_stream_past_the_drain_timeout_with_an_error_event(tmp_path_factory):
