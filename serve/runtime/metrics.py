@@ -38,17 +38,11 @@ def _counter(name: str, documentation: str, labels: tuple[str, ...] = ("model",)
     return Counter(f"{PREFIX}_{name}", documentation, list(labels), registry=REGISTRY)
 
 
-QUEUE_TIME = _histogram("request_queue_time_seconds",
-                        "Time a request waited for a free sequence slot (submitted until admitted)",
-                        _REQUEST_BUCKETS)
-TIME_TO_FIRST_TOKEN = _histogram("time_to_first_token_seconds",
-                                 "Time from submission to the first generated token", _TTFT_BUCKETS)
-
-
 class OutputGapHistogram:
     """A histogram observed once per output, so on the event loop's per-token path: a bisect into plain
-    per-model lists (about 0.2 us) instead of prometheus_client's locked Histogram (1 to 3 us). Only the
-    event loop thread observes and scrapes, so no lock is needed."""
+    per-model lists instead of prometheus_client's locked Histogram (0.7 to 1.6 us a call against 5.5 to
+    7.3 us, python -m timeit on a loaded 2-core machine). Only the event loop thread observes and scrapes,
+    so no lock is needed."""
 
     def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]):
         self._name, self._documentation, self._bounds = name, documentation, buckets
@@ -74,6 +68,11 @@ class OutputGapHistogram:
         yield family
 
 
+QUEUE_TIME = _histogram("request_queue_time_seconds",
+                        "Time a request waited for a free sequence slot (submitted until admitted)",
+                        _REQUEST_BUCKETS)
+TIME_TO_FIRST_TOKEN = _histogram("time_to_first_token_seconds",
+                                 "Time from submission to the first generated token", _TTFT_BUCKETS)
 INTER_TOKEN_LATENCY = OutputGapHistogram(f"{PREFIX}_inter_token_latency_seconds",
                                          "Time between two consecutive outputs of one request", _ITL_BUCKETS)
 REGISTRY.register(INTER_TOKEN_LATENCY)
@@ -89,7 +88,7 @@ MODEL_LOADS = _counter("model_loads", "Models loaded (at start-up or on demand)"
 MODEL_LOAD_TIME = _histogram("model_load_seconds", "Time to load a model's weights and start its engine",
                              _LOAD_BUCKETS)
 MODEL_UNLOADS = _counter("model_unloads", "Models unloaded, by reason: evicted (to make room for another), "
-                         "expired (idle past its keep-alive), requested (by a client, or at shutdown)",
+                         "expired (idle past its keep-alive), requested (by a client)",
                          ("model", "reason"))
 
 
