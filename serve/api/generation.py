@@ -24,6 +24,10 @@ from serve.api.engine_client import EngineClient, OutputStream, PoolClient
 from serve.api.errors import counted, internal_error
 from serve.api.reasoning import ReasoningSplitter
 from serve.api.streaming import ClosingStreamingResponse
+from serve.api.tools.calls import ToolCall, ToolEvent
+from serve.api.tools.parser import ToolCallParser
+from serve.api.tools.spec import ToolRequest
+from serve.api.tools.use import ToolUse, tool_use
 from serve.errors import InvalidRequestError, ServeError
 from serve.sequence import FinishReason, Request, SamplingParams, StepOutput, TokenLogprob
 
@@ -55,6 +59,7 @@ class Prompt:
     text: str
     token_ids: list[int]
     messages: list[dict[str, Any]] | None = None
+    tool_use: ToolUse | None = None  # the tools offered, or a history with tool calls
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Generation:
     is_finished: bool = False
     # Set by a dialect that answers a reasoning model's thinking apart (serve/api/reasoning.py).
     splitter: ReasoningSplitter | None = None
+    tool_parser: ToolCallParser | None = None  # when the request offers tools (serve/api/tools/)
     stop_string: str | None = None  # the stop string that ended it, once finished (Anthropic reports it)
 
     @property
@@ -98,6 +104,7 @@ class Completion:
     reasoning: str = ""  # a reasoning model's thinking, when the dialect split it off
     logprobs: list[TokenLogprob] | None = None  # when asked (SamplingParams.num_logprobs)
     prompt_logprobs: list[TokenLogprob | None] | None = None  # when asked (echo)
+    tool_calls: tuple[ToolCall, ...] = ()  # parsed from the output when the request offered tools
 
 
 class Framing(Protocol):
@@ -111,6 +118,9 @@ class Framing(Protocol):
 
     def opening(self) -> list[bytes]: ...
     def delta(self, text: str) -> bytes: ...
+    def tool_call(self, event: ToolEvent) -> list[bytes]:
+        """A tool call's delta (name first, then argument fragments) or its completion; called only for
+        requests that offer tools."""
     def finish(self, reason: str, num_output_tokens: int) -> list[bytes]: ...
     def error(self, error: ServeError) -> bytes: ...
     def closing(self) -> list[bytes]: ...
@@ -132,10 +142,11 @@ async def resolve_engine(pool: PoolClient, model: str | None, timings: Timings, 
     return engine
 
 
-def chat_prompt(engine: EngineClient, messages: list[dict[str, Any]]) -> Prompt:
-    """The conversation rendered with the model's own chat template, tokenized."""
-    text = engine.render_chat(messages)
-    return Prompt(text, engine.tokenize(text), messages)
+def chat_prompt(engine: EngineClient, messages: list[dict[str, Any]], tools: ToolRequest | None = None) -> Prompt:
+    """The conversation rendered with the model's own chat template (and the request's tools), tokenized."""
+    use = tool_use(engine, messages, tools)
+    text = engine.render_chat(messages) if use is None else engine.render_chat(*use.template_inputs(messages))
+    return Prompt(text, engine.tokenize(text), messages, use)
 
 
 def text_prompt(engine: EngineClient, text: str) -> Prompt:
@@ -165,16 +176,22 @@ def default_num_max_tokens(engine: EngineClient, prompt: Prompt) -> int:
 def submit(engine: EngineClient, request_id: str, prompt: Prompt, params: SamplingParams,
            timings: Timings) -> Generation:
     """Hand the request to the engine; raises at once (before any byte is sent) when it cannot be served."""
+    use = prompt.tool_use
+    params = use.constrained(params) if use is not None else params
     request = Request(request_id=request_id, model=engine.model_name, prompt=prompt.text,
                       prompt_token_ids=prompt.token_ids, params=params, messages=prompt.messages)
     timings.submitted = time.perf_counter()
-    return Generation(request, engine.submit(request), timings)
+    return Generation(request, engine.submit(request), timings,
+                      tool_parser=use.new_parser() if use is not None else None)
 
 
-def finish_reason(output: StepOutput) -> str:
+def finish_reason(output: StepOutput, tool_parser: ToolCallParser | None = None) -> str:
+    """OpenAI's finish reason; "tool_calls" when the model stopped after calling tools."""
     reason = output.finish_reason
     if reason == FinishReason.ABORT:  # only the server aborts a request whose client is still there
         raise ServeError(f"generation was aborted: {output.error or 'the server is shutting down'}", code="aborted")
+    if reason == FinishReason.STOP and tool_parser is not None and tool_parser.calls:
+        return "tool_calls"
     return reason.value if isinstance(reason, FinishReason) else str(reason)
 
 
@@ -193,13 +210,15 @@ async def answer(http_request: HTTPRequest, generation: Generation, *, can_strea
 
 def stream_response(generation: Generation, framing: Framing) -> ClosingStreamingResponse:
     """The streamed answer; a client that leaves aborts the generation."""
-    events = framed_events(generation.outputs(), framing, generation.request_id, generation.splitter)
+    events = framed_events(generation.outputs(), framing, generation.request_id, generation.splitter,
+                           generation.tool_parser)
     return ClosingStreamingResponse(events, media_type=framing.media_type,
                                     on_close=generation.abort_unless_finished)
 
 
 async def framed_events(outputs: AsyncIterator[StepOutput], framing: Framing, request_id: str,
-                        splitter: ReasoningSplitter | None = None) -> AsyncIterator[bytes]:
+                        splitter: ReasoningSplitter | None = None,
+                        tool_parser: ToolCallParser | None = None) -> AsyncIterator[bytes]:
     """The events of one streamed answer; a failure after the first byte becomes the error event.
     (One generator, not a chain of them: this runs once per generated token.)"""
     for event in framing.opening():
@@ -208,14 +227,17 @@ async def framed_events(outputs: AsyncIterator[StepOutput], framing: Framing, re
         num_output_tokens = 0
         async for output in outputs:
             num_output_tokens += output.num_new_tokens
-            if splitter is not None or output.logprobs:
+            if tool_parser is not None:
+                for event in _tool_deltas(framing, output, splitter, tool_parser):
+                    yield event
+            elif splitter is not None or output.logprobs:
                 event = _split_delta(framing, output, splitter)
                 if event is not None:
                     yield event
             elif output.text:
                 yield framing.delta(output.text)
             if output.finish_reason is not None:
-                for event in framing.finish(finish_reason(output), num_output_tokens):
+                for event in framing.finish(finish_reason(output, tool_parser), num_output_tokens):
                     yield event
                 break
         else:
@@ -235,6 +257,29 @@ def _split_delta(framing: Framing, output: StepOutput, splitter: ReasoningSplitt
     if not (reasoning or content or output.logprobs):
         return None
     return framing.delta(content, reasoning=reasoning, logprobs=output.logprobs)  # type: ignore[call-arg]
+
+
+def _tool_deltas(framing: Framing, output: StepOutput, splitter: ReasoningSplitter | None,
+                 tool_parser: ToolCallParser) -> list[bytes]:
+    """The events of an output whose content may hold tool calls: content deltas and tool-call deltas in
+    the order the model wrote them (reasoning, when split off, is never parsed for calls)."""
+    reasoning, content = splitter.feed(output.text) if splitter is not None else ("", output.text)
+    if splitter is not None and output.finish_reason is not None:
+        more_reasoning, more_content = splitter.flush()
+        reasoning, content = reasoning + more_reasoning, content + more_content
+    pieces = tool_parser.feed(content) + (tool_parser.finish() if output.finish_reason is not None else [])
+    events, text, logprobs = [], "", output.logprobs
+    for piece in [*pieces, None]:
+        if isinstance(piece, str):
+            text += piece
+            continue
+        if text or reasoning or logprobs:
+            extras = {k: v for k, v in (("reasoning", reasoning), ("logprobs", logprobs)) if v}
+            events.append(framing.delta(text, **extras))
+            text, reasoning, logprobs = "", "", None
+        if piece is not None:
+            events += framing.tool_call(piece)
+    return events
 
 
 async def errors_as_events(events: AsyncIterator[Event], error_event: Callable[[ServeError], Event],
@@ -270,8 +315,12 @@ async def collect(generation: Generation) -> Completion:
             reasoning, text = "", "".join(parts)
             if generation.splitter is not None:
                 reasoning, text = _split_whole(generation.splitter, text)
-            return Completion(text, num_tokens, finish_reason(output), reasoning=reasoning, logprobs=logprobs,
-                              prompt_logprobs=prompt_logprobs)
+            tool_parser, calls = generation.tool_parser, ()
+            if tool_parser is not None:
+                text = "".join(p for p in tool_parser.feed(text) + tool_parser.finish() if isinstance(p, str))
+                calls = tuple(tool_parser.calls)
+            return Completion(text, num_tokens, finish_reason(output, tool_parser), reasoning=reasoning,
+                              logprobs=logprobs, prompt_logprobs=prompt_logprobs, tool_calls=calls)
     raise ServeError("the engine ended the request without a finish reason")
 
 

@@ -111,9 +111,16 @@ def test_bad_chat_messages_name_the_field(messages, fragment):
     assert fragment in _error(ChatRequest, {"model": "m", "messages": messages}).replace("[0]", ".0")
 
 
-def test_chat_tools_are_refused_but_an_empty_list_is_fine():
-    assert "tools: tool calling is not supported yet" in _error(ChatRequest, {"model": "m", "tools": [{"x": 1}]})
-    assert validate(ChatRequest, {"model": "m", "tools": []}).tools == []
+def test_chat_tools_are_checked_when_the_prompt_is_made():
+    from serve.api.ollama.request import tool_request
+
+    body = validate(ChatRequest, {"model": "m", "tools": [{"x": 1}]})
+    with pytest.raises(InvalidRequestError, match=r"tools\[0\] must be"):
+        tool_request(body)
+    assert tool_request(validate(ChatRequest, {"model": "m", "tools": []})) is None
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    request = tool_request(validate(ChatRequest, {"model": "m", "tools": [weather]}))
+    assert request.choice == "auto" and [t.name for t in request.tools] == ["get_weather"]
 
 
 def test_chat_messages_become_template_messages():

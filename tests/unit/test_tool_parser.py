@@ -120,3 +120,9 @@ def test_max_calls_drops_the_rest():
     events = parser.feed(HERMES_TWO_CALLS) + parser.finish()
     assert [c.name for c in parser.calls] == ["get_weather"]
     assert {e.index for e in events if not isinstance(e, str)} == {0}
+
+
+def test_a_partial_marker_after_calls_is_dropped_but_kept_in_plain_text():
+    assert parse_all(HERMES, HERMES_TWO_CALLS + "\n<tool")[0] == "Let me check."
+    assert parse_all(HERMES, "Hello <tool")[0] == "Hello <tool"
+    assert parse_all(HERMES, "Hello\n")[0] == "Hello\n"

@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Callable
 from serve.api.generation import Completion, Generation, Timings
 from serve.api.ollama.models import timestamp
 from serve.api.streaming import ClosingStreamingResponse
+from serve.api.tools.calls import ToolCall, ToolCallDone, ToolEvent
 from serve.errors import ServeError
 
 MEDIA_TYPE = "application/x-ndjson"
@@ -91,6 +92,14 @@ class NDJSONFraming:
     def delta(self, text: str) -> bytes:
         return ndjson_line(self.shape.reply(self.model, text, done=False))
 
+    def tool_call(self, event: ToolEvent) -> list[bytes]:
+        """Ollama sends a call whole, in a message of its own, once its arguments are complete."""
+        if not isinstance(event, ToolCallDone):
+            return []
+        reply = self.shape.reply(self.model, "", done=False)
+        reply["message"]["tool_calls"] = [ollama_tool_call(event.call)]
+        return [ndjson_line(reply)]
+
     def finish(self, reason: str, num_output_tokens: int) -> list[bytes]:
         return [ndjson_line(self.done(reason, "", num_output_tokens))]
 
@@ -102,7 +111,20 @@ class NDJSONFraming:
 
     def done(self, reason: str, text: str, num_output_tokens: int) -> dict[str, Any]:
         counts = metrics(self.generation.timings, self.generation.stream.num_prompt_tokens, num_output_tokens)
+        reason = "stop" if reason == "tool_calls" else reason  # Ollama says stop after tool calls too
         return self.shape.reply(self.model, text, done=True, done_reason=reason, **counts)
 
     def collected(self, completion: Completion) -> dict[str, Any]:
-        return self.done(completion.finish_reason, completion.text, completion.num_output_tokens)
+        reply = self.done(completion.finish_reason, completion.text, completion.num_output_tokens)
+        if completion.tool_calls:
+            reply["message"]["tool_calls"] = [ollama_tool_call(call) for call in completion.tool_calls]
+        return reply
+
+
+def ollama_tool_call(call: ToolCall) -> dict[str, Any]:
+    """Ollama's shape: arguments as an object (text that is not a JSON object, from a cut call, stays text)."""
+    try:
+        arguments: Any = json.loads(call.arguments)
+    except ValueError:
+        arguments = call.arguments
+    return {"function": {"name": call.name, "arguments": arguments}}

@@ -245,18 +245,12 @@ class ChatMessage(_Strict):
 
 class ChatRequest(_GenerationFields):
     messages: list[ChatMessage] = Field(default_factory=list)  # empty: load (or unload) the model only
-    tools: Optional[list[Any]] = None
+    # OpenAI's tool shape; checked in serve/api/ollama/request.py. Ollama has no tool_choice: always auto.
+    tools: Optional[list[dict[str, Any]]] = None
 
     @property
     def is_load_only(self) -> bool:
         return not self.messages
-
-    @field_validator("tools", mode="before")
-    @classmethod
-    def _no_tools(cls, value: Any) -> Any:
-        if value:
-            raise _fail("tools", "tool calling is not supported yet; omit tools")
-        return value
 
 
 class GenerateRequest(_GenerationFields):

@@ -10,6 +10,8 @@ from serve.api.generation import Prompt, chat_prompt, text_prompt
 from serve.api.ollama.protocol import (DEFAULT_REPEAT_PENALTY, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P,
                                        ChatRequest, GenerateRequest, Options)
 from serve.api.ollama.template import TemplateError, render_prompt_template
+from serve.api.tools.render import history_tool_call, tool_call_arguments
+from serve.api.tools.spec import ToolRequest, make_tool, make_tool_request
 from serve.errors import ContextLengthError, InvalidRequestError
 from serve.grammar import json_object_constraint, schema_constraint
 from serve.sequence import OutputConstraint, SamplingParams
@@ -67,8 +69,41 @@ def request_params(engine: EngineClient, prompt: Prompt, options: Options,
 
 
 def chat_request_prompt(engine: EngineClient, body: ChatRequest) -> Prompt:
-    """/api/chat: the conversation rendered with the model's chat template."""
-    return chat_prompt(engine, [message.to_template_dict() for message in body.messages])
+    """/api/chat: the conversation (and the request's tools) rendered with the model's chat template."""
+    return chat_prompt(engine, chat_messages(body), tool_request(body))
+
+
+def tool_request(body: ChatRequest) -> ToolRequest | None:
+    """Ollama's tools (OpenAI's shape); the model may call them or answer (Ollama has no tool_choice)."""
+    tools = []
+    for index, tool in enumerate(body.tools or []):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict):
+            raise InvalidRequestError(f"tools[{index}] must be {{\"type\": \"function\", \"function\": {{\"name\": ..., "
+                                      "\"parameters\": {...}}}}", param=f"tools[{index}]")
+        tools.append(make_tool(index, function.get("name"), function.get("description"), function.get("parameters")))
+    return make_tool_request(tools, None, None, None)
+
+
+def chat_messages(body: ChatRequest) -> list[dict[str, Any]]:
+    """The conversation as chat templates read it: earlier calls (arguments are objects in Ollama) in
+    Hugging Face's shape, a tool result named after its tool."""
+    messages = []
+    for index, message in enumerate(body.messages):
+        rendered = message.to_template_dict()
+        if message.tool_calls:
+            rendered["tool_calls"] = [_history_call(call, f"messages[{index}].tool_calls[{number}]")
+                                      for number, call in enumerate(message.tool_calls)]
+        messages.append(rendered)
+    return messages
+
+
+def _history_call(call: dict[str, Any], where: str) -> dict[str, Any]:
+    function = call.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidRequestError(f"{where} needs function.name and function.arguments", param=f"{where}.function")
+    arguments = tool_call_arguments(function.get("arguments", {}), f"{where}.function.arguments")
+    return history_tool_call(str(call.get("id") or ""), function["name"], arguments)
 
 
 def generate_request_prompt(engine: EngineClient, body: GenerateRequest) -> Prompt:

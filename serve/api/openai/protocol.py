@@ -136,10 +136,34 @@ class ChatMessage(_Lenient):
         return message
 
 
+class FunctionDefinition(_Lenient):
+    name: Any = None  # checked by serve/api/tools/spec.py, with the index of the tool in the message
+    description: Optional[str] = None
+    parameters: Any = None
+    strict: Optional[bool] = None  # arguments always follow the schema when a grammar holds the call
+
+
+class ToolDefinition(_Lenient):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: FunctionName
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(default=None, gt=0)
     logprobs: Optional[bool] = None
+    tools: Optional[list[ToolDefinition]] = None
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    parallel_tool_calls: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # needs logprobs: true
 
     @property
@@ -185,9 +209,21 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: Optional[str]  # null when the answer is only tool calls (as OpenAI sends it)
+    tool_calls: Optional[list[ToolCall]] = None
     # A reasoning model's thinking: llama-server's name and vLLM's (clients read either); None otherwise.
     reasoning_content: Optional[str] = None
     reasoning: Optional[str] = None

@@ -3,11 +3,14 @@ do not implement (never a silently different answer)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from serve.api.engine_client import EngineClient
 from serve.api.generation import Prompt, default_num_max_tokens
 from serve.api.openai.structured import output_constraint
 from serve.api.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from serve.api.tools.render import history_tool_call, tool_call_arguments
+from serve.api.tools.spec import ToolRequest, make_tool, make_tool_request
 from serve.errors import InvalidRequestError
 from serve.sequence import SamplingParams
 
@@ -61,3 +64,38 @@ def request_params(engine: EngineClient, prompt: Prompt, body: SamplingFields) -
     num_logprobs, num_prompt_logprobs = logprob_counts(body)
     return replace(sampling_params(body, body.num_max_tokens or default_num_max_tokens(engine, prompt)),
                    num_logprobs=num_logprobs, num_prompt_logprobs=num_prompt_logprobs)
+
+
+def tool_request(body: ChatCompletionRequest) -> ToolRequest | None:
+    """tools, tool_choice and parallel_tool_calls, validated; None when the request offers no tools."""
+    tools = [make_tool(index, tool.function.name, tool.function.description, tool.function.parameters)
+             for index, tool in enumerate(body.tools or [])]
+    choice = body.tool_choice
+    if isinstance(choice, str) or choice is None:
+        return make_tool_request(tools, choice, None, body.parallel_tool_calls)
+    return make_tool_request(tools, None, choice.function.name, body.parallel_tool_calls)
+
+
+def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The conversation as chat templates read it: earlier tool calls with their arguments as objects,
+    tool results with the id of the call they answer."""
+    messages = []
+    for index, message in enumerate(body.messages):
+        rendered = message.to_template_dict()
+        if message.role == "tool" and not message.tool_call_id:
+            raise InvalidRequestError(f"messages[{index}] is a tool result without tool_call_id; set it to the "
+                                      "id of the assistant's tool call it answers", param=f"messages[{index}].tool_call_id")
+        if message.tool_calls:
+            rendered["tool_calls"] = [_history_call(call, f"messages[{index}].tool_calls[{number}]")
+                                      for number, call in enumerate(message.tool_calls)]
+        messages.append(rendered)
+    return messages
+
+
+def _history_call(call: dict[str, Any], where: str) -> dict[str, Any]:
+    function = call.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidRequestError(f"{where} needs function.name (and function.arguments as JSON text)",
+                                  param=f"{where}.function")
+    arguments = tool_call_arguments(function.get("arguments", "{}"), f"{where}.function.arguments")
+    return history_tool_call(str(call.get("id") or ""), function["name"], arguments)

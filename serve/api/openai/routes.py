@@ -20,7 +20,7 @@ from serve.api.generation import (Completion, Generation, Prompt, Timings, answe
                                   submit, text_prompt, token_prompt)
 from serve.api.openai import protocol
 from serve.api.openai.logprobs import chat_logprobs, completion_logprobs
-from serve.api.openai.request import check_supported, request_params
+from serve.api.openai.request import chat_messages, check_supported, request_params, tool_request
 from serve.api.openai.sse import CHAT_CHUNK, TEXT_CHUNK, SSEFraming, StreamHeader
 from serve.api.reasoning import catalog_reasoning_format, reasoning_splitter
 from serve.errors import ModelNotFoundError
@@ -65,7 +65,10 @@ def _collected(generation: Generation, body: protocol.SamplingFields, completion
     counts = usage(generation, completion.num_output_tokens)
     if isinstance(body, protocol.ChatCompletionRequest):
         reasoning = completion.reasoning or None
-        message = protocol.AssistantMessage(content=completion.text, reasoning_content=reasoning, reasoning=reasoning)
+        calls = [protocol.ToolCall(id=call.id, function=protocol.FunctionCall(name=call.name, arguments=call.arguments))
+                 for call in completion.tool_calls]
+        message = protocol.AssistantMessage(content=None if calls and not completion.text else completion.text,
+                                            tool_calls=calls or None, reasoning_content=reasoning, reasoning=reasoning)
         choice = protocol.ChatChoice(message=message, logprobs=chat_logprobs(completion.logprobs),
                                      finish_reason=completion.finish_reason)
         return protocol.ChatCompletionResponse(id=request_id, created=created, model=model, choices=[choice],
@@ -107,8 +110,9 @@ def build_router(pool: PoolClient, catalog: Catalog | None = None) -> APIRouter:
         timings = Timings(started=time.perf_counter())
         body = validate(protocol.ChatCompletionRequest, parse_json_object(await http_request.body()))
         check_supported(body)
+        messages, tools = chat_messages(body), tool_request(body)
         engine = await resolve_engine(pool, body.model, timings)
-        prompt = chat_prompt(engine, [message.to_template_dict() for message in body.messages])
+        prompt = chat_prompt(engine, messages, tools)
         generation = submit(engine, f"chatcmpl-{uuid.uuid4().hex}", prompt,
                             request_params(engine, prompt, body), timings)
         generation.splitter = reasoning_splitter(catalog_reasoning_format(catalog, engine.model_name), prompt.text)

@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 
 from serve.api.generation import framed_events
 from serve.api.openai.logprobs import chat_logprobs, completion_logprobs
+from serve.api.tools.calls import ToolCallDelta, ToolEvent
 from serve.errors import ServeError
 from serve.sequence import StepOutput, TokenLogprob
 
@@ -94,6 +95,20 @@ class SSEFraming:
         if not reasoning and logprobs is None:
             return self.header.chunk([self.header.shape.choice(text, None)])
         return self.header.chunk([self.header.shape.split_choice(text, reasoning, logprobs, self._text_offset)])
+
+    def tool_call(self, event: ToolEvent) -> list[bytes]:
+        """OpenAI's tool-call delta: the first of a call carries its id, type and name (arguments ""), the
+        next ones argument fragments only; a completed call needs no chunk of its own."""
+        if not isinstance(event, ToolCallDelta):
+            return []
+        call: dict[str, Any] = {"index": event.index}
+        function: dict[str, Any] = {"arguments": event.arguments}
+        if event.name is not None:
+            call.update(id=event.id, type="function")
+            function = {"name": event.name, "arguments": event.arguments}
+        call["function"] = function
+        choice = {"index": 0, "delta": {"tool_calls": [call]}, "logprobs": None, "finish_reason": None}
+        return [self.header.chunk([choice])]
 
     def finish(self, reason: str, num_output_tokens: int) -> list[bytes]:
         shape = self.header.shape

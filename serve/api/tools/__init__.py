@@ -11,5 +11,6 @@ fragments as they are generated), and the grammar that makes `required` and name
     calls.py      ToolCall and the parser's events (ToolCallDelta, ToolCallDone)
     call_object.py one `{"name": ..., "arguments": {...}}` object read incrementally
     parser.py     ToolCallParser: generated text -> content and tool-call events, chunk by chunk
-    grammar.py    the GBNF of a call for tool_choice required / named, and the lazy trigger for auto
+    grammar.py    the GBNF of the calls for tool_choice required / named, and the lazy trigger for auto
+    use.py        ToolUse: what one chat request does with tools (the generation core's one entry point)
 """

@@ -62,8 +62,8 @@ class ToolCallParser:
             else:
                 self._report(cut, events)
             self._call = None
-        elif self._state == self._content:
-            self._emit_content(self._pending, events)
+        elif self._state == self._content and not self.calls:
+            self._emit_content(self._pending, events)  # after calls, a held partial marker is a cut call
         elif self._state == self._mistral_head:
             self._emit_content(self._marker + self._pending, events)
         if self._held_space and not self.calls:

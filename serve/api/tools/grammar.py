@@ -1,0 +1,92 @@
+"""The grammar of a request's tool calls, in llama.cpp's GBNF, for each format.
+
+`required` and a named tool_choice hold from the first token: the output is one or more calls (exactly
+one without parallel_tool_calls), each naming an offered tool (or the named one) with arguments that
+match that tool's parameter schema. `auto` leaves the output free until the model writes the call's
+marker (a lazy grammar, as llama-server does it); from there the same calls must follow. Each tool's
+schema is converted by the structured-output converter (serve/grammar), its rules renamed apart so the
+tools' grammars live side by side in one; a schema feature it cannot enforce is a 400 naming it.
+
+The call text is fixed to one spelling per format, e.g. for hermes
+
+    <tool_call>\\n{"name": "get_weather", "arguments": {...}}\\n</tool_call>
+
+so a small model has nothing to choose but the tool and the argument values.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from serve.api.tools.formats import ToolFormat
+from serve.api.tools.spec import Tool, ToolRequest
+from serve.grammar import schema_constraint
+from serve.sequence import OutputConstraint
+
+_RULE = re.compile(r"^([A-Za-z0-9_-]+)\s*::=\s*(.*)$")
+# Inside a rule's body: string literals, character classes, token references and repetition counts
+# are left alone; every other name is a reference to a rule.
+_BODY_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|<[^>]*>|\{[0-9, ]*\}|([A-Za-z0-9_-]+)')
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def renamed(gbnf: str, prefix: str) -> tuple[str, str]:
+    """The grammar with every rule named `prefix` + its name, and the new name of its root."""
+    rules = []
+    for line in gbnf.splitlines():
+        match = _RULE.match(line.strip())
+        if match is None:
+            if line.strip():
+                rules[-1] += " " + line.strip()  # a rule continued on the next line
+            continue
+        name, body = match.groups()
+        body = _BODY_TOKEN.sub(lambda m: prefix + m.group(1) if m.group(1) else m.group(0), body)
+        rules.append(f"{prefix}{name} ::= {body}")
+    return "\n".join(rules), f"{prefix}root"
+
+
+def _call_rule(fmt: ToolFormat, tool: Tool, arguments_rule: str) -> str:
+    key = "parameters" if fmt.name == "llama3_json" else "arguments"
+    head = _literal(f'{{"name": "{tool.name}", "{key}": ')
+    call = f'{head} {arguments_rule} "}}"'
+    if fmt.end_marker:
+        return f'{_literal(fmt.start_markers[0] + chr(10))} {call} {_literal(chr(10) + fmt.end_marker)}'
+    return call
+
+
+def _calls_rule(fmt: ToolFormat, allows_parallel: bool) -> str:
+    """The root: the calls in the format's own framing."""
+    if fmt.name == "mistral":
+        more = ' ("," " " call)*' if allows_parallel else ""
+        return f'root ::= {_literal(fmt.start_markers[0])} "[" call{more} "]"'
+    separator = '"\\n"' if fmt.end_marker else '";" " "'
+    more = f" ({separator} call)*" if allows_parallel else ""
+    opening = f"{_literal(fmt.start_markers[0])}? " if fmt.can_start_bare else ""
+    return f"root ::= {opening}call{more}"
+
+
+def tool_calls_gbnf(fmt: ToolFormat, tools: tuple[Tool, ...], allows_parallel: bool) -> str:
+    """One grammar for calls to any of `tools`."""
+    parts, alternatives = [], []
+    for index, tool in enumerate(tools):
+        schema = schema_constraint(tool.parameters, f"tools[{index}].function.parameters")
+        rules, root = renamed(schema.gbnf, f"t{index}-")
+        parts.append(rules)
+        alternatives.append(_call_rule(fmt, tool, root))
+    calls = " | ".join(alternatives)
+    return "\n".join([_calls_rule(fmt, allows_parallel), f"call ::= {calls}", *parts]) + "\n"
+
+
+def tool_call_constraint(fmt: ToolFormat, request: ToolRequest) -> OutputConstraint | None:
+    """The constraint of this request's calls: from the first token when forced, lazy for auto."""
+    tools = request.callable_tools
+    gbnf = tool_calls_gbnf(fmt, tools, request.allows_parallel)
+    if request.is_forced:
+        return OutputConstraint(gbnf=gbnf)
+    triggers = [re.escape(fmt.trigger)]
+    if fmt.can_start_bare:
+        triggers.append(r"^\s*(\{)")  # Llama 3's bare call: the answer opens with its object
+    return OutputConstraint(gbnf=gbnf, trigger_patterns=tuple(triggers))
