@@ -78,7 +78,10 @@ function loadState() {
   const empty = { messages: [], settings: { model: "", system: "", temperature: 0.7, maxTokens: "" } };
   try {
     const saved = JSON.parse(localStorage.getItem(STATE_KEY) || "null");
-    return saved && Array.isArray(saved.messages) ? { ...empty, ...saved, settings: { ...empty.settings, ...saved.settings } } : empty;
+    if (!saved || !Array.isArray(saved.messages)) return empty;
+    // an answer still empty when the page was left (reloaded mid-stream) is dropped
+    const messages = saved.messages.filter((message) => message.content || message.stats);
+    return { ...empty, ...saved, messages, settings: { ...empty.settings, ...saved.settings } };
   } catch (error) {
     return empty; // unreadable (edited by hand): start over rather than break the page
   }
