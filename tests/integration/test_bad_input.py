@@ -55,7 +55,7 @@ BAD_BODIES = [
     (CHAT, {"messages": HELLO, "max_tokens": 0}, 400, "max_tokens", ("max_tokens", "greater than 0")),
     (COMPLETIONS, {"prompt": "x", "max_tokens": -1}, 400, "max_tokens", ("max_tokens", "greater than 0")),
     (CHAT, {"messages": HELLO, "max_completion_tokens": 0}, 400, "max_completion_tokens", ("greater than 0",)),
-    (CHAT, {"messages": HELLO, "n": 2}, 400, "n", ("n>1 is not supported yet",)),
+    (CHAT, {"messages": HELLO, "n": 2}, 400, "n", ("n=2: several choices",)),
     (CHAT, {"messages": []}, 400, "messages", ("messages", "at least 1")),
     (CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]},
      400, "messages[0].content", ("image_url", "not supported")),
@@ -107,7 +107,7 @@ def test_openai_client_sees_bad_request_errors(server, http, client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=server.model, messages=HELLO, temperature=-1)
     assert caught.value.status_code == 400 and "temperature" in str(caught.value)
-    with pytest.raises(openai.BadRequestError, match="n>1 is not supported yet"):
+    with pytest.raises(openai.BadRequestError, match="several choices per request"):
         client.chat.completions.create(model=server.model, messages=HELLO, n=3)
     assert_still_serving(http, server.model)
 

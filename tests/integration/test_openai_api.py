@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 
+import openai
 import pytest
 
 # Suppress the end-of-generation tokens (<|endoftext|> 0, <|im_end|> 2) so a request runs to max_tokens.
@@ -181,9 +182,16 @@ def test_sampling_parameters_are_accepted(server, client):
     completion = client.chat.completions.create(
         model=server.model, messages=HELLO, max_tokens=8, temperature=0.7, top_p=0.9, seed=3,
         presence_penalty=0.5, frequency_penalty=0.5, logit_bias={"28": 5}, user="tester", n=1,
-        extra_body={"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1, "some_future_field": True})
+        extra_body={"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1})
     assert completion.choices[0].finish_reason in ("stop", "length")
     assert_usage(completion.usage)
+
+
+def test_an_unknown_field_is_a_400_naming_it(server, client):
+    with pytest.raises(openai.BadRequestError, match="unrecognized request field.*some_future_field") as caught:
+        client.chat.completions.create(model=server.model, messages=HELLO, max_tokens=2,
+                                       extra_body={"some_future_field": True})
+    assert caught.value.body["param"] == "some_future_field"
 
 
 # -- streaming ---------------------------------------------------------------------------------------

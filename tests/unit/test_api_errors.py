@@ -123,7 +123,7 @@ BAD_REQUESTS = [
     (COMPLETIONS, {"prompt": "x", "max_tokens": -3}, 400, "max_tokens", "greater than 0"),
     (CHAT, {"messages": HELLO, "max_completion_tokens": 0}, 400, "max_completion_tokens", "greater than 0"),
     (CHAT, {"messages": HELLO, "max_tokens": "many"}, 400, "max_tokens", "valid integer"),
-    (CHAT, {"messages": HELLO, "n": 2}, 400, "n", "n>1 is not supported yet"),
+    (CHAT, {"messages": HELLO, "n": 2}, 400, "n", "n=2: several choices"),
     (CHAT, {"messages": []}, 400, "messages", "at least 1"),
     (CHAT, {"messages": "hello"}, 400, "messages", "valid list"),
     (CHAT, {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role", "input should be"),

@@ -92,7 +92,8 @@ def test_format_is_json_or_a_schema():
     ({"model": "m", "images": ["aGVsbG8="]}, "images: images are not supported"),
     ({"model": "m", "suffix": "end"}, "suffix: suffix"),
     ({"model": "m", "context": [1, 2, 3]}, "context: context"),
-    ({"model": "m", "think": True}, "think: thinking"),
+    ({"model": "m", "think": "hard"}, "think: think must be true, false"),
+    ({"model": "m", "top_logprobs": 3}, "top_logprobs: logprobs are not supported"),
     ({"model": "m", "prompt": 42}, "prompt: Input should be a valid string"),
     ({"model": "m", "stream": "yes"}, "stream: Input should be a valid boolean"),
     ({"model": "m", "options": "hot"}, "options: Input should be"),
@@ -148,11 +149,13 @@ def test_option_types_are_checked_like_ollama(options, fragment):
     assert fragment in _error(GenerateRequest, {"model": "m", "options": options})
 
 
-def test_options_accept_whole_floats_single_stop_and_ignore_unknown_ones():
+def test_options_accept_whole_floats_single_stop_and_name_unknown_ones():
     options = validate(GenerateRequest, {"model": "m", "options": {
-        "num_predict": 64.0, "stop": "\n", "top_k": 0, "seed": -1, "num_gpu": 99, "some_future_option": 1}}).options
+        "num_predict": 64.0, "stop": "\n", "top_k": 0, "seed": -1, "num_gpu": 99}}).options
     assert options.num_predict == 64 and options.stop == ["\n"] and options.top_k == 0
     assert options.unsupported() is None
+    unknown = validate(GenerateRequest, {"model": "m", "options": {"some_future_option": 1, "num_gpu": 1}}).options
+    assert unknown.unsupported().startswith("unknown option(s): some_future_option;")
 
 
 @pytest.mark.parametrize("options, fragment", [

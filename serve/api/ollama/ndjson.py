@@ -66,11 +66,16 @@ class ReplyShape:
 
     is_chat: bool
 
-    def content(self, text: str) -> dict[str, Any]:
-        return {"message": {"role": "assistant", "content": text}} if self.is_chat else {"response": text}
+    def content(self, text: str, thinking: str = "") -> dict[str, Any]:
+        """The answer's text, and a reasoning model's thinking when there is some to show (Ollama omits an
+        empty `thinking`): `message.thinking` in chat replies, `thinking` in generate replies."""
+        extra = {"thinking": thinking} if thinking else {}
+        if self.is_chat:
+            return {"message": {"role": "assistant", "content": text, **extra}}
+        return {"response": text, **extra}
 
-    def reply(self, model: str, text: str, **fields: Any) -> dict[str, Any]:
-        return {"model": model, "created_at": timestamp(), **self.content(text), **fields}
+    def reply(self, model: str, text: str, thinking: str = "", **fields: Any) -> dict[str, Any]:
+        return {"model": model, "created_at": timestamp(), **self.content(text, thinking), **fields}
 
 
 CHAT = ReplyShape(is_chat=True)
@@ -84,13 +89,17 @@ class NDJSONFraming:
     generation: Generation
     shape: ReplyShape
     model: str  # as the client named it (Ollama echoes the name with its tag)
+    can_show_thinking: bool = True  # False: think=false, a reasoning model's thinking is dropped
     media_type: str = MEDIA_TYPE
 
     def opening(self) -> list[bytes]:
         return []
 
-    def delta(self, text: str) -> bytes:
-        return ndjson_line(self.shape.reply(self.model, text, done=False))
+    def delta(self, text: str, reasoning: str = "", logprobs: Any = None) -> bytes:
+        thinking = reasoning if self.can_show_thinking else ""
+        if not (text or thinking):
+            return b""  # only hidden thinking in this step: nothing to send
+        return ndjson_line(self.shape.reply(self.model, text, thinking, done=False))
 
     def tool_call(self, event: ToolEvent) -> list[bytes]:
         """Ollama sends a call whole, in a message of its own, once its arguments are complete."""
@@ -109,13 +118,14 @@ class NDJSONFraming:
     def closing(self) -> list[bytes]:
         return []
 
-    def done(self, reason: str, text: str, num_output_tokens: int) -> dict[str, Any]:
+    def done(self, reason: str, text: str, num_output_tokens: int, thinking: str = "") -> dict[str, Any]:
         counts = metrics(self.generation.timings, self.generation.stream.num_prompt_tokens, num_output_tokens)
         reason = "stop" if reason == "tool_calls" else reason  # Ollama says stop after tool calls too
-        return self.shape.reply(self.model, text, done=True, done_reason=reason, **counts)
+        return self.shape.reply(self.model, text, thinking, done=True, done_reason=reason, **counts)
 
     def collected(self, completion: Completion) -> dict[str, Any]:
-        reply = self.done(completion.finish_reason, completion.text, completion.num_output_tokens)
+        reply = self.done(completion.finish_reason, completion.text, completion.num_output_tokens,
+                      completion.reasoning if self.can_show_thinking else "")
         if completion.tool_calls:
             reply["message"]["tool_calls"] = [ollama_tool_call(call) for call in completion.tool_calls]
         return reply

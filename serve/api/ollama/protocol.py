@@ -3,9 +3,10 @@ parsing rules its fields need: keep_alive durations, model names with tags, `opt
 
 Ollama's server (Go) type-checks every field and every option (`option "temperature" must be of type
 float32`), so these models are strict: a string where a number belongs is a 400 naming the field, never
-silently coerced. Unknown top-level fields and unknown options are ignored, as Ollama does. Options that
-would change the answer but that we do not implement (mirostat, typical_p, repeat_last_n) are a clear 400;
-options that only tune Ollama's runner (num_gpu, num_thread, use_mmap, ...) are type-checked and ignored.
+silently coerced. Unknown top-level fields and unknown options are a 400 naming them (Ollama ignores them;
+here nothing a request asks for is silently ignored). Options that would change the answer but that we do
+not implement (mirostat, typical_p, repeat_last_n, tfs_z) are a clear 400; options that only tune Ollama's
+runner (num_gpu, num_thread, use_mmap, ...) are type-checked and ignored.
 """
 from __future__ import annotations
 
@@ -88,6 +89,8 @@ _INT_OPTIONS = ("num_predict", "top_k", "seed", "num_ctx", "num_keep", "repeat_l
 class Options(_Strict):
     """Ollama's `options` (the Modelfile parameters). None means "not given": the defaults above apply."""
 
+    model_config = ConfigDict(extra="allow", strict=True)  # unknown options are kept to be named in a 400
+
     # sampling: mapped to SamplingParams
     num_predict: Optional[int] = None  # -1 (or any negative): until the context is full
     temperature: Optional[float] = Field(default=None, ge=0.0)
@@ -106,8 +109,8 @@ class Options(_Strict):
     mirostat_tau: Optional[float] = None
     mirostat_eta: Optional[float] = None
     typical_p: Optional[float] = None
+    tfs_z: Optional[float] = None  # tail-free sampling (older Ollama releases): a 400 unless 1.0
     # Ollama runner knobs: type-checked and ignored (the server's plan decides these)
-    tfs_z: Optional[float] = None
     num_keep: Optional[int] = None
     penalize_newline: Optional[bool] = None
     numa: Optional[bool] = None
@@ -142,8 +145,13 @@ class Options(_Strict):
 
     def unsupported(self) -> str | None:
         """The first option set to something we cannot honour, described, or None."""
+        if self.model_extra:
+            return (f"unknown option(s): {', '.join(sorted(self.model_extra))}; not an Ollama option this "
+                    "server implements, so remove them")
         if self.mirostat:
             return f"mirostat sampling is not supported (got mirostat={self.mirostat}); omit it or send 0"
+        if self.tfs_z is not None and self.tfs_z != 1.0:
+            return f"tail-free sampling is not supported (got tfs_z={self.tfs_z}); omit it or send 1.0"
         if self.typical_p is not None and self.typical_p != 1.0:
             return f"typical_p sampling is not supported (got {self.typical_p}); omit it or send 1.0"
         if self.repeat_last_n is not None and self.repeat_last_n != DEFAULT_REPEAT_LAST_N:
@@ -177,16 +185,22 @@ def _check_images(value: Any) -> None:
     return None
 
 
+THINK_LEVELS = ("low", "medium", "high")  # gpt-oss's thinking levels (harmony)
+
+
 class _GenerationFields(_Strict):
-    """What /api/chat and /api/generate share."""
+    """What /api/chat and /api/generate share. Unknown keys are kept (model_extra) to be named in a 400."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1)
     stream: Optional[bool] = True  # Ollama streams unless told otherwise
     format: Any = None
     keep_alive: Any = None  # seconds after validation; see parse_keep_alive
     options: Optional[Options] = None
-    think: Optional[Union[bool, str]] = None
+    think: Optional[Union[bool, str]] = None  # None: a reasoning model thinks, as Ollama's default
     logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = None
 
     @field_validator("format", mode="before")
     @classmethod
@@ -200,17 +214,30 @@ class _GenerationFields(_Strict):
 
     @field_validator("think", mode="before")
     @classmethod
-    def _no_thinking(cls, value: Any) -> Any:
-        if value not in (None, False, ""):
-            raise _fail("think", "thinking mode is not supported yet; omit think or send false")
-        return value
+    def _check_think(cls, value: Any) -> Any:
+        # Whether the model can think (or take a level) is decided once it is known (request.py).
+        if value is None or isinstance(value, bool) or value in THINK_LEVELS:
+            return value
+        raise _fail("think", f"think must be true, false, \"low\", \"medium\" or \"high\", got {value!r}")
 
     @field_validator("logprobs", mode="before")
     @classmethod
     def _no_logprobs(cls, value: Any) -> Any:
         if value:
-            raise _fail("logprobs", "logprobs are not supported yet")
+            raise _fail("logprobs", "logprobs are not supported on Ollama's API here; omit logprobs (the "
+                                    "OpenAI routes /v1/chat/completions and /v1/completions have them)")
         return value
+
+    @field_validator("top_logprobs", mode="before")
+    @classmethod
+    def _no_top_logprobs(cls, value: Any) -> Any:
+        if value is not None:
+            raise _fail("top_logprobs", "logprobs are not supported on Ollama's API here; omit top_logprobs")
+        return value
+
+    @property
+    def unknown_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
 
     @property
     def can_stream(self) -> bool:

@@ -26,7 +26,9 @@ from serve.api.ollama.models import find_model, local_models
 from serve.api.ollama.ndjson import CHAT, GENERATE, NDJSONFraming, NDJSONResponse, ReplyShape, error_object
 from serve.api.ollama.protocol import ChatRequest, GenerateRequest, ModelRequest, normalize_model_name
 from serve.api.ollama.pull import pull_backend, pull_progress
-from serve.api.ollama.request import chat_request_prompt, generate_request_prompt, request_params
+from serve.api.ollama.request import (can_show_thinking, chat_request_prompt, check_fields, generate_request_prompt,
+                                      request_params)
+from serve.api.reasoning import THINK_TAGS, catalog_reasoning_format, opens_reasoning, reasoning_splitter
 from serve.errors import InvalidRequestError, ModelNotFoundError, ServeError
 from serve.models.access import ModelAccess
 from serve.models.catalog import Catalog
@@ -117,14 +119,20 @@ async def _generation(api: OllamaAPI, http_request: HTTPRequest, request_class: 
     prompt made by `prompt_of(engine, body)` is generated and answered in `shape`."""
     timings = Timings(started=time.perf_counter())
     body = validate(request_class, parse_json_object(await http_request.body()))
+    check_fields(body)
     name = normalize_model_name(body.model)
     if body.is_load_only:
         return await api.load_or_unload(name, body.model, body.keep_alive, shape, timings)
     engine = await resolve_engine(api.pool, name, timings, keep_alive=body.keep_alive)
     prompt = prompt_of(engine, body)
+    reasoning_format = catalog_reasoning_format(api.catalog, engine.model_name)
+    if reasoning_format is None and opens_reasoning(prompt.text):
+        reasoning_format = THINK_TAGS  # an R1-style template opened the block: the model reasons
+    show_thinking = can_show_thinking(body.think, reasoning_format, body.model)
     generation = submit(engine, f"ollama-{uuid.uuid4().hex}", prompt,
                         request_params(engine, prompt, body.sampling_options, body.format), timings)
-    framing = NDJSONFraming(generation, shape, body.model)
+    generation.splitter = reasoning_splitter(reasoning_format, prompt.text)
+    framing = NDJSONFraming(generation, shape, body.model, can_show_thinking=show_thinking)
     return await answer(http_request, generation, can_stream=body.can_stream, framing=framing,
                         collected=framing.collected)
 

@@ -1,8 +1,11 @@
 """Pydantic models of the OpenAI-compatible HTTP API: request validation and response shapes.
 
-Only the HTTP edge uses pydantic; routes convert these models into serve.sequence types. Unknown fields
-are ignored (clients send many optional OpenAI fields), but every field we read is validated, so a bad
-value becomes a 400 naming the field instead of a surprise deep inside the engine.
+Only the HTTP edge uses pydantic; routes convert these models into serve.sequence types. Every field we
+read is validated, so a bad value becomes a 400 naming the field instead of a surprise deep inside the
+engine. A request's top-level fields are all declared here: OpenAI's fields we do not implement are
+declared too and refused by serve/api/openai/request.py unless left at their default, and an unknown key is
+a 400 naming it (as OpenAI answers), never silently ignored. Nested objects (messages, stream_options) stay
+lenient: clients send back earlier assistant messages with fields such as `refusal` and `annotations`.
 """
 from __future__ import annotations
 
@@ -43,8 +46,11 @@ class ResponseFormat(_Lenient):
     json_schema: Optional[JSONSchemaFormat] = None
 
 
-class SamplingFields(_Lenient):
+class SamplingFields(BaseModel):
     """The generation parameters shared by /v1/chat/completions and /v1/completions."""
+
+    # Unknown keys are kept (model_extra) so that check_supported can refuse them by name.
+    model_config = ConfigDict(extra="allow")
 
     model: Optional[str] = None  # absent: the first loaded model (as llama-server does)
     max_tokens: Optional[int] = Field(default=None, gt=0)
@@ -61,7 +67,7 @@ class SamplingFields(_Lenient):
     n: Optional[int] = Field(default=None, ge=1)
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
-    user: Optional[str] = None
+    user: Optional[str] = None  # accepted: it changes no answer
     # Structured output (serve/api/openai/structured.py): at most one of these.
     response_format: Optional[ResponseFormat] = None
     json_schema: Optional[dict[str, Any]] = None  # llama-server's extension: JSON valid under this schema
@@ -165,6 +171,22 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
     parallel_tool_calls: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # needs logprobs: true
+    # Accepted, changing no answer: end-user and cache-routing identifiers.
+    safety_identifier: Optional[str] = None
+    prompt_cache_key: Optional[str] = None
+    prompt_cache_retention: Optional[str] = None
+    # OpenAI fields not implemented here: refused by name unless at their default (request.py).
+    store: Any = None
+    metadata: Any = None
+    service_tier: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    functions: Any = None
+    function_call: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
 
     @property
     def num_max_tokens(self) -> Optional[int]:
@@ -176,7 +198,8 @@ class CompletionRequest(SamplingFields):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     echo: Optional[bool] = None  # the prompt in front of the text (and its tokens' logprobs with logprobs)
     logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # the N most likely per token
-    suffix: Optional[str] = None
+    suffix: Optional[str] = None  # refused when not empty (request.py)
+    best_of: Optional[int] = Field(default=None, ge=1)  # refused above 1 (request.py)
 
     @field_validator("prompt")
     @classmethod

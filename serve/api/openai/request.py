@@ -15,16 +15,42 @@ from serve.errors import InvalidRequestError
 from serve.sequence import SamplingParams
 
 
+# OpenAI's fields this server does not implement: accepted at a value that changes nothing (clients send
+# some of them so), a 400 naming the field otherwise. name -> (the values that change nothing, what to do).
+UNIMPLEMENTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "n": ((None, 1), "several choices per request (n > 1) are not supported; send n=1 or omit it"),
+    "best_of": ((None, 1), "best_of > 1 is not supported; send best_of=1 or omit it"),
+    "suffix": ((None, ""), "suffix (fill-in-the-middle) is not supported; omit it"),
+    "audio": ((None,), "audio output is not supported: this server serves text-only models; omit audio"),
+    "modalities": ((None, ["text"]), 'only text output is supported; send modalities ["text"] or omit it'),
+    "prediction": ((None,), "predicted outputs are not supported; omit prediction"),
+    "web_search_options": ((None,), "web search is not supported; omit web_search_options"),
+    "functions": ((None,), "functions (deprecated by OpenAI) is not supported; send tools instead"),
+    "function_call": ((None,), "function_call (deprecated by OpenAI) is not supported; send tool_choice instead"),
+    "store": ((None, False), "stored completions are not supported; omit store or send false"),
+    "metadata": ((None, {}), "metadata is kept only with stored completions, which are not supported; omit it"),
+    "reasoning_effort": ((None,), "reasoning_effort is not supported: a reasoning model thinks as its chat "
+                                  "template makes it; omit reasoning_effort"),
+    "verbosity": ((None,), "verbosity is not supported; omit it"),
+    "service_tier": ((None, "auto", "default"), 'service tiers are not supported; send "auto" or omit service_tier'),
+}
+
+
 def check_supported(body: SamplingFields) -> None:
-    """Known OpenAI options we do not implement yet: a 400 naming the option."""
-    if body.n is not None and body.n != 1:
-        raise InvalidRequestError(f"n>1 is not supported yet (got n={body.n}); send n=1 or omit it", param="n")
+    """Unknown keys and OpenAI options we do not implement: a 400 naming the field."""
+    unknown = sorted(body.model_extra or {})
+    if unknown:
+        raise InvalidRequestError(f"unrecognized request field(s): {', '.join(unknown)}; not part of this API "
+                                  "or not implemented by this server, so remove them", param=unknown[0])
+    for name, (harmless, advice) in UNIMPLEMENTED_FIELDS.items():
+        value = getattr(body, name, None)
+        if not any(value == allowed and type(value) is type(allowed) for allowed in harmless):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise InvalidRequestError(f"{name}={shown}: {advice}", param=name)
     if isinstance(body, ChatCompletionRequest) and body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
     if isinstance(body, CompletionRequest) and body.echo and body.stream:
         raise InvalidRequestError("echo is not supported with stream: true; send stream: false", param="echo")
-    if getattr(body, "suffix", None):
-        raise InvalidRequestError("suffix (fill-in-the-middle) is not supported yet", param="suffix")
 
 
 def sampling_params(body: SamplingFields, num_max_tokens: int) -> SamplingParams:
