@@ -61,6 +61,9 @@ class Capabilities:
     max_batch_tokens: int
     max_prefill_tokens_while_decoding: int
     vocab_size: int = 0  # for validating logit_bias token ids; 0: unknown
+    # Lazy grammars (OutputConstraint.trigger_patterns: free text until a trigger, then the grammar), which
+    # tool_choice auto uses; without them auto calls are parsed but not held to their schemas.
+    can_start_grammar_on_trigger: bool = False
 
 
 class Backend(Protocol):

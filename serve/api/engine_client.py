@@ -35,6 +35,10 @@ class ContextLimit(Protocol):
     def context_length(self) -> int:
         """Tokens per request, prompt plus output."""
 
+    @property
+    def can_start_grammar_on_trigger(self) -> bool:
+        """Whether the backend runs lazy grammars (tool_choice auto holds calls to their schemas with one)."""
+
 
 class EngineClient(Protocol):
     """One loaded model, as a route uses it: template, tokenize, submit."""

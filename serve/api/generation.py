@@ -177,7 +177,9 @@ def submit(engine: EngineClient, request_id: str, prompt: Prompt, params: Sampli
            timings: Timings) -> Generation:
     """Hand the request to the engine; raises at once (before any byte is sent) when it cannot be served."""
     use = prompt.tool_use
-    params = use.constrained(params) if use is not None else params
+    if use is not None:
+        params = use.constrained(params, can_start_lazily=getattr(engine.capabilities, "can_start_grammar_on_trigger",
+                                                                  False))
     request = Request(request_id=request_id, model=engine.model_name, prompt=prompt.text,
                       prompt_token_ids=prompt.token_ids, params=params, messages=prompt.messages)
     timings.submitted = time.perf_counter()

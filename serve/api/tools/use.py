@@ -34,14 +34,14 @@ class ToolUse:
         assert self.request is not None
         return ToolCallParser(self.format, max_calls=self.request.max_calls)
 
-    def constrained(self, params: SamplingParams) -> SamplingParams:
+    def constrained(self, params: SamplingParams, *, can_start_lazily: bool) -> SamplingParams:
         """`params` with the grammar of this request's calls: from the first token when a call is forced,
-        from the call's marker on (lazy) for auto."""
-        if not self.is_active:
+        from the call's marker on (lazy) for auto, when the backend can start a grammar there (llama.cpp;
+        vLLM cannot, so its auto calls are parsed without a grammar, as vLLM's own server does)."""
+        if self.request is None:
             return params
-        assert self.request is not None
-        constraint = tool_call_constraint(self.format, self.request)
-        if constraint is None:
+        constraint = tool_call_constraint(self.format, self.request)  # checks every tool's schema: 400s
+        if not self.is_active or not (self.request.is_forced or can_start_lazily):
             return params
         if params.constraint is not None:
             raise InvalidRequestError("response_format (or format) cannot be combined with tools yet: the "
