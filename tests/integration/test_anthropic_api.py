@@ -9,6 +9,7 @@ import json
 
 import anthropic
 import httpx
+import jsonschema
 import pytest
 
 from tests.integration.conftest import start_llamacpp_server
@@ -196,11 +197,20 @@ def _error(http: httpx.Client, path: str, body: dict, status: int = 400) -> str:
     ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y "}]}, "whitespace"),
     ({"messages": [{"role": "user", "content": [{"type": "thinking", "thinking": "x"}]}]}, "assistant messages"),
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "image content"),
-    ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]}, "tool_result"),
+    ({"messages": [{"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]},
+     "tool_result blocks belong to user messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]},
+     "tool_use blocks belong to assistant messages"),
     ({"temperature": 1.5}, "temperature"),
     ({"stop_sequences": [" "]}, "stop_sequences[0]"),
-    ({"tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]}, "tools: tool use is not supported"),
-    ({"tool_choice": {"type": "any"}}, "tool_choice: tool_choice is not supported"),
+    ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "server tools"),
+    ({"tools": [{"name": "get weather", "input_schema": {"type": "object"}}]}, "name must be 1 to 64"),
+    ({"tools": [{"name": "f", "input_schema": {"type": "string"}}]}, "must describe an object"),
+    ({"tools": [{"name": "f"}]}, "input_schema"),
+    ({"tool_choice": {"type": "any"}}, "tool_choice 'required' needs at least one tool"),
+    ({"tool_choice": {"type": "tool"}}, "tool_choice.name: required"),
+    ({"tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "tool", "name": "g"}},
+     "not in tools"),
     ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "must be less than max_tokens"),
     ({"thinking": {"type": "enabled"}, "max_tokens": 4096}, "thinking.budget_tokens: required"),
     ({"thinking": {"type": "enabled", "budget_tokens": 100}}, "thinking.budget_tokens"),
@@ -218,12 +228,6 @@ def test_unknown_model_is_a_404_in_anthropic_shape(server, http, claude):
                                                                 "max_tokens": 4}, status=404)
     with pytest.raises(anthropic.NotFoundError):
         claude.messages.create(model="claude-nope", messages=QUESTION, max_tokens=4)
-
-
-def test_client_raises_bad_request_for_tools(server, claude):
-    with pytest.raises(anthropic.BadRequestError, match="tool use is not supported"):
-        claude.messages.create(model=server.model, messages=QUESTION, max_tokens=4,
-                               tools=[{"name": "f", "input_schema": {"type": "object"}}])
 
 
 def test_count_tokens_refuses_what_it_cannot_count(server, http):
@@ -268,3 +272,74 @@ def test_a_missing_or_wrong_key_is_a_401_in_anthropic_shape(guarded_server):
         assert payload["type"] == "error" and payload["error"]["type"] == "authentication_error"
     assert "x-api-key" in missing.json()["error"]["message"]
     assert openai_shaped.status_code == 401 and "Bearer" in openai_shaped.json()["error"]["message"]
+
+
+# --- tool use -------------------------------------------------------------------------------------------
+
+WEATHER_TOOL = {"name": "get_weather", "description": "The current weather in a city.",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"},
+                                                                  "unit": {"enum": ["celsius", "fahrenheit"]}},
+                                 "required": ["city"]}}
+# one call: a forced choice lets the model call again and again (parallel calls) until max_tokens
+FORCED = {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_forced_tool_choice_gives_a_tool_use_that_matches_the_schema(server, claude):
+    """The grammar makes even the 135M model call the named tool with input valid for its schema."""
+    message = claude.messages.create(model=server.model, messages=WEATHER_QUESTION, max_tokens=64,
+                                     tools=[WEATHER_TOOL], tool_choice=FORCED, extra_body={"temperature": 0})
+    calls = message.content
+    assert [block.type for block in calls] == ["tool_use"] and calls[0].name == "get_weather" and calls[0].id
+    jsonschema.validate(calls[0].input, WEATHER_TOOL["input_schema"])
+    assert message.stop_reason == "tool_use"
+
+
+def test_any_tool_choice_calls_a_tool(server, claude):
+    message = claude.messages.create(model=server.model, messages=WEATHER_QUESTION, max_tokens=64,
+                                     tools=[WEATHER_TOOL],
+                                     tool_choice={"type": "any", "disable_parallel_tool_use": True},
+                                     extra_body={"temperature": 0})
+    assert [block.type for block in message.content] == ["tool_use"] and message.stop_reason == "tool_use"
+
+
+def test_tool_choice_none_answers_in_text(server, claude):
+    message = claude.messages.create(model=server.model, messages=WEATHER_QUESTION, max_tokens=8,
+                                     tools=[WEATHER_TOOL], tool_choice={"type": "none"},
+                                     extra_body={"temperature": 0})
+    assert [block.type for block in message.content] == ["text"] and message.stop_reason != "tool_use"
+
+
+def test_streamed_tool_use_is_the_created_one(server, claude, http):
+    fields = {"model": server.model, "messages": WEATHER_QUESTION, "max_tokens": 64, "tools": [WEATHER_TOOL],
+              "tool_choice": FORCED}
+    created = claude.messages.create(**fields, extra_body={"temperature": 0})
+    with claude.messages.stream(**fields, extra_body={"temperature": 0}) as stream:
+        final = stream.get_final_message()
+    assert [(b.type, getattr(b, "name", None), getattr(b, "input", None)) for b in final.content] == \
+        [(b.type, getattr(b, "name", None), getattr(b, "input", None)) for b in created.content]
+    assert final.stop_reason == "tool_use"
+    events = _events(http, {**fields, "temperature": 0, "stream": True})
+    starts = [data["content_block"] for name, data in events if name == "content_block_start"]
+    tool_start = next(block for block in starts if block["type"] == "tool_use")
+    assert tool_start["name"] == "get_weather" and tool_start["input"] == {}
+    partial = "".join(data["delta"]["partial_json"] for name, data in events
+                      if name == "content_block_delta" and data["delta"]["type"] == "input_json_delta")
+    assert json.loads(partial) == next(b.input for b in created.content if b.type == "tool_use")
+    indexes = [data["index"] for name, data in events if name == "content_block_start"]
+    assert indexes == list(range(len(indexes)))
+
+
+def test_a_tool_result_round_trip(server, claude):
+    first = claude.messages.create(model=server.model, messages=WEATHER_QUESTION, max_tokens=64,
+                                   tools=[WEATHER_TOOL], tool_choice=FORCED, extra_body={"temperature": 0})
+    call = next(block for block in first.content if block.type == "tool_use")
+    history = [*WEATHER_QUESTION, {"role": "assistant", "content": [block.model_dump() for block in first.content]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                             "content": '{"temperature": 21, "unit": "celsius"}'}]}]
+    answer = claude.messages.create(model=server.model, messages=history, max_tokens=16, tools=[WEATHER_TOOL],
+                                    tool_choice={"type": "none"}, extra_body={"temperature": 0})
+    assert [block.type for block in answer.content] == ["text"]
+    counted = claude.messages.count_tokens(model=server.model, messages=history, tools=[WEATHER_TOOL]).input_tokens
+    assert counted > claude.messages.count_tokens(model=server.model, messages=WEATHER_QUESTION,
+                                                  tools=[WEATHER_TOOL]).input_tokens

@@ -1,21 +1,19 @@
 """Pydantic models of Anthropic's Messages API: POST /v1/messages and /v1/messages/count_tokens.
 
 Like Anthropic's own API, a request field this server does not know is a 400 naming it; a field Anthropic
-defines that is not implemented here yet is a 400 that says so (never silently ignored). Content is text
-(earlier thinking blocks are accepted in assistant messages): other block types are refused by name.
-Responses are built as plain dicts in serve/api/anthropic/sse.py.
+defines that is not implemented here yet is a 400 that says so (never silently ignored). Content is text,
+tool_use (assistant) and tool_result (user) blocks, and earlier thinking: other block types are refused by
+name. Responses are built as plain dicts in serve/api/anthropic/sse.py.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 # Anthropic fields that are not implemented yet, and what to do instead.
 NOT_IMPLEMENTED_FIELDS = {
-    "tools": "tool use is not supported by this server yet; send the request without tools",
-    "tool_choice": "tool_choice is not supported by this server yet (there are no tools); omit it",
     "output_config": "output_config (structured output, effort) is not supported by this server yet; omit it",
     "output_format": "output_format (structured output) is not supported by this server yet; omit it",
     "mcp_servers": "MCP servers are not supported by this server; omit mcp_servers",
@@ -26,8 +24,6 @@ NOT_IMPLEMENTED_FIELDS = {
 NOT_TEXT_BLOCKS = {
     "image": "image content is not supported (this server serves text-only models)",
     "document": "document content is not supported (this server serves text-only models); send the text",
-    "tool_use": "tool_use blocks are not supported by this server yet (tool use is not implemented)",
-    "tool_result": "tool_result blocks are not supported by this server yet (tool use is not implemented)",
 }
 # Earlier thinking goes back with the assistant turn it belongs to; like Anthropic's API, the model does not
 # read it again (reasoning models' templates drop earlier thinking too).
@@ -45,8 +41,6 @@ def check_field_names(data: Any, model_cls: type[BaseModel]) -> Any:
         return data
     for name in data:
         if name in NOT_IMPLEMENTED_FIELDS and data[name] is not None:
-            if name == "tools" and data[name] == []:
-                continue  # no tools is what this server does
             raise _fail("not_implemented", f"{name}: {NOT_IMPLEMENTED_FIELDS[name]}")
         if name not in model_cls.model_fields and name not in NOT_IMPLEMENTED_FIELDS:
             known = ", ".join(model_cls.model_fields)
@@ -61,6 +55,7 @@ class _Strict(BaseModel):
 class TextBlock(_Strict):
     type: Literal["text"]
     text: str
+    citations: Optional[list[Any]] = None  # on an earlier answer's text, sent back as it came
     # A prompt-caching hint: quantserve reuses the KV cache of a repeated prompt prefix without being asked.
     cache_control: Optional[dict[str, Any]] = None
 
@@ -87,13 +82,46 @@ def _blocks(value: Any, allowed: tuple[str, ...] = ("text",)) -> Any:
                 continue
             if kind in NOT_TEXT_BLOCKS:
                 raise _fail("content_block", f"block {index}: {NOT_TEXT_BLOCKS[kind]}")
-            if kind in THINKING_BLOCKS:
+            if kind in (*THINKING_BLOCKS, "tool_use"):
                 raise _fail("content_block", f"block {index}: {kind} blocks belong to assistant messages only")
+            if kind == "tool_result":
+                raise _fail("content_block", f"block {index}: tool_result blocks belong to user messages only")
             raise _fail("content_block", f"block {index}: expected {{'type': 'text', 'text': str}}")
     return value
 
 
-Block = Union[TextBlock, ThinkingBlock, RedactedThinkingBlock]
+class ToolUseBlock(_Strict):
+    """An earlier call of a tool by the assistant."""
+
+    type: Literal["tool_use"]
+    id: str = Field(min_length=1)
+    name: str
+    input: dict[str, Any]
+    cache_control: Optional[dict[str, Any]] = None
+    caller: Optional[dict[str, Any]] = None  # who made the call, as Anthropic's answers say; sent back as it came
+    toolset_name: Optional[str] = None
+
+
+class ToolResultBlock(_Strict):
+    """What a tool answered to the call `tool_use_id`."""
+
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(min_length=1)
+    content: Union[str, list[TextBlock], None] = None
+    is_error: Optional[bool] = None
+    cache_control: Optional[dict[str, Any]] = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _check_content(cls, value: Any) -> Any:
+        return _blocks(value)
+
+
+# By `type` (checked first by _blocks), so that a bad block's error names only the fields of its own type.
+Block = Annotated[Union[TextBlock, ThinkingBlock, RedactedThinkingBlock, ToolUseBlock, ToolResultBlock],
+                  Field(discriminator="type")]
+ASSISTANT_BLOCKS = ("text", *THINKING_BLOCKS, "tool_use")
+USER_BLOCKS = ("text", "tool_result")
 
 
 def joined_text(content: Union[str, list[Block], None]) -> str:
@@ -120,13 +148,16 @@ class InputMessage(_Strict):
     @classmethod
     def _check_content(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            allowed = ("text", *THINKING_BLOCKS) if data.get("role") == "assistant" else ("text",)
+            allowed = ASSISTANT_BLOCKS if data.get("role") == "assistant" else USER_BLOCKS
             _blocks(data.get("content"), allowed)
         return data
 
     @property
     def text(self) -> str:
         return joined_text(self.content)
+
+    def blocks_of(self, kind: type) -> list[Any]:
+        return [block for block in self.content if isinstance(block, kind)] if isinstance(self.content, list) else []
 
 
 class Metadata(_Strict):
@@ -155,6 +186,40 @@ class ThinkingConfig(_Strict):
         return self.type != "disabled" and self.display != "omitted"
 
 
+class ToolDefinition(_Strict):
+    """A tool the model may call (a custom tool: Anthropic's server tools run on Anthropic's side)."""
+
+    name: str
+    input_schema: dict[str, Any]
+    description: Optional[str] = None
+    type: Optional[Literal["custom"]] = None
+    cache_control: Optional[dict[str, Any]] = None
+
+
+def _check_tools(value: Any) -> Any:
+    for index, tool in enumerate(value if isinstance(value, list) else []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind not in (None, "custom"):
+            raise _fail("tool", f"tools[{index}]: {kind!r} is one of Anthropic's server tools, which run on "
+                                "Anthropic's side; define a custom tool with name, description and input_schema")
+    return value
+
+
+class ToolChoice(_Strict):
+    """auto: call tools or answer; any: call at least one; tool: call `name`; none: answer in text."""
+
+    type: Literal["auto", "any", "tool", "none"]
+    name: Optional[str] = None
+    disable_parallel_tool_use: Optional[bool] = None
+
+    @model_validator(mode="after")
+    def _check_name(self) -> "ToolChoice":
+        if (self.type == "tool") != (self.name is not None):
+            raise _fail("tool_choice", "tool_choice.name: required with type 'tool' (the tool to call), "
+                                       "and only then")
+        return self
+
+
 class ConversationFields(_Strict):
     """What /v1/messages and /v1/messages/count_tokens share: the conversation."""
 
@@ -164,6 +229,13 @@ class ConversationFields(_Strict):
     # A prompt-caching hint: quantserve reuses the KV cache of a repeated prompt prefix without being asked.
     cache_control: Optional[dict[str, Any]] = None
     thinking: Optional[ThinkingConfig] = None
+    tools: Optional[list[ToolDefinition]] = None
+    tool_choice: Optional[ToolChoice] = None
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _check_tools(cls, value: Any) -> Any:
+        return _check_tools(value)
 
     @field_validator("system", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from serve.api.anthropic.protocol import ConversationFields, MessagesRequest, joined_text
+from serve.api.anthropic.tools import template_messages_of, tool_request
 from serve.api.engine_client import EngineClient
 from serve.api.generation import Prompt, chat_prompt
 from serve.sequence import SamplingParams
@@ -15,14 +16,16 @@ def template_messages(body: ConversationFields) -> list[dict[str, Any]]:
     """The conversation before the prefill as the model's chat template expects it."""
     system = joined_text(body.system)
     messages = [{"role": "system", "content": system}] if system else []
-    messages.extend({"role": message.role, "content": message.text} for message in body.history)
+    for message in body.history:
+        messages.extend(template_messages_of(message))
     return messages
 
 
 def messages_prompt(engine: EngineClient, body: ConversationFields) -> Prompt:
-    """The templated conversation; a prefill is written after the assistant's turn has opened, so the
-    model continues it (as llama-server does: the template would close a final assistant turn)."""
-    prompt = chat_prompt(engine, template_messages(body))
+    """The templated conversation with the request's tools; a prefill is written after the assistant's turn
+    has opened, so the model continues it (as llama-server does: the template would close a final assistant
+    turn)."""
+    prompt = chat_prompt(engine, template_messages(body), tool_request(body))
     if not body.prefill:
         return prompt
     text = prompt.text + body.prefill

@@ -5,9 +5,9 @@ events, in the order Anthropic sends them, or the whole message as one JSON body
     -> message_delta (stop_reason, stop_sequence, usage) -> message_stop
 
 The content is a list of blocks, each with its own index: a reasoning model's thinking (thinking_delta),
-then the text (text_delta). A block starts when its first delta comes and stops when the next one starts
-or the message ends; when the first block's kind is known up front (plain text), it starts before `ping`,
-as Anthropic's own streams do.
+the text (text_delta), then one tool_use block per tool call (its input streamed as input_json_delta). A
+block starts when its first delta comes and stops when the next one starts or the message ends; when the
+first block's kind is known up front (plain text), it starts before `ping`, as Anthropic's own streams do.
 
 A failure after the first byte is an `error` event (and the stream ends there). Events are plain dicts
 encoded here: one is built per generated token, and pydantic would only slow that path down.
@@ -19,6 +19,7 @@ from typing import Any
 
 from serve.api.anthropic.errors import error_object
 from serve.api.generation import Completion, Generation
+from serve.api.tools.calls import ToolCall, ToolCallDelta, ToolEvent
 from serve.errors import ServeError
 
 MEDIA_TYPE = "text/event-stream"
@@ -48,13 +49,24 @@ def usage(generation: Generation, num_output_tokens: int) -> dict[str, int]:
             "cache_read_input_tokens": num_cached, "output_tokens": num_output_tokens}
 
 
-def content_blocks(text: str, thinking: str = "") -> list[dict[str, Any]]:
-    """A collected answer's blocks: its thinking (when shown), then its text (always one text block when
-    there is nothing else, as Anthropic answers an empty output)."""
+def tool_use_block(call: ToolCall) -> dict[str, Any]:
+    """A call as Anthropic's block; a call cut by max_tokens (its stop_reason says so) has no complete
+    input, and Anthropic's input is always an object: it is then empty."""
+    try:
+        arguments = json.loads(call.arguments or "{}")
+    except ValueError:
+        arguments = {}
+    return {"type": "tool_use", "id": call.id, "name": call.name,
+            "input": arguments if isinstance(arguments, dict) else {}}
+
+
+def content_blocks(text: str, thinking: str = "", calls: tuple[ToolCall, ...] = ()) -> list[dict[str, Any]]:
+    """A collected answer's blocks: its thinking (when shown), its text (always one text block when there
+    is nothing else, as Anthropic answers an empty output), then its tool calls."""
     blocks = [{"type": "thinking", "thinking": thinking, "signature": ""}] if thinking else []
-    if text or not blocks:
+    if text or not (blocks or calls):
         blocks.append({"type": "text", "text": text})
-    return blocks
+    return [*blocks, *(tool_use_block(call) for call in calls)]
 
 
 class MessageFraming:
@@ -100,7 +112,8 @@ class MessageFraming:
     def opening(self) -> list[bytes]:
         start = {"type": "message_start", "message": self.message([], None, None, 0)}
         events = [sse_event("message_start", start)]
-        if self.generation.splitter is None:  # the answer is text from its first token
+        generation = self.generation
+        if generation.splitter is None and generation.tool_parser is None:  # text from the first token
             events.extend(self._start(dict(EMPTY_BLOCKS["text"])))
         return [*events, sse_event("ping", {"type": "ping"})]
 
@@ -111,6 +124,19 @@ class MessageFraming:
         if text:
             events.extend(self._delta("text", {"type": "text_delta", "text": text}))
         return b"".join(events)
+
+    def tool_call(self, event: ToolEvent) -> list[bytes]:
+        """A call's first delta starts its tool_use block; its argument text streams as input_json_delta."""
+        if not isinstance(event, ToolCallDelta):
+            return []  # the call is complete: its block stops when the next starts or the message ends
+        events = []
+        if event.name is not None:
+            events = self._start({"type": "tool_use", "id": event.id, "name": event.name, "input": {}})
+        if event.arguments:
+            events.append(sse_event("content_block_delta", {
+                "type": "content_block_delta", "index": self._index,
+                "delta": {"type": "input_json_delta", "partial_json": event.arguments}}))
+        return events
 
     def finish(self, reason: str, num_output_tokens: int) -> list[bytes]:
         events = self._start(dict(EMPTY_BLOCKS["text"])) if self._index < 0 else []  # never a message of no block
@@ -129,5 +155,5 @@ class MessageFraming:
     def collected(self, completion: Completion) -> dict[str, Any]:
         anthropic_reason, stop_sequence = stop_reason(completion.finish_reason, self.generation.stop_string)
         thinking = completion.reasoning if self.shows_thinking else ""
-        return self.message(content_blocks(completion.text, thinking), anthropic_reason, stop_sequence,
-                            completion.num_output_tokens)
+        return self.message(content_blocks(completion.text, thinking, completion.tool_calls), anthropic_reason,
+                            stop_sequence, completion.num_output_tokens)
