@@ -248,7 +248,7 @@ class LlamaCppBackend:
         if slot.sampler is not None:
             ll.llama_sampler_free(slot.sampler)
         if slot.grammar is not None:
-            ll.llama_sampler_free(slot.grammar)
+            self._grammars.free(slot.grammar)
         if slot.sequence is not None:
             self._slot_of.pop(slot.sequence.request_id, None)
         # The KV cache (cached_tokens) stays for prefix reuse by a later request.

@@ -17,9 +17,9 @@ class OutputConstraint:
     gbnf: the grammar in llama.cpp's GBNF (root rule `root`), always set: llama.cpp's grammar sampler
         enforces it, and a JSON schema is converted (and its features checked) before the request is
         submitted, so both backends refuse the same unenforceable features.
-    json_schema: the JSON schema as canonical JSON text when the grammar came from one; vLLM enforces the
-        schema itself (its structured outputs: xgrammar or guidance) instead of the GBNF.
-    is_json_object: any JSON object (OpenAI's `json_object`, Ollama's "json"); vLLM's `json_object`.
+    json_schema: the JSON schema as canonical JSON text when the grammar came from one (both backends
+        enforce the GBNF: vLLM's xgrammar reads it too, and is looser given the schema itself).
+    is_json_object: any JSON object (OpenAI's `json_object`, Ollama's "json").
     trigger_patterns: a lazy grammar when not empty (llama.cpp's `llama_sampler_init_grammar_lazy_patterns`,
         what llama-server uses for `tool_choice: auto`): the output is free until one of these regular
         expressions (std::regex, ECMAScript) is found in the text generated so far; from the start of its
