@@ -103,7 +103,8 @@ class LlamaCppBackend:
             name="llamacpp", context_length=self._context_length, num_parallel=settings.num_parallel,
             # Room for every sequence's decode token and at least one prompt token (within _batch_capacity).
             max_batch_tokens=max(settings.max_batch_tokens, settings.num_parallel + 1),
-            max_prefill_tokens_while_decoding=PREFILL_TOKENS_WHILE_DECODING, vocab_size=self._num_vocab)
+            max_prefill_tokens_while_decoding=PREFILL_TOKENS_WHILE_DECODING, vocab_size=self._num_vocab,
+            can_start_grammar_on_trigger=True)
 
     # -- loading ---------------------------------------------------------------------------------
 
