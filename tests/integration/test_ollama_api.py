@@ -227,9 +227,9 @@ def ollama_error(response: httpx.Response, status: int, fragment: str = "") -> s
 def test_errors_have_ollamas_shape_and_the_server_keeps_serving(http, client):
     chat = {"model": MODEL, "messages": QUESTION, "stream": False}
     assert MODEL in ollama_error(http.post("/api/chat", json={**chat, "model": "llama9:70b"}), 404, "llama9")
-    ollama_error(http.post("/api/chat", json={**chat, "format": "json"}), 400, "structured output is not supported yet")
-    ollama_error(http.post("/api/generate", json={"model": MODEL, "prompt": "hi", "format": {"type": "object"}}),
-                 400, "structured output is not supported yet")
+    ollama_error(http.post("/api/chat", json={**chat, "format": "xml"}), 400, "must be \"json\" or a JSON schema")
+    ollama_error(http.post("/api/generate", json={"model": MODEL, "prompt": "hi", "suffixes": ["x"]}),
+                 400, "unrecognized request field(s): suffixes")
     ollama_error(http.post("/api/chat", json={**chat, "options": {"temperature": "warm"}}), 400, "options.temperature")
     ollama_error(http.post("/api/chat", json={**chat, "options": {"num_predict": [1]}}), 400, "options.num_predict")
     ollama_error(http.post("/api/chat", json={**chat, "options": {"num_ctx": 100_000}}), 400, f"({CONTEXT} tokens)")
