@@ -5,6 +5,9 @@ unknown stored response. A 135M model: structure, determinism and lengths, never
 """
 from __future__ import annotations
 
+import json
+
+import jsonschema
 import openai
 import pytest
 
@@ -142,12 +145,16 @@ def test_unknown_previous_response_id_is_a_404(server, http):
     ({"temperature": 3}, "temperature"),
     ({"input": [{"role": "tool", "content": "x"}]}, "input"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input_image"),
-    ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}]}, "function_call"),
-    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "function_call_output"),
+    ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{"}]}, "not valid JSON"),
+    ({"input": [{"type": "function_call_output", "output": "1"}]}, "call_id"),
     ({"input": [{"type": "item_reference", "id": "x"}]}, "expected a message item"),
-    ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools: function tools"),
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"text": {"format": {"type": "json_schema", "name": "a", "schema": {}}}}, "json_schema output"),
+    ({"tools": [{"type": "web_search"}]}, "define function tools"),
+    ({"tools": [{"type": "function", "name": "f", "parameters": {"type": "array"}}]}, "must describe an object"),
+    ({"tool_choice": "required"}, "tool_choice 'required' needs at least one tool"),
+    ({"tool_choice": {"type": "file_search"}}, "tool_choice of type 'file_search'"),
+    ({"tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}}, "not in tools"),
+    ({"text": {"format": {"type": "json_schema", "name": "a"}}}, "needs name and schema"),
+    ({"text": {"format": {"type": "json_schema", "name": "a", "schema": {"type": "nope"}}}}, "text.format.schema"),
     ({"reasoning": {"effort": "low"}}, "reasoning: reasoning options"),
     ({"include": ["reasoning.encrypted_content"]}, "include"),
     ({"background": True}, "background"),
@@ -164,8 +171,61 @@ def test_bad_or_unimplemented_parameters_are_400s_naming_them(server, http, chan
     assert error["type"] == "invalid_request_error" and fragment in error["message"]
 
 
-def test_client_raises_bad_request_for_function_tools(server, client):
-    with pytest.raises(openai.BadRequestError, match="function tools are not supported"):
-        client.responses.create(model=server.model, input=QUESTION, max_output_tokens=2,
-                                tools=[{"type": "function", "name": "f", "parameters": {"type": "object"},
-                                        "strict": False}])
+# --- function tools and structured output ---------------------------------------------------------------
+
+WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "The current weather in a city.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+# one call: a forced choice lets the model call again and again (parallel calls) until max_output_tokens
+FORCED = {"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "name": "get_weather"},
+          "parallel_tool_calls": False, "max_output_tokens": 64, "temperature": 0}
+WEATHER_QUESTION = "What is the weather in Paris?"
+
+
+def test_a_forced_function_call_matches_its_schema(server, client):
+    response = client.responses.create(model=server.model, input=WEATHER_QUESTION, **FORCED)
+    [call] = response.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.call_id and call.id.startswith("fc_")
+    jsonschema.validate(json.loads(call.arguments), WEATHER_TOOL["parameters"])
+    assert response.status == "completed" and response.tools[0].name == "get_weather"
+
+
+def test_a_streamed_function_call_is_the_created_one(server, client):
+    created = client.responses.create(model=server.model, input=WEATHER_QUESTION, **FORCED)
+    events = list(client.responses.create(model=server.model, input=WEATHER_QUESTION, stream=True, **FORCED))
+    names = [event.type for event in events]
+    assert names[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert events[2].item.type == "function_call" and events[2].item.arguments == ""
+    deltas = "".join(event.delta for event in events if event.type == "response.function_call_arguments.delta")
+    done = next(event for event in events if event.type == "response.function_call_arguments.done")
+    assert deltas == done.arguments == created.output[0].arguments
+    assert names[-2:] == ["response.output_item.done", "response.completed"]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+
+
+def test_a_function_call_output_round_trip(server, client):
+    """The call, then its output sent with previous_response_id, then the same conversation sent in full."""
+    first = client.responses.create(model=server.model, input=WEATHER_QUESTION, **FORCED)
+    call = first.output[0]
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": '{"temperature": 21}'}
+    follow_up = client.responses.create(model=server.model, input=[result], previous_response_id=first.id,
+                                        tools=[WEATHER_TOOL], tool_choice="none", max_output_tokens=16, temperature=0)
+    assert [item.type for item in follow_up.output] == ["message"]
+    in_full = client.responses.create(model=server.model, tools=[WEATHER_TOOL], tool_choice="none",
+                                      max_output_tokens=16, temperature=0,
+                                      input=[{"role": "user", "content": WEATHER_QUESTION},
+                                             call.model_dump(exclude_none=True), result])
+    assert follow_up.usage.input_tokens == in_full.usage.input_tokens
+
+
+def test_text_format_json_schema_is_followed(server, client):
+    schema = {"type": "object", "properties": {"colors": {"type": "array", "items": {"type": "string"},
+                                                          "minItems": 1, "maxItems": 3}},
+              "required": ["colors"], "additionalProperties": False}
+    response = client.responses.create(model=server.model, input=QUESTION, max_output_tokens=128, temperature=0,
+                                       text={"format": {"type": "json_schema", "name": "colors", "schema": schema,
+                                                        "strict": True}})
+    assert response.status == "completed" and response.text.format.type == "json_schema"
+    jsonschema.validate(json.loads(response.output_text), schema)
+    as_object = client.responses.create(model=server.model, input=QUESTION, max_output_tokens=128, temperature=0,
+                                        text={"format": {"type": "json_object"}})
+    assert as_object.status != "completed" or isinstance(json.loads(as_object.output_text), dict)

@@ -6,9 +6,10 @@ response as its server-sent events, in the order OpenAI sends them:
     -> response.output_item.done -> response.completed (response.incomplete when max_output_tokens cut it)
 
 The output is a list of items, each with its own output_index: a reasoning model's thinking as a
-`reasoning` item (its reasoning_text streamed as response.reasoning_text.delta), then the assistant
-message. An item is added when its first delta comes and done when the next one starts or the response
-ends; when the first item's kind is known up front (plain text), it is added at once.
+`reasoning` item (its reasoning_text streamed as response.reasoning_text.delta), the assistant message,
+then one `function_call` item per tool call (response.function_call_arguments.delta / .done). An item
+is added when its first delta comes and done when the next one starts or the response ends; when the
+first item's kind is known up front (plain text), it is added at once.
 
 Every event carries a `sequence_number`. A failure after the first byte is an `error` event. Events are
 plain dicts encoded here: one is built per generated token, and pydantic would only slow that path down.
@@ -23,12 +24,13 @@ from typing import Any, Callable
 
 from serve.api.generation import Completion, Generation
 from serve.api.responses.protocol import ResponsesRequest
+from serve.api.tools.calls import ToolCall, ToolCallDelta, ToolEvent
 from serve.errors import ServeError
 
 MEDIA_TYPE = "text/event-stream"
 # How each kind of output item streams: its content part's type and the prefix of its text events.
 PARTS = {"message": ("output_text", "response.output_text"), "reasoning": ("reasoning_text", "response.reasoning_text")}
-ID_PREFIXES = {"message": "msg", "reasoning": "rs"}
+ID_PREFIXES = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:
@@ -55,6 +57,11 @@ def output_item(kind: str, item_id: str, status: str, content: list[dict[str, An
     return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
 
+def function_call_item(item_id: str, status: str, call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "function_call", "status": status, "call_id": call_id, "name": name,
+            "arguments": arguments}
+
+
 @dataclass(frozen=True)
 class ResponseDraft:
     """What one response object is made of; `response()` renders it at any point of its life."""
@@ -79,12 +86,22 @@ class ResponseDraft:
                 "completed_at": int(time.time()) if status == "completed" else None,
                 "error": None, "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
                 "instructions": body.instructions, "max_output_tokens": body.max_output_tokens, "model": self.model,
-                "output": output, "parallel_tool_calls": True, "previous_response_id": body.previous_response_id,
+                "output": output, "parallel_tool_calls": body.parallel_tool_calls is not False,
+                "previous_response_id": body.previous_response_id,
                 "reasoning": {"effort": None, "summary": None}, "store": body.store,
                 "temperature": 1.0 if body.temperature is None else body.temperature,
-                "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
+                "text": {"format": self.text_format()}, "tool_choice": self.tool_choice(),
+                "tools": [tool.model_dump(exclude_none=True) for tool in body.tools or []],
                 "top_p": 1.0 if body.top_p is None else body.top_p, "truncation": "disabled",
                 "usage": usage, "user": body.user, "metadata": body.metadata or {}}
+
+    def text_format(self) -> dict[str, Any]:
+        text_format = self.body.text.format if self.body.text is not None else None
+        return text_format.model_dump(by_alias=True, exclude_none=True) if text_format else {"type": "text"}
+
+    def tool_choice(self) -> Any:
+        choice = self.body.tool_choice
+        return choice.model_dump() if hasattr(choice, "model_dump") else choice or "auto"
 
     def finished(self, reason: str, output: list[dict[str, Any]], num_output_tokens: int) -> dict[str, Any]:
         """The final response: `length` (max_output_tokens or the context) makes it incomplete."""
@@ -97,17 +114,19 @@ def item_status(reason: str) -> str:
     return "incomplete" if reason == "length" else "completed"
 
 
-def collected_items(reason: str, text: str, reasoning: str) -> list[dict[str, Any]]:
+def collected_items(reason: str, text: str, reasoning: str,
+                    calls: tuple[ToolCall, ...] = ()) -> list[dict[str, Any]]:
     """A collected answer's output, as its stream would have given it: its reasoning (when there was some),
-    then its message (unless the output was cut before the reasoning ended)."""
+    its message (unless the output was cut before the reasoning ended, or is only calls), then its calls."""
     status = item_status(reason)
     items = []
     if reasoning:
         items.append(output_item("reasoning", new_item_id("reasoning"), "completed" if text else status,
                                  [content_part("reasoning", reasoning)]))
-    if text or not reasoning:
+    if text or not (reasoning or calls):
         items.append(output_item("message", new_item_id("message"), status, [output_text(text)]))
-    return items
+    return [*items, *(function_call_item(new_item_id("function_call"), "completed", call.id, call.name,
+                                         call.arguments) for call in calls)]
 
 
 @dataclass
@@ -116,6 +135,7 @@ class _OpenItem:
     item_id: str
     output_index: int
     parts: list[str] = field(default_factory=list)
+    call: ToolCallDelta | None = None  # a function_call's first delta: its call id and name
 
     @property
     def text(self) -> str:
@@ -157,6 +177,8 @@ class ResponseFraming:
         if item is None:
             return []
         self._open = None
+        if item.call is not None:
+            return self._close_call(item, status)
         text, (_, prefix) = item.text, PARTS[item.kind]
         if item.kind == "message":
             self._message_text = text
@@ -166,6 +188,31 @@ class ResponseFraming:
         return [self._event(f"{prefix}.done", **self._where(item), text=text, **extra),
                 self._event("response.content_part.done", **self._where(item), part=content_part(item.kind, text)),
                 self._event("response.output_item.done", output_index=item.output_index, item=done)]
+
+    def _close_call(self, item: _OpenItem, status: str) -> list[bytes]:
+        call = item.call
+        done = function_call_item(item.item_id, status, call.id or "", call.name or "", item.text)
+        self._done.append(done)
+        return [self._event("response.function_call_arguments.done", item_id=item.item_id,
+                            output_index=item.output_index, name=call.name, arguments=item.text),
+                self._event("response.output_item.done", output_index=item.output_index, item=done)]
+
+    def tool_call(self, event: ToolEvent) -> list[bytes]:
+        """A call's first delta adds its function_call item; its argument text streams as deltas."""
+        if not isinstance(event, ToolCallDelta):
+            return []  # complete: its item is done when the next starts or the response ends
+        events = []
+        if event.name is not None:
+            events = self._close("completed")
+            item = self._open = _OpenItem("function_call", new_item_id("function_call"), len(self._done), call=event)
+            events.append(self._event("response.output_item.added", output_index=item.output_index,
+                                      item=function_call_item(item.item_id, "in_progress", event.id or "",
+                                                              event.name, "")))
+        if event.arguments and self._open is not None:
+            self._open.parts.append(event.arguments)
+            events.append(self._event("response.function_call_arguments.delta", item_id=self._open.item_id,
+                                      output_index=self._open.output_index, delta=event.arguments))
+        return events
 
     def _text(self, kind: str, text: str) -> list[bytes]:
         events = self._add(kind) if self._open is None or self._open.kind != kind else []
@@ -177,7 +224,8 @@ class ResponseFraming:
         draft = self.draft
         events = [self._event("response.created", response=draft.response("in_progress", [])),
                   self._event("response.in_progress", response=draft.response("in_progress", []))]
-        if draft.generation.splitter is None:  # the output is the message from its first token
+        generation = draft.generation
+        if generation.splitter is None and generation.tool_parser is None:  # a message from the first token
             events.extend(self._add("message"))
         return events
 
@@ -202,7 +250,8 @@ class ResponseFraming:
         return []
 
     def collected(self, completion: Completion) -> dict[str, Any]:
-        items = collected_items(completion.finish_reason, completion.text, completion.reasoning)
+        items = collected_items(completion.finish_reason, completion.text, completion.reasoning,
+                                completion.tool_calls)
         response = self.draft.finished(completion.finish_reason, items, completion.num_output_tokens)
         self.on_finished(response, completion.text)
         return response

@@ -2,13 +2,13 @@
 
 As OpenAI's own API does, a parameter this server does not know is a 400 naming it; one OpenAI defines
 that is not implemented here yet is a 400 that says so, unless it is sent with the value that means "not
-used" (no tools, plain text). Input is text messages (and earlier reasoning, not read again): other item
-and content types are refused by name. Responses and stream events are built as plain dicts in
+used". Input is text messages, function calls and their outputs (and earlier reasoning, not read again):
+other item and content types are refused by name. Responses and stream events are built as plain dicts in
 serve/api/responses/events.py.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -16,8 +16,6 @@ from pydantic_core import PydanticCustomError
 MAX_METADATA_KEYS = 16
 # Responses parameters that are not implemented yet: the value that means "not used" is accepted.
 NOT_IMPLEMENTED = {
-    "tools": ([], "function tools are not supported by this server yet; send the request without tools"),
-    "tool_choice": (("auto", "none"), "tool_choice is not supported by this server yet (there are no tools)"),
     "reasoning": ({}, "reasoning options (effort, summary) are not supported by this server: a reasoning model "
                       "thinks as its chat template lets it, and its thinking is answered as a reasoning item; "
                       "omit reasoning"),
@@ -26,15 +24,12 @@ NOT_IMPLEMENTED = {
     "conversation": (None, "conversations are not supported by this server; use previous_response_id"),
     "prompt": (None, "prompt templates are not supported by this server; send input and instructions"),
     "top_logprobs": (0, "logprobs are not supported by the Responses API of this server yet; omit top_logprobs"),
-    "max_tool_calls": (None, "max_tool_calls is not supported by this server (there are no tools)"),
+    "max_tool_calls": (None, "max_tool_calls is not supported by this server; omit it (parallel_tool_calls: false "
+                             "allows one call)"),
     "stream_options": (None, "stream_options is not supported by this server yet; omit it"),
 }
 NOT_TEXT_CONTENT = ("input_image", "input_file", "input_audio", "refusal")
-NOT_MESSAGE_ITEMS = {
-    "function_call": "function_call items are not supported by this server yet (function tools are not implemented)",
-    "function_call_output": "function_call_output items are not supported by this server yet (function tools are "
-                            "not implemented)",
-}
+ITEM_TYPES = ("message", "reasoning", "function_call", "function_call_output")
 
 
 def _fail(kind: str, message: str) -> PydanticCustomError:
@@ -120,39 +115,103 @@ class ReasoningItem(_Strict):
     status: Optional[str] = None
 
 
+class FunctionCallItem(_Strict):
+    """An earlier call of a function by the model (an earlier response's output item)."""
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str
+    arguments: str  # JSON text, as the response gave it
+    id: Optional[str] = None
+    status: Optional[str] = None
+    # what OpenAI's answers say of a call (its caller, the tool's namespace); sent back as they came
+    caller: Optional[dict[str, Any]] = None
+    namespace: Optional[str] = None
+
+
+class FunctionCallOutputItem(_Strict):
+    """What the function answered to the call `call_id`."""
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: Union[str, list[TextContent]]
+    id: Optional[str] = None
+    status: Optional[str] = None
+
+    @property
+    def text(self) -> str:
+        return self.output if isinstance(self.output, str) else "\n".join(part.text for part in self.output)
+
+
+InputItem = Annotated[Union[MessageItem, ReasoningItem, FunctionCallItem, FunctionCallOutputItem],
+                      Field(discriminator="type")]
+
+
+def _with_message_type(value: Any) -> Any:
+    """A message item may leave out its type; the discriminated union needs it."""
+    if isinstance(value, list):
+        return [dict(item, type="message") if isinstance(item, dict) and "type" not in item else item
+                for item in value]
+    return value
+
+
+class FunctionTool(_Strict):
+    type: Literal["function"]
+    name: str
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None
+    strict: Optional[bool] = None  # calls always follow the schema here (a grammar holds them)
+
+
+def _check_tools(value: Any) -> Any:
+    for index, tool in enumerate(value if isinstance(value, list) else []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
+            raise _fail("tool", f"tools[{index}]: {kind!r} tools are not supported by this server (they run on "
+                                "OpenAI's side); define function tools")
+    return value
+
+
+class NamedFunction(_Strict):
+    type: Literal["function"]
+    name: str
+
+
 def _check_items(value: Any) -> Any:
     if isinstance(value, list):
         for index, item in enumerate(value):
             kind = item.get("type", "message") if isinstance(item, dict) else None
-            if kind in NOT_MESSAGE_ITEMS:
-                raise _fail("input_item", f"item {index}: {NOT_MESSAGE_ITEMS[kind]}")
-            if kind not in ("message", "reasoning"):
-                raise _fail("input_item", f"item {index}: expected a message item "
-                                          "{'role': 'user', 'content': ...}, got type {kind!r}")
+            if kind not in ITEM_TYPES:
+                raise _fail("input_item", f"item {index}: expected a message item {{'role': 'user', 'content': ...}}"
+                                          f", function_call, function_call_output or reasoning, got type {kind!r}")
     return value
 
 
 class TextFormat(_Strict):
-    type: Literal["text"]
+    """Plain text, a JSON object, or JSON valid under `schema` (structured output, held by a grammar)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: Optional[str] = None
+    schema_: Optional[dict[str, Any]] = Field(default=None, alias="schema")
+    description: Optional[str] = None
+    strict: Optional[bool] = None
+
+    @model_validator(mode="after")
+    def _check_schema(self) -> "TextFormat":
+        if self.type == "json_schema" and (self.schema_ is None or not self.name):
+            raise _fail("text_format", "text.format of type json_schema needs name and schema (the JSON schema "
+                                       "of the output)")
+        return self
 
 
 class TextConfig(_Strict):
     format: Optional[TextFormat] = None
     verbosity: Optional[Literal["medium"]] = None  # the one verbosity this server has
 
-    @field_validator("format", mode="before")
-    @classmethod
-    def _check_format(cls, value: Any) -> Any:
-        kind = value.get("type") if isinstance(value, dict) else None
-        if kind in ("json_schema", "json_object"):
-            raise _fail("text_format", f"{kind} output is not supported by the Responses API of this server "
-                                       "yet; use /v1/chat/completions or omit text.format")
-        return value
-
 
 class ResponsesRequest(_Strict):
     model: Optional[str] = None  # absent: the first loaded model (as /v1/chat/completions)
-    input: Union[str, list[Union[MessageItem, ReasoningItem]]]
+    input: Union[str, list[InputItem]]
     instructions: Optional[str] = None
     max_output_tokens: Optional[int] = Field(default=None, gt=0)
     temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
@@ -163,14 +222,14 @@ class ResponsesRequest(_Strict):
     metadata: Optional[dict[str, str]] = None
     text: Optional[TextConfig] = None
     truncation: Optional[Literal["disabled"]] = None  # "auto" would drop input silently: not implemented
-    parallel_tool_calls: Optional[bool] = None  # there are no tools: nothing to parallelize
+    parallel_tool_calls: Optional[bool] = None
     service_tier: Optional[Literal["auto", "default"]] = None  # one tier here
     user: Optional[str] = None  # identifiers of the end user or cache key: they change nothing
     safety_identifier: Optional[str] = None
     prompt_cache_key: Optional[str] = None
     # accepted only with the value that means "not used" (see NOT_IMPLEMENTED)
-    tools: Optional[list[Any]] = None
-    tool_choice: Optional[Any] = None
+    tools: Optional[list[FunctionTool]] = None
+    tool_choice: Union[Literal["auto", "none", "required"], NamedFunction, None] = None
     reasoning: Optional[Any] = None
     include: Optional[list[Any]] = None
     background: Optional[bool] = None
@@ -190,7 +249,20 @@ class ResponsesRequest(_Strict):
     def _check_input(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise _fail("input_empty", "input must not be empty")
-        return _check_items(value)
+        return _with_message_type(_check_items(value))
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _check_tools(cls, value: Any) -> Any:
+        return _check_tools(value)
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _check_tool_choice(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("type") != "function":
+            raise _fail("tool_choice", f"tool_choice of type {value.get('type')!r} is not supported by this "
+                                       "server; send auto, none, required or {'type': 'function', 'name': ...}")
+        return value
 
     @field_validator("metadata")
     @classmethod
@@ -200,7 +272,5 @@ class ResponsesRequest(_Strict):
         return value
 
     @property
-    def input_messages(self) -> list[dict[str, str]]:
-        if isinstance(self.input, str):
-            return [{"role": "user", "content": self.input}]
-        return [item.to_template_dict() for item in self.input if isinstance(item, MessageItem)]
+    def input_items(self) -> list[Any]:
+        return [MessageItem(role="user", content=self.input)] if isinstance(self.input, str) else self.input

@@ -19,8 +19,9 @@ from serve.api.errors import parse_json_object, validate
 from serve.api.generation import Generation, Timings, answer, chat_prompt, resolve_engine, submit
 from serve.api.reasoning import catalog_reasoning_format, reasoning_splitter
 from serve.api.responses.events import ResponseDraft, ResponseFraming
-from serve.api.responses.protocol import ResponsesRequest
-from serve.api.responses.request import conversation, sampling_params, template_messages
+from serve.api.responses.protocol import FunctionCallItem, ResponsesRequest
+from serve.api.responses.request import (conversation, sampling_params, template_messages, template_messages_of,
+                                         tool_request)
 from serve.api.responses.store import ResponseStore, StoredResponse
 from serve.models.catalog import Catalog
 
@@ -33,7 +34,10 @@ def _framing(generation: Generation, body: ResponsesRequest, messages: list[dict
 
     def keep(response: dict[str, Any], text: str) -> None:
         if body.store:
-            store.put(response["id"], StoredResponse(response, [*messages, {"role": "assistant", "content": text}]))
+            answer = template_messages_of([FunctionCallItem.model_validate(item) for item in response["output"]
+                                           if item["type"] == "function_call"])
+            said = {**(answer[0] if answer else {"role": "assistant"}), "content": text}
+            store.put(response["id"], StoredResponse(response, [*messages, said]))
 
     return ResponseFraming(draft, keep)
 
@@ -49,7 +53,7 @@ def build_router(pool: PoolClient, store: ResponseStore, catalog: Catalog | None
         body = validate(ResponsesRequest, parse_json_object(await http_request.body()))
         messages = conversation(body, store)
         engine = await resolve_engine(pool, body.model, timings)
-        prompt = chat_prompt(engine, template_messages(body, messages))
+        prompt = chat_prompt(engine, template_messages(body, messages), tool_request(body))
         generation = submit(engine, f"resp_{uuid.uuid4().hex}", prompt, sampling_params(engine, prompt, body),
                             timings)
         generation.splitter = reasoning_splitter(catalog_reasoning_format(catalog, engine.model_name), prompt.text)
