@@ -1,6 +1,7 @@
 """Anthropic's stream framing over the generation core (no model: a Fake* output stream): one index per
 content block, a reasoning model's thinking as a thinking block before the text, thinking left out when
-the request disables it, and a collected message's blocks."""
+the request disables it, tool calls as tool_use blocks with input_json_delta, and a collected message's
+blocks."""
 from __future__ import annotations
 
 import asyncio
@@ -9,6 +10,9 @@ import json
 from serve.api.anthropic.sse import MessageFraming, content_blocks
 from serve.api.generation import Generation, Timings, framed_events
 from serve.api.reasoning import ReasoningSplitter
+from serve.api.tools.calls import ToolCall
+from serve.api.tools.formats import HERMES
+from serve.api.tools.parser import ToolCallParser
 from serve.sequence import FinishReason, Request, SamplingParams, StepOutput
 
 
@@ -32,15 +36,17 @@ class FakeStream:
         pass
 
 
-def _events(texts: list[str], *, thinks: bool, shows_thinking: bool = True) -> list[tuple[str, dict]]:
+def _events(texts: list[str], *, thinks: bool, shows_thinking: bool = True,
+            calls_tools: bool = False) -> list[tuple[str, dict]]:
     request = Request(request_id="msg_1", model="m", prompt="", prompt_token_ids=[1], params=SamplingParams())
     generation = Generation(request, FakeStream(texts), Timings(started=0.0),
-                            splitter=ReasoningSplitter() if thinks else None)
+                            splitter=ReasoningSplitter() if thinks else None,
+                            tool_parser=ToolCallParser(HERMES) if calls_tools else None)
     framing = MessageFraming(generation, "m", shows_thinking=shows_thinking)
 
     async def run() -> bytes:
         return b"".join([event async for event in framed_events(generation.outputs(), framing, "msg_1",
-                                                                generation.splitter)])
+                                                                generation.splitter, generation.tool_parser)])
 
     events = []
     for chunk in asyncio.run(run()).decode().split("\n\n"):
@@ -60,7 +66,8 @@ def _blocks(events: list[tuple[str, dict]]) -> list[tuple[int, str, str]]:
             blocks.append([data["index"], data["content_block"]["type"], ""])
         elif name == "content_block_delta":
             assert data["index"] == open_index
-            blocks[-1][2] += data["delta"].get("text", data["delta"].get("thinking", ""))
+            delta = data["delta"]
+            blocks[-1][2] += delta.get("text", delta.get("thinking", delta.get("partial_json", "")))
         elif name == "content_block_stop":
             assert data["index"] == open_index
             open_index = None
@@ -99,3 +106,22 @@ def test_collected_blocks():
         {"type": "thinking", "thinking": "Let me see.", "signature": ""}, {"type": "text", "text": "Paris."}]
     assert content_blocks("", "") == [{"type": "text", "text": ""}]
     assert content_blocks("", "only thinking") == [{"type": "thinking", "thinking": "only thinking", "signature": ""}]
+
+
+def test_tool_calls_are_tool_use_blocks_after_the_text():
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    events = _events(["Let me check.", call[:20], call[20:45], call[45:]], thinks=False, calls_tools=True)
+    assert [name for name, _ in events[:2]] == ["message_start", "ping"]  # the first block is not known yet
+    blocks = _blocks(events)
+    assert [(index, kind) for index, kind, _ in blocks] == [(0, "text"), (1, "tool_use")]
+    assert blocks[0][2] == "Let me check." and json.loads(blocks[1][2]) == {"city": "Paris"}
+    start = next(data for name, data in events if name == "content_block_start" and data["index"] == 1)
+    assert start["content_block"]["name"] == "get_weather" and start["content_block"]["input"] == {}
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_collected_tool_use_blocks():
+    calls = (ToolCall("call_1", "get_weather", '{"city": "Paris"}'), ToolCall("call_2", "f", '{"cut'))
+    assert content_blocks("", "", calls) == [
+        {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "call_2", "name": "f", "input": {}}]  # cut by max_tokens: no input

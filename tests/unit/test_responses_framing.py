@@ -8,6 +8,8 @@ import json
 
 from serve.api.generation import Generation, Timings, framed_events
 from serve.api.reasoning import ReasoningSplitter
+from serve.api.tools.formats import HERMES
+from serve.api.tools.parser import ToolCallParser
 from serve.api.responses.events import ResponseDraft, ResponseFraming, collected_items
 from serve.api.responses.protocol import ResponsesRequest
 from serve.sequence import FinishReason, Request, SamplingParams, StepOutput
@@ -33,17 +35,19 @@ class FakeStream:
         pass
 
 
-def _stream(texts: list[str], *, thinks: bool, reason: FinishReason = FinishReason.STOP) -> tuple[list[dict], str]:
+def _stream(texts: list[str], *, thinks: bool, reason: FinishReason = FinishReason.STOP,
+            calls_tools: bool = False) -> tuple[list[dict], str]:
     request = Request(request_id="resp_1", model="m", prompt="", prompt_token_ids=[1], params=SamplingParams())
     generation = Generation(request, FakeStream(texts, reason), Timings(started=0.0),
-                            splitter=ReasoningSplitter() if thinks else None)
+                            splitter=ReasoningSplitter() if thinks else None,
+                            tool_parser=ToolCallParser(HERMES) if calls_tools else None)
     draft = ResponseDraft("resp_1", "m", ResponsesRequest(input="hi"), generation)
     stored = []
     framing = ResponseFraming(draft, lambda response, text: stored.append(text))
 
     async def run() -> bytes:
         return b"".join([event async for event in framed_events(generation.outputs(), framing, "resp_1",
-                                                                generation.splitter)])
+                                                                generation.splitter, generation.tool_parser)])
 
     events = [json.loads(chunk.split("\n")[1][len("data: "):])
               for chunk in asyncio.run(run()).decode().split("\n\n") if chunk]
@@ -59,11 +63,13 @@ def _items(events: list[dict]) -> list[tuple[int, str, str]]:
             assert open_index is None and event["output_index"] == len(items)
             open_index = event["output_index"]
             items.append([open_index, event["item"]["type"], ""])
-        elif kind.endswith("_text.delta"):
+        elif kind.endswith("_text.delta") or kind == "response.function_call_arguments.delta":
             assert event["output_index"] == open_index
             items[-1][2] += event["delta"]
         elif kind == "response.output_item.done":
-            assert event["output_index"] == open_index and event["item"]["content"][0]["text"] == items[-1][2]
+            item = event["item"]
+            text = item["arguments"] if item["type"] == "function_call" else item["content"][0]["text"]
+            assert event["output_index"] == open_index and text == items[-1][2]
             open_index = None
     assert open_index is None
     return [tuple(item) for item in items]
@@ -100,3 +106,16 @@ def test_output_cut_while_thinking_is_an_incomplete_reasoning_item_only():
 def test_collected_items():
     assert [item["type"] for item in collected_items("stop", "Paris.", "Let me see.")] == ["reasoning", "message"]
     assert [item["type"] for item in collected_items("stop", "", "")] == ["message"]
+
+
+def test_tool_calls_are_function_call_items_after_the_message():
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    events, stored = _stream(["Let me check.", call[:20], call[20:45], call[45:]], thinks=False, calls_tools=True)
+    items = _items(events)
+    assert [(index, kind) for index, kind, _ in items] == [(0, "message"), (1, "function_call")]
+    assert json.loads(items[1][2]) == {"city": "Paris"} and stored == "Let me check."
+    done = next(event for event in events if event["type"] == "response.function_call_arguments.done")
+    assert done["name"] == "get_weather" and json.loads(done["arguments"]) == {"city": "Paris"}
+    final = events[-1]["response"]
+    assert [item["type"] for item in final["output"]] == ["message", "function_call"]
+    assert final["output"][1]["call_id"].startswith("call_") and final["status"] == "completed"
