@@ -11,7 +11,7 @@ from serve.api.ollama.protocol import (DEFAULT_REPEAT_PENALTY, DEFAULT_TEMPERATU
                                        ChatRequest, GenerateRequest, Options)
 from serve.api.ollama.template import TemplateError, render_prompt_template
 from serve.api.reasoning import THINK_TAGS
-from serve.api.tools.render import history_tool_call, tool_call_arguments
+from serve.api.tools.render import wire_tool_call
 from serve.api.tools.spec import ToolRequest, make_tool, make_tool_request
 from serve.errors import ContextLengthError, InvalidRequestError
 from serve.grammar import json_object_constraint, schema_constraint
@@ -118,18 +118,11 @@ def chat_messages(body: ChatRequest) -> list[dict[str, Any]]:
     for index, message in enumerate(body.messages):
         rendered = message.to_template_dict()
         if message.tool_calls:
-            rendered["tool_calls"] = [_history_call(call, f"messages[{index}].tool_calls[{number}]")
+            rendered["tool_calls"] = [wire_tool_call(call, f"messages[{index}].tool_calls[{number}]")
                                       for number, call in enumerate(message.tool_calls)]
         messages.append(rendered)
     return messages
 
-
-def _history_call(call: dict[str, Any], where: str) -> dict[str, Any]:
-    function = call.get("function")
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise InvalidRequestError(f"{where} needs function.name and function.arguments", param=f"{where}.function")
-    arguments = tool_call_arguments(function.get("arguments", {}), f"{where}.function.arguments")
-    return history_tool_call(str(call.get("id") or ""), function["name"], arguments)
 
 
 def generate_request_prompt(engine: EngineClient, body: GenerateRequest) -> Prompt:

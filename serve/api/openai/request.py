@@ -9,7 +9,7 @@ from serve.api.engine_client import EngineClient
 from serve.api.generation import Prompt, default_num_max_tokens
 from serve.api.openai.structured import output_constraint
 from serve.api.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
-from serve.api.tools.render import history_tool_call, tool_call_arguments
+from serve.api.tools.render import wire_tool_call
 from serve.api.tools.spec import ToolRequest, make_tool, make_tool_request
 from serve.errors import InvalidRequestError
 from serve.sequence import SamplingParams
@@ -112,16 +112,8 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
             raise InvalidRequestError(f"messages[{index}] is a tool result without tool_call_id; set it to the "
                                       "id of the assistant's tool call it answers", param=f"messages[{index}].tool_call_id")
         if message.tool_calls:
-            rendered["tool_calls"] = [_history_call(call, f"messages[{index}].tool_calls[{number}]")
+            rendered["tool_calls"] = [wire_tool_call(call, f"messages[{index}].tool_calls[{number}]")
                                       for number, call in enumerate(message.tool_calls)]
         messages.append(rendered)
     return messages
 
-
-def _history_call(call: dict[str, Any], where: str) -> dict[str, Any]:
-    function = call.get("function")
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise InvalidRequestError(f"{where} needs function.name (and function.arguments as JSON text)",
-                                  param=f"{where}.function")
-    arguments = tool_call_arguments(function.get("arguments", "{}"), f"{where}.function.arguments")
-    return history_tool_call(str(call.get("id") or ""), function["name"], arguments)

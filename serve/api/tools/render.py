@@ -50,6 +50,17 @@ def history_tool_call(call_id: str, name: str, arguments: dict[str, Any]) -> dic
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
+def wire_tool_call(call: Any, where: str) -> dict[str, Any]:
+    """An earlier call as OpenAI and Ollama send it in a message's `tool_calls` (`{"id", "function": {"name",
+    "arguments"}}`, arguments as JSON text or an object), checked, as templates read it."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidRequestError(f"{where} needs function.name and function.arguments (a JSON object, or JSON "
+                                  "text of one)", param=f"{where}.function")
+    arguments = tool_call_arguments(function.get("arguments", {}), f"{where}.function.arguments")
+    return history_tool_call(str(call.get("id") or ""), function["name"], arguments)
+
+
 def has_tool_history(messages: list[dict[str, Any]]) -> bool:
     return any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
 
