@@ -9,7 +9,9 @@ from serve.api.engine_client import PoolClient
 from serve.api.errors import install_error_handlers
 from serve.api.guards import APIKeyGuard, BodySizeLimit
 from serve.api.ollama import routes as ollama_routes
+from serve.api.openai import embeddings as openai_embeddings
 from serve.api.openai import routes as openai_routes
+from serve.api.rerank import routes as rerank_routes
 from serve.api.responses import routes as responses_routes
 from serve.api.responses.store import ResponseStore
 from serve.api.web import routes as web_routes
@@ -25,6 +27,8 @@ def create_app(pool: PoolClient, config: ServerConfig, catalog: Catalog) -> Fast
                   docs_url="/docs", redoc_url=None)
     install_error_handlers(app)
     app.include_router(openai_routes.build_router(pool, catalog))
+    app.include_router(openai_embeddings.build_router(pool))
+    app.include_router(rerank_routes.build_router(pool))
     access = ModelAccess.from_config(config, catalog)  # the loader's policy, for Ollama's pulls
     app.include_router(ollama_routes.build_router(pool, catalog, access, config.plan_choices.backend))
     app.include_router(anthropic_routes.build_router(pool, catalog))

@@ -40,11 +40,49 @@ class ContextLimit(Protocol):
         """Whether the backend runs lazy grammars (tool_choice auto holds calls to their schemas with one)."""
 
 
+class PoolingSide(Protocol):
+    """Of a model's pooler (backends.base.Pooler), what the API reads: tokens and sizes."""
+
+    @property
+    def pooling(self) -> str:
+        """mean, cls, last (embeddings) or rank (rerank scores)."""
+
+    @property
+    def context_length(self) -> int:
+        """Tokens per input."""
+
+    @property
+    def num_dimensions(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a token-array input may hold are below this."""
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def pair_tokens(self, query: str, document: str) -> list[int]: ...
+
+
 class EngineClient(Protocol):
-    """One loaded model, as a route uses it: template, tokenize, submit."""
+    """One loaded model, as a route uses it: template, tokenize, submit; and pool, when it embeds or reranks."""
 
     @property
     def model_name(self) -> str: ...
+
+    @property
+    def supported_tasks(self) -> frozenset[str]:
+        """What the model can be asked: chat, embeddings, rerank (and tools, reasoning, vision)."""
+
+    @property
+    def pooler(self) -> PoolingSide | None:
+        """The pooling side of a model that embeds or reranks; None for a chat-only model."""
+
+    @property
+    def matryoshka(self) -> bool:
+        """Embeddings: a leading part of the vector is an embedding too (requests may ask for `dimensions`)."""
+
+    async def pool(self, request_id: str, inputs: list[list[int]]) -> list[list[float]]:
+        """One output per input: the embedding (not normalized) or, for rank pooling, [relevance score]."""
 
     @property
     def capabilities(self) -> ContextLimit: ...

@@ -24,6 +24,7 @@ from serve.api.engine_client import EngineClient, OutputStream, PoolClient
 from serve.api.errors import counted, internal_error
 from serve.api.reasoning import ReasoningSplitter
 from serve.api.streaming import ClosingStreamingResponse
+from serve.api.tasks import CHAT, require_task
 from serve.api.tools.calls import ToolCall, ToolEvent
 from serve.api.tools.parser import ToolCallParser
 from serve.api.tools.spec import ToolRequest
@@ -129,8 +130,9 @@ class Framing(Protocol):
 # --- engine, prompt, submission ---------------------------------------------------------------------
 
 async def resolve_engine(pool: PoolClient, model: str | None, timings: Timings, *,
-                         keep_alive: float | None = None) -> EngineClient:
-    """The engine for `model` (loaded first if needed); no model means the first loaded one."""
+                         keep_alive: float | None = None, task: str = CHAT) -> EngineClient:
+    """The engine for `model` (loaded first if needed); no model means the first loaded one. A model that
+    cannot do `task` (chat, embeddings, rerank) is a 400 saying where to send the request instead."""
     if model is None:
         infos = pool.model_infos()
         if not infos:
@@ -139,6 +141,7 @@ async def resolve_engine(pool: PoolClient, model: str | None, timings: Timings, 
     timings.load_started = time.perf_counter()
     engine = await pool.get(model, keep_alive=keep_alive)
     timings.loaded = time.perf_counter()
+    require_task(engine, task)
     return engine
 
 

@@ -1,5 +1,5 @@
-"""Ollama's API on the same port as the OpenAI one: /api/chat, /api/generate, /api/tags, /api/ps, /api/show,
-/api/pull, /api/version (`GET /`, "Ollama is running" to non-browsers, is in serve/api/web/routes.py).
+"""Ollama's API on the same port as the OpenAI one: /api/chat, /api/generate, /api/embed, /api/embeddings,
+/api/tags, /api/ps, /api/show, /api/pull, /api/version (`GET /`, "Ollama is running" to non-browsers, is in serve/api/web/routes.py).
 
 Generation goes through the core every dialect shares (serve/api/generation.py); only the edges are Ollama's:
 the request (serve/api/ollama/request.py: prompt, num_ctx, options) and the replies (serve/api/ollama/ndjson.py),
@@ -22,6 +22,7 @@ from serve.api.engine_client import EngineClient, PoolClient
 from serve.api.errors import error_headers, errors_answered_by, parse_json_object, validate
 from serve.api.generation import Prompt, Timings, answer, errors_as_events, resolve_engine, submit
 from serve.api.ollama import models as ollama_models
+from serve.api.ollama.embed import add_embed_routes
 from serve.api.ollama.models import find_model, local_models
 from serve.api.ollama.ndjson import CHAT, GENERATE, NDJSONFraming, NDJSONResponse, ReplyShape, error_object
 from serve.api.ollama.protocol import ChatRequest, GenerateRequest, ModelRequest, normalize_model_name
@@ -37,8 +38,7 @@ logger = logging.getLogger("serve.api")
 
 # The Ollama API version we answer like (GET /api/version); clients gate features on it.
 OLLAMA_API_VERSION = "0.9.0"
-NOT_IMPLEMENTED = {"/api/create", "/api/copy", "/api/delete", "/api/push", "/api/embed", "/api/embeddings",
-                   "/api/blobs"}
+NOT_IMPLEMENTED = {"/api/create", "/api/copy", "/api/delete", "/api/push", "/api/blobs"}
 
 
 # --- errors ---------------------------------------------------------------------------------------------
@@ -96,6 +96,7 @@ def build_router(pool: PoolClient, catalog: Catalog, access: ModelAccess, backen
     api = OllamaAPI(pool, catalog, access, backend)
     router = APIRouter()
     _add_generation_routes(router, api)
+    add_embed_routes(router, pool)
     _add_model_routes(router, api)
     _add_misc_routes(router)
     return router

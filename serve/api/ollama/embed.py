@@ -1,0 +1,79 @@
+"""Ollama's POST /api/embed and POST /api/embeddings over the pooling core (serve/api/pooling.py), with
+Ollama's error shape. An empty input loads the model (keep_alive applies) and answers no vectors, as Ollama."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, Request as HTTPRequest
+from fastapi.responses import JSONResponse, Response
+
+from serve.api import pooling
+from serve.api.engine_client import PoolClient
+from serve.api.errors import errors_answered_by, parse_json_object, validate
+from serve.api.generation import Timings, resolve_engine
+from serve.api.ollama.embed_protocol import EmbeddingsRequest, EmbedRequest, _EmbeddingFields
+from serve.api.ollama.ndjson import error_object
+from serve.api.ollama.protocol import normalize_model_name
+from serve.api.tasks import EMBEDDINGS
+from serve.errors import InvalidRequestError, ServeError
+from serve.api.errors import error_headers
+
+
+def _ollama_error(exc: ServeError) -> JSONResponse:
+    return JSONResponse(error_object(exc), status_code=exc.status_code, headers=error_headers(exc))
+
+
+def _check(body: _EmbeddingFields) -> int | None:
+    """Unknown fields and options: a 400 naming them. Returns num_ctx, the only option an embedding reads."""
+    if body.unknown_fields:
+        raise InvalidRequestError(f"unrecognized request field(s): {', '.join(body.unknown_fields)}; not part of "
+                                  "Ollama's API or not implemented by this server, so remove them",
+                                  param=body.unknown_fields[0])
+    options = body.options
+    if options is not None and options.model_extra:
+        raise InvalidRequestError(f"unknown option(s): {', '.join(sorted(options.model_extra))}; not an Ollama "
+                                  "option this server implements, so remove them", param="options")
+    return options.num_ctx if options is not None else None
+
+
+def _nanoseconds(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
+
+
+def add_embed_routes(router: APIRouter, pool: PoolClient) -> None:
+    ollama_errors = errors_answered_by(_ollama_error)
+
+    @router.post("/api/embed")
+    @ollama_errors
+    async def embed(http_request: HTTPRequest) -> Response:
+        timings = Timings(started=time.perf_counter())
+        body = validate(EmbedRequest, parse_json_object(await http_request.body()))
+        num_ctx = _check(body)
+        engine = await resolve_engine(pool, normalize_model_name(body.model), timings, keep_alive=body.keep_alive,
+                                      task=EMBEDDINGS)
+        dimensions = body.dimensions or None
+        pooling.check_dimensions(engine, dimensions)
+        if not body.inputs:
+            return JSONResponse({"model": body.model, "embeddings": []})
+        inputs = pooling.embedding_inputs(engine, body.inputs, truncate=body.truncate is not False, num_ctx=num_ctx)
+        vectors = await pooling.embed(engine, f"ollama-embed-{uuid.uuid4().hex}", inputs, dimensions=dimensions)
+        return JSONResponse({"model": body.model, "embeddings": [pooling.float_list(v) for v in vectors],
+                             "total_duration": _nanoseconds(time.perf_counter() - timings.started),
+                             "load_duration": _nanoseconds(timings.loaded - timings.load_started),
+                             "prompt_eval_count": inputs.num_tokens})
+
+    @router.post("/api/embeddings")
+    @ollama_errors
+    async def embeddings(http_request: HTTPRequest) -> Response:
+        timings = Timings(started=time.perf_counter())
+        body = validate(EmbeddingsRequest, parse_json_object(await http_request.body()))
+        num_ctx = _check(body)
+        engine = await resolve_engine(pool, normalize_model_name(body.model), timings, keep_alive=body.keep_alive,
+                                      task=EMBEDDINGS)
+        if not body.prompt:
+            return JSONResponse({"embedding": []})
+        # Ollama's older endpoint refuses an input longer than the context (it has no truncate field).
+        inputs = pooling.embedding_inputs(engine, [body.prompt], param="prompt", num_ctx=num_ctx)
+        vectors = await pooling.embed(engine, f"ollama-embed-{uuid.uuid4().hex}", inputs, normalize=False)
+        return JSONResponse({"embedding": pooling.float_list(vectors[0])})
