@@ -164,10 +164,7 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.plot import COLORS, plt  # headless matplotlib, the other plots' colours
 
     workloads = sorted({(r["task"], r["batch"], r["concurrency"]) for r in rows})
     servers = sorted({r["server"] for r in rows})
@@ -176,7 +173,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for offset, server in enumerate(servers):
         values = [next((r["per_s"] for r in rows if (r["task"], r["batch"], r["concurrency"]) == w
                         and r["server"] == server), 0) for w in workloads]
-        axis.bar([i + offset * width for i in range(len(workloads))], values, width, label=server)
+        axis.bar([i + offset * width for i in range(len(workloads))], values, width, label=server,
+                 color=COLORS.get(server))
     axis.set_xticks([i + width * (len(servers) - 1) / 2 for i in range(len(workloads))],
                     [f"{task}\n{batch}/request, c={c}" for task, batch, c in workloads], fontsize=8)
     axis.set_ylabel("inputs (documents) per second")

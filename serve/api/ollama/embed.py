@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Callable
 
 from fastapi import APIRouter, Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response
 
 from serve.api import pooling
 from serve.api.engine_client import PoolClient
-from serve.api.errors import errors_answered_by, parse_json_object, validate
+from serve.api.errors import Handler, parse_json_object, validate
 from serve.api.generation import Timings, resolve_engine
-from serve.api.ollama.embed_protocol import EmbeddingsRequest, EmbedRequest, _EmbeddingFields
-from serve.api.ollama.ndjson import error_object
+from serve.api.ollama.embed_protocol import EmbeddingsRequest, EmbedRequest, EmbeddingFields
 from serve.api.ollama.protocol import normalize_model_name
 from serve.api.tasks import EMBEDDINGS
-from serve.errors import InvalidRequestError, ServeError
-from serve.api.errors import error_headers
+from serve.errors import InvalidRequestError
 
 
-def _ollama_error(exc: ServeError) -> JSONResponse:
-    return JSONResponse(error_object(exc), status_code=exc.status_code, headers=error_headers(exc))
-
-
-def _check(body: _EmbeddingFields) -> int | None:
+def _check(body: EmbeddingFields) -> int | None:
     """Unknown fields and options: a 400 naming them. Returns num_ctx, the only option an embedding reads."""
     if body.unknown_fields:
         raise InvalidRequestError(f"unrecognized request field(s): {', '.join(body.unknown_fields)}; not part of "
@@ -41,8 +36,8 @@ def _nanoseconds(seconds: float) -> int:
     return max(0, int(seconds * 1e9))
 
 
-def add_embed_routes(router: APIRouter, pool: PoolClient) -> None:
-    ollama_errors = errors_answered_by(_ollama_error)
+def add_embed_routes(router: APIRouter, pool: PoolClient, ollama_errors: Callable[[Handler], Handler]) -> None:
+    """The two routes; `ollama_errors` answers their failures in Ollama's error shape (routes.py)."""
 
     @router.post("/api/embed")
     @ollama_errors

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from serve.api.ollama.protocol import Options, parse_keep_alive
 from pydantic_core import PydanticCustomError
 
+from serve.api.ollama.protocol import Options, parse_keep_alive
 
-class _EmbeddingFields(BaseModel):
+
+class EmbeddingFields(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)  # unknown keys are kept to be named in a 400
 
     model: str = Field(min_length=1)
@@ -35,7 +35,7 @@ class _EmbeddingFields(BaseModel):
         return sorted(self.model_extra or {})
 
 
-class EmbedRequest(_EmbeddingFields):
+class EmbedRequest(EmbeddingFields):
     input: Union[str, list[str]] = ""  # empty: load the model only (Ollama answers "embeddings": [])
     truncate: Optional[bool] = True  # cut an input longer than the context instead of refusing it
     dimensions: Optional[int] = Field(default=None, ge=0)  # 0: the model's own size
@@ -47,7 +47,7 @@ class EmbedRequest(_EmbeddingFields):
         return self.input
 
 
-class EmbeddingsRequest(_EmbeddingFields):
+class EmbeddingsRequest(EmbeddingFields):
     prompt: str = ""  # empty: load the model only (Ollama answers "embedding": [])
 
 

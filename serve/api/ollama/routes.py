@@ -96,7 +96,7 @@ def build_router(pool: PoolClient, catalog: Catalog, access: ModelAccess, backen
     api = OllamaAPI(pool, catalog, access, backend)
     router = APIRouter()
     _add_generation_routes(router, api)
-    add_embed_routes(router, pool)
+    add_embed_routes(router, pool, ollama_errors)
     _add_model_routes(router, api)
     _add_misc_routes(router)
     return router
