@@ -157,3 +157,10 @@ def test_an_embedding_only_model_serves_embeddings_and_matryoshka_dimensions(ser
     assert np.abs(short - full[:64] / np.linalg.norm(full[:64])).max() < 1e-5  # the leading part, normalised
     ollama_short = ollama.Client(host=server.base_url).embed(model=EMBEDDER, input=DOCUMENTS[0], dimensions=64)
     assert np.abs(np.array(ollama_short.embeddings[0]) - short).max() < 1e-5
+
+
+def test_ollama_show_lists_embedding_models_by_their_capability(server):
+    with server.http() as http:
+        shown = {name: http.post("/api/show", json={"model": name}).json()["capabilities"]
+                 for name in (EMBEDDER, CHAT, RERANKER)}
+    assert shown == {EMBEDDER: ["embedding"], CHAT: ["completion"], RERANKER: []}
