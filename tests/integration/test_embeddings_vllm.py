@@ -21,8 +21,8 @@ from tests.fixtures_reranker import reranker_hf_dir
 from tests.integration.conftest import VLLM_START_TIMEOUT, require_vllm
 from tests.integration.server import running_server
 
-# Two vLLM engines start for the module (minutes each on 2 busy cores): more than pytest's 600 s default.
-pytestmark = [pytest.mark.vllm, pytest.mark.timeout(2 * VLLM_START_TIMEOUT + 600)]
+# A vLLM engine starts in the first test of each server (minutes on 2 busy cores): more than pytest's default.
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(VLLM_START_TIMEOUT + 600)]
 
 NUM_DIMENSIONS = 576
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Embeddings map text to vectors.", "hello"]
@@ -46,14 +46,24 @@ def _sentence_transformers_dir(tmp_path_factory):
     return directory
 
 
+def _vllm_server(tmp_path_factory, name: str, model_dir):
+    """One model per server: a server with two vLLM engines takes more than the harness's 20 s to stop."""
+    require_vllm()
+    log_path = tmp_path_factory.mktemp(f"server-vllm-{name}") / "serve.log"
+    args = ["--backend", "vllm", "--model", str(model_dir), "--ctx", "512", "--parallel", "4",
+            "--gpu-memory-utilization", "0.1"]
+    return running_server(args, log_path, backend="vllm", timeout=VLLM_START_TIMEOUT)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    require_vllm()
-    model_dir = _sentence_transformers_dir(tmp_path_factory)
-    log_path = tmp_path_factory.mktemp("server-vllm-embed") / "serve.log"
-    args = ["--backend", "vllm", "--model", str(model_dir), "--model", str(reranker_hf_dir()), "--ctx", "512",
-            "--parallel", "4", "--gpu-memory-utilization", "0.1"]
-    with running_server(args, log_path, backend="vllm", timeout=2 * VLLM_START_TIMEOUT) as running:
+    with _vllm_server(tmp_path_factory, "embed", _sentence_transformers_dir(tmp_path_factory)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def rerank_server(tmp_path_factory):
+    with _vllm_server(tmp_path_factory, "rerank", reranker_hf_dir()) as running:
         yield running
 
 
@@ -90,15 +100,15 @@ def test_vllm_ollama_embed_and_the_refusals(server):
     assert dimensions.value.body["param"] == "dimensions"
 
 
-def test_vllm_rerank_sorts_scores_between_0_and_1(server):
-    reranker = reranker_hf_dir().name
+def test_vllm_rerank_sorts_scores_between_0_and_1(rerank_server):
+    server, reranker = rerank_server, reranker_hf_dir().name
     documents = ["paris is the capital of france.", "the cat", "berlin is in germany.", "water"]
     with server.http() as http:
         answer = http.post("/v1/rerank", json={"model": reranker, "query": "what is the capital of france?",
                                                "documents": documents, "top_n": 3}).raise_for_status().json()
         again = http.post("/rerank", json={"model": reranker, "query": "what is the capital of france?",
                                            "documents": documents, "top_n": 3}).json()
-        refused = http.post("/v1/rerank", json={"model": server.model, "query": "q", "documents": ["d"]})
+        refused = http.post("/v1/embeddings", json={"model": reranker, "input": "q"})
     scores = [result["relevance_score"] for result in answer["results"]]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
     assert all(result["document"]["text"] == documents[result["index"]] for result in answer["results"])
@@ -106,4 +116,4 @@ def test_vllm_rerank_sorts_scores_between_0_and_1(server):
     first = {r["index"]: r["relevance_score"] for r in answer["results"]}
     assert all(abs(first[r["index"]] - r["relevance_score"]) < 1e-3 for r in again["results"] if r["index"] in first)
     assert answer["usage"]["prompt_tokens"] > len(documents)
-    assert refused.status_code == 400 and "rank pooling" in refused.json()["error"]["message"]
+    assert refused.status_code == 400 and "/v1/rerank" in refused.json()["error"]["message"]
