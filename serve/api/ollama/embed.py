@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Callable
+from typing import Any, Callable
 
 from fastapi import APIRouter, Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response
 
 from serve.api import pooling
-from serve.api.engine_client import PoolClient
+from serve.api.engine_client import EngineClient, PoolClient
 from serve.api.errors import Handler, parse_json_object, validate
 from serve.api.generation import Timings, resolve_engine
 from serve.api.ollama.embed_protocol import EmbeddingsRequest, EmbedRequest, EmbeddingFields
@@ -36,6 +36,16 @@ def _nanoseconds(seconds: float) -> int:
     return max(0, int(seconds * 1e9))
 
 
+async def _embedding_request(http_request: HTTPRequest, pool: PoolClient, request_class: type[EmbeddingFields],
+                             timings: Timings) -> tuple[Any, int | None, EngineClient]:
+    """The validated body, its num_ctx and the engine of its model (which must embed)."""
+    body = validate(request_class, parse_json_object(await http_request.body()))
+    num_ctx = _check(body)
+    engine = await resolve_engine(pool, normalize_model_name(body.model), timings, keep_alive=body.keep_alive,
+                                  task=EMBEDDINGS)
+    return body, num_ctx, engine
+
+
 def add_embed_routes(router: APIRouter, pool: PoolClient, ollama_errors: Callable[[Handler], Handler]) -> None:
     """The two routes; `ollama_errors` answers their failures in Ollama's error shape (routes.py)."""
 
@@ -43,10 +53,7 @@ def add_embed_routes(router: APIRouter, pool: PoolClient, ollama_errors: Callabl
     @ollama_errors
     async def embed(http_request: HTTPRequest) -> Response:
         timings = Timings(started=time.perf_counter())
-        body = validate(EmbedRequest, parse_json_object(await http_request.body()))
-        num_ctx = _check(body)
-        engine = await resolve_engine(pool, normalize_model_name(body.model), timings, keep_alive=body.keep_alive,
-                                      task=EMBEDDINGS)
+        body, num_ctx, engine = await _embedding_request(http_request, pool, EmbedRequest, timings)
         dimensions = body.dimensions or None
         pooling.check_dimensions(engine, dimensions)
         if not body.inputs:
@@ -61,11 +68,8 @@ def add_embed_routes(router: APIRouter, pool: PoolClient, ollama_errors: Callabl
     @router.post("/api/embeddings")
     @ollama_errors
     async def embeddings(http_request: HTTPRequest) -> Response:
-        timings = Timings(started=time.perf_counter())
-        body = validate(EmbeddingsRequest, parse_json_object(await http_request.body()))
-        num_ctx = _check(body)
-        engine = await resolve_engine(pool, normalize_model_name(body.model), timings, keep_alive=body.keep_alive,
-                                      task=EMBEDDINGS)
+        body, num_ctx, engine = await _embedding_request(http_request, pool, EmbeddingsRequest,
+                                                         Timings(started=time.perf_counter()))
         if not body.prompt:
             return JSONResponse({"embedding": []})
         # Ollama's older endpoint refuses an input longer than the context (it has no truncate field).
