@@ -165,8 +165,9 @@ class LlamaCppBackend:
     def chat_template(self) -> str:
         return self._chat_template.source
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
-        return self._chat_template.render(messages, tools=tools)
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    **template_kwargs: Any) -> str:
+        return self._chat_template.render(messages, tools=tools, **template_kwargs)
 
     def _piece(self, token: int) -> bytes:
         piece = self._piece_cache.get(token)

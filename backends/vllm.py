@@ -193,13 +193,14 @@ class VLLMBackend:
     def chat_template(self) -> str:
         return self._tokenizer.chat_template or CHATML_TEMPLATE
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    **template_kwargs: Any) -> str:
         import jinja2
 
         template = None if self._tokenizer.chat_template else CHATML_TEMPLATE
         try:
             return self._tokenizer.apply_chat_template(messages, tools=tools, chat_template=template,
-                                                       tokenize=False, add_generation_prompt=True)
+                                                       tokenize=False, add_generation_prompt=True, **template_kwargs)
         except jinja2.TemplateError as exc:  # raise_exception in the template: e.g. roles out of order
             raise ChatTemplateError(str(exc)) from None
 

@@ -24,11 +24,11 @@ def create_app(pool: PoolClient, config: ServerConfig, catalog: Catalog) -> Fast
     app = FastAPI(title="quantserve", summary="OpenAI-compatible server for quantized models",
                   docs_url="/docs", redoc_url=None)
     install_error_handlers(app)
-    app.include_router(openai_routes.build_router(pool, catalog))
+    app.include_router(openai_routes.build_router(pool))
     access = ModelAccess.from_config(config, catalog)  # the loader's policy, for Ollama's pulls
     app.include_router(ollama_routes.build_router(pool, catalog, access, config.plan_choices.backend))
-    app.include_router(anthropic_routes.build_router(pool, catalog))
-    app.include_router(responses_routes.build_router(pool, ResponseStore(config.max_stored_responses), catalog))
+    app.include_router(anthropic_routes.build_router(pool))
+    app.include_router(responses_routes.build_router(pool, ResponseStore(config.max_stored_responses)))
     app.include_router(health.build_router(pool))
     app.include_router(metrics.build_router(pool))
     app.include_router(web_routes.build_router())  # `/`: the chat page or "Ollama is running"

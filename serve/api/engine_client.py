@@ -54,12 +54,18 @@ class EngineClient(Protocol):
         """How the model writes tool calls, as the catalog states it; None: recognised from chat_template."""
 
     @property
+    def reasoning_format(self) -> str | None:
+        """How the model writes its thinking, as the catalog states it (think_tags, harmony); None: it does
+        not reason, unless its chat template opens a `<think>` block in the prompt (serve/api/reasoning.py)."""
+
+    @property
     def chat_template(self) -> str:
         """The Jinja source of the model's chat template."""
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
-        """The model's chat template applied (with `tools` in OpenAI's shape, when given); a template
-        refusal is an InvalidRequestError."""
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    **template_kwargs: Any) -> str:
+        """The model's chat template applied (with `tools` in OpenAI's shape, when given, and the request's
+        own template variables, like enable_thinking); a template refusal is an InvalidRequestError."""
 
     def tokenize(self, text: str) -> list[int]: ...
 

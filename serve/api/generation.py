@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from serve.api.engine_client import EngineClient, OutputStream, PoolClient
 from serve.api.errors import counted, internal_error
-from serve.api.reasoning import ReasoningSplitter
+from serve.api.reasoning import ReasoningSplitter, Thinking, reasoning_splitter
 from serve.api.streaming import ClosingStreamingResponse
 from serve.api.tools.calls import ToolCall, ToolEvent
 from serve.api.tools.parser import ToolCallParser
@@ -60,6 +60,10 @@ class Prompt:
     token_ids: list[int]
     messages: list[dict[str, Any]] | None = None
     tool_use: ToolUse | None = None  # the tools offered, or a history with tool calls
+    # A reasoning model's thinking is split off the answer of a chat (a plain completion is the raw text);
+    # a request that turned thinking off which its template could not prevent drops it (shows_reasoning).
+    splits_reasoning: bool = False
+    shows_reasoning: bool = True
 
 
 @dataclass
@@ -70,7 +74,7 @@ class Generation:
     stream: OutputStream
     timings: Timings
     is_finished: bool = False
-    # Set by a dialect that answers a reasoning model's thinking apart (serve/api/reasoning.py).
+    # For a reasoning model's output: its thinking apart from its answer (serve/api/reasoning.py).
     splitter: ReasoningSplitter | None = None
     tool_parser: ToolCallParser | None = None  # when the request offers tools (serve/api/tools/)
     stop_string: str | None = None  # the stop string that ended it, once finished (Anthropic reports it)
@@ -142,16 +146,22 @@ async def resolve_engine(pool: PoolClient, model: str | None, timings: Timings, 
     return engine
 
 
-def chat_prompt(engine: EngineClient, messages: list[dict[str, Any]], tools: ToolRequest | None = None) -> Prompt:
-    """The conversation rendered with the model's own chat template (and the request's tools), tokenized."""
+def chat_prompt(engine: EngineClient, messages: list[dict[str, Any]], tools: ToolRequest | None = None,
+                thinking: Thinking = Thinking()) -> Prompt:
+    """The conversation rendered with the model's own chat template (and the request's tools, and its
+    choice about thinking), tokenized."""
     use = tool_use(engine, messages, tools)
-    text = engine.render_chat(messages) if use is None else engine.render_chat(*use.template_inputs(messages))
-    return Prompt(text, engine.tokenize(text), messages, use)
+    template = engine.chat_template
+    inputs = (messages, None) if use is None else use.template_inputs(messages)
+    text = engine.render_chat(*inputs, **thinking.render_kwargs(template))
+    text, shows_reasoning = thinking.applied(text, template, engine.reasoning_format)
+    return Prompt(text, engine.tokenize(text), messages, use, splits_reasoning=True, shows_reasoning=shows_reasoning)
 
 
-def text_prompt(engine: EngineClient, text: str) -> Prompt:
-    """A prompt used as it is (already templated, or a plain completion)."""
-    return Prompt(text, engine.tokenize(text))
+def text_prompt(engine: EngineClient, text: str, *, splits_reasoning: bool = False) -> Prompt:
+    """A prompt used as it is (already templated, or a plain completion); its output is split into
+    reasoning and answer only when the dialect says so (Ollama's /api/generate does)."""
+    return Prompt(text, engine.tokenize(text), splits_reasoning=splits_reasoning)
 
 
 def token_prompt(engine: EngineClient, token_ids: list[int]) -> Prompt:
@@ -183,7 +193,10 @@ def submit(engine: EngineClient, request_id: str, prompt: Prompt, params: Sampli
     request = Request(request_id=request_id, model=engine.model_name, prompt=prompt.text,
                       prompt_token_ids=prompt.token_ids, params=params, messages=prompt.messages)
     timings.submitted = time.perf_counter()
-    return Generation(request, engine.submit(request), timings,
+    splitter = None
+    if prompt.splits_reasoning:
+        splitter = reasoning_splitter(engine.reasoning_format, prompt.text, shows_reasoning=prompt.shows_reasoning)
+    return Generation(request, engine.submit(request), timings, splitter=splitter,
                       tool_parser=use.new_parser() if use is not None else None)
 
 

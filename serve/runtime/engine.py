@@ -104,10 +104,11 @@ class Engine:
     """Serves one loaded model; `submit` is called on the event loop thread."""
 
     def __init__(self, model_name: str, backend: Backend, *, max_queue: int, model_path: Path | None = None,
-                 tool_format: str | None = None):
+                 tool_format: str | None = None, reasoning_format: str | None = None):
         self.model_name = model_name
         self.model_path = model_path  # the GGUF file or Hugging Face directory the weights came from
         self.tool_format = tool_format  # the catalog's; None: the API recognises it from the chat template
+        self.reasoning_format = reasoning_format  # the catalog's; None: the model does not reason (or is unlisted)
         self.backend = backend
         caps: Capabilities = backend.capabilities
         self.capabilities = caps
@@ -128,9 +129,9 @@ class Engine:
     def chat_template(self) -> str:
         return self.backend.chat_template
 
-    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None, **template_kwargs) -> str:
         try:
-            return self.backend.render_chat(messages, tools)
+            return self.backend.render_chat(messages, tools, **template_kwargs)
         except ValueError as exc:  # the template's raise_exception, e.g. roles out of order
             raise InvalidRequestError(str(exc), param="messages") from None
 

@@ -64,15 +64,20 @@ class FakeCapabilities:
 class FakeEngine:
     """One word per token; the chat template is the messages' contents joined."""
 
+    chat_template = "{{ messages | map(attribute='content') | join(' ') }} ANSWER:"  # what render_chat does
+    tool_format: str | None = None
+
     def __init__(self, outputs: list = OUTPUTS, *, fail: Exception | None = None,
-                 refuse: ServeError | None = None):
+                 refuse: ServeError | None = None, reasoning_format: str | None = None):
         self.model_name = MODEL
+        self.reasoning_format = reasoning_format
         self.capabilities = FakeCapabilities(context_length=CONTEXT_LENGTH)
         self._outputs, self._fail, self._refuse = outputs, fail, refuse
         self.requests: list[Request] = []
         self.streams: list[FakeStream] = []
 
-    def render_chat(self, messages: list[dict]) -> str:
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None, **template_kwargs) -> str:
+        self.template_kwargs = template_kwargs
         return " ".join(message["content"] for message in messages) + " ANSWER:"
 
     def tokenize(self, text: str) -> list[int]:

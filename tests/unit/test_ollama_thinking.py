@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from serve.api.app import create_app
 from serve.config import ServerConfig
-from serve.models.catalog import Catalog, ModelSpec, load_catalog
+from serve.models.catalog import load_catalog
 from serve.sequence import FinishReason, StepOutput
 from tests.unit.test_generation import MODEL, FakeEngine, FakePool
 
@@ -25,11 +25,9 @@ GENERATE = {"model": MODEL, "prompt": "hi"}
 
 
 def client_with(reasoning_format: str | None) -> TestClient:
-    capabilities = frozenset({"chat", "reasoning"} if reasoning_format else {"chat"})
-    catalog = Catalog({**load_catalog().models, MODEL: ModelSpec(
-        name=MODEL, capabilities=capabilities, reasoning_format=reasoning_format)})
-    app = create_app(FakePool(FakeEngine(RECORDED)), ServerConfig(), catalog)
-    return TestClient(app, raise_server_exceptions=False)
+    """The engine carries the catalog's reasoning_format (serve/runtime/loader.py)."""
+    engine = FakeEngine(RECORDED, reasoning_format=reasoning_format)
+    return TestClient(create_app(FakePool(engine), ServerConfig(), load_catalog()), raise_server_exceptions=False)
 
 
 def lines(response) -> list[dict]:

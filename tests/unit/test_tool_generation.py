@@ -34,9 +34,9 @@ class FakeToolEngine(FakeEngine):
         self.capabilities = ToolCapabilities(can_start_grammar_on_trigger=can_start_lazily)
         self.rendered: list[tuple[list, list | None]] = []
 
-    def render_chat(self, messages, tools=None) -> str:
+    def render_chat(self, messages, tools=None, **template_kwargs) -> str:
         self.rendered.append((messages, tools))
-        return super().render_chat(messages)
+        return super().render_chat(messages, **template_kwargs)
 
 
 def _post(engine, body):

@@ -20,17 +20,14 @@ from serve.api.anthropic.sse import MessageFraming
 from serve.api.engine_client import PoolClient
 from serve.api.errors import parse_json_object, validate
 from serve.api.generation import Timings, answer, resolve_engine, submit
-from serve.api.reasoning import catalog_reasoning_format, reasoning_splitter
-from serve.models.catalog import Catalog
 
 
 def new_message_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
-def build_router(pool: PoolClient, catalog: Catalog | None = None) -> APIRouter:
-    """Anthropic's routes over the model pool; the catalog says which models reason (their thinking is
-    answered as thinking blocks)."""
+def build_router(pool: PoolClient) -> APIRouter:
+    """Anthropic's routes over the model pool; a reasoning model's thinking is answered as thinking blocks."""
     router = APIRouter()
 
     @router.post("/v1/messages")
@@ -41,7 +38,6 @@ def build_router(pool: PoolClient, catalog: Catalog | None = None) -> APIRouter:
         engine = await resolve_engine(pool, body.model, timings)
         prompt = messages_prompt(engine, body)
         generation = submit(engine, new_message_id(), prompt, sampling_params(body), timings)
-        generation.splitter = reasoning_splitter(catalog_reasoning_format(catalog, engine.model_name), prompt.text)
         shows_thinking = body.thinking is None or body.thinking.shows_thinking
         framing = MessageFraming(generation, body.model, shows_thinking=shows_thinking)
         return await answer(http_request, generation, can_stream=body.stream, framing=framing,

@@ -10,7 +10,7 @@ from serve.api.generation import Prompt, chat_prompt, text_prompt
 from serve.api.ollama.protocol import (DEFAULT_REPEAT_PENALTY, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P,
                                        ChatRequest, GenerateRequest, Options)
 from serve.api.ollama.template import TemplateError, render_prompt_template
-from serve.api.reasoning import THINK_TAGS
+from serve.api.reasoning import THINK_TAGS, Thinking
 from serve.api.tools.render import wire_tool_call
 from serve.api.tools.spec import ToolRequest, make_tool, make_tool_request
 from serve.errors import ContextLengthError, InvalidRequestError
@@ -96,7 +96,17 @@ def request_params(engine: EngineClient, prompt: Prompt, options: Options,
 
 def chat_request_prompt(engine: EngineClient, body: ChatRequest) -> Prompt:
     """/api/chat: the conversation (and the request's tools) rendered with the model's chat template."""
-    return chat_prompt(engine, chat_messages(body), tool_request(body))
+    return chat_prompt(engine, chat_messages(body), tool_request(body), thinking(engine, body))
+
+
+def thinking(engine: EngineClient, body: ChatRequest | GenerateRequest) -> Thinking:
+    """Ollama's think: false turns thinking off in the template (where it can; otherwise it is hidden), a
+    level ("low", "medium", "high") goes to templates that read one (gpt-oss)."""
+    think = body.think
+    if isinstance(think, str):
+        can_show_thinking(think, engine.reasoning_format, body.model)  # levels only for harmony models
+        return Thinking(effort=think)
+    return Thinking(think)
 
 
 def tool_request(body: ChatRequest) -> ToolRequest | None:
@@ -129,13 +139,14 @@ def generate_request_prompt(engine: EngineClient, body: GenerateRequest) -> Prom
     """/api/generate: the prompt as it is (raw), in the request's own template, or in the model's chat
     template (then with its messages: vLLM templates those)."""
     prompt = body.prompt or ""
-    if body.raw:
-        return text_prompt(engine, prompt)
+    if body.raw:  # the caller templated it: its thinking can only be hidden (think false), not turned off
+        return text_prompt(engine, prompt, splits_reasoning=True)
     if body.template:
         try:
-            return text_prompt(engine, render_prompt_template(body.template, prompt=prompt, system=body.system))
+            return text_prompt(engine, render_prompt_template(body.template, prompt=prompt, system=body.system),
+                               splits_reasoning=True)
         except TemplateError as exc:
             raise InvalidRequestError(str(exc), param="template") from None
     messages = [{"role": "system", "content": body.system}] if body.system else []
     messages.append({"role": "user", "content": prompt})
-    return chat_prompt(engine, messages)
+    return chat_prompt(engine, messages, thinking=thinking(engine, body))

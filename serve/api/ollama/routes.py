@@ -28,7 +28,7 @@ from serve.api.ollama.protocol import ChatRequest, GenerateRequest, ModelRequest
 from serve.api.ollama.pull import pull_backend, pull_progress
 from serve.api.ollama.request import (can_show_thinking, chat_request_prompt, check_fields, generate_request_prompt,
                                       request_params)
-from serve.api.reasoning import THINK_TAGS, catalog_reasoning_format, opens_reasoning, reasoning_splitter
+from serve.api.reasoning import THINK_TAGS, opens_reasoning
 from serve.errors import InvalidRequestError, ModelNotFoundError, ServeError
 from serve.models.access import ModelAccess
 from serve.models.catalog import Catalog
@@ -125,13 +125,12 @@ async def _generation(api: OllamaAPI, http_request: HTTPRequest, request_class: 
         return await api.load_or_unload(name, body.model, body.keep_alive, shape, timings)
     engine = await resolve_engine(api.pool, name, timings, keep_alive=body.keep_alive)
     prompt = prompt_of(engine, body)
-    reasoning_format = catalog_reasoning_format(api.catalog, engine.model_name)
+    reasoning_format = engine.reasoning_format
     if reasoning_format is None and opens_reasoning(prompt.text):
         reasoning_format = THINK_TAGS  # an R1-style template opened the block: the model reasons
     show_thinking = can_show_thinking(body.think, reasoning_format, body.model)
     generation = submit(engine, f"ollama-{uuid.uuid4().hex}", prompt,
                         request_params(engine, prompt, body.sampling_options, body.format), timings)
-    generation.splitter = reasoning_splitter(reasoning_format, prompt.text)
     framing = NDJSONFraming(generation, shape, body.model, can_show_thinking=show_thinking)
     return await answer(http_request, generation, can_stream=body.can_stream, framing=framing,
                         collected=framing.collected)

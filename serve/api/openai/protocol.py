@@ -171,6 +171,11 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
     parallel_tool_calls: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # needs logprobs: true
+    # Variables for the model's chat template, as vLLM and llama-server take them: enable_thinking false
+    # turns a reasoning model's thinking off (serve/api/reasoning.py).
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+    # none turns thinking off; a level goes to templates that read reasoning_effort (gpt-oss)
+    reasoning_effort: Optional[Literal["none", "low", "medium", "high"]] = None
     # Accepted, changing no answer: end-user and cache-routing identifiers.
     safety_identifier: Optional[str] = None
     prompt_cache_key: Optional[str] = None
@@ -185,7 +190,6 @@ class ChatCompletionRequest(SamplingFields):
     web_search_options: Any = None
     functions: Any = None
     function_call: Any = None
-    reasoning_effort: Any = None
     verbosity: Any = None
 
     @property

@@ -9,6 +9,7 @@ from serve.api.engine_client import EngineClient
 from serve.api.generation import Prompt, default_num_max_tokens
 from serve.api.openai.structured import output_constraint
 from serve.api.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from serve.api.reasoning import ENABLE_THINKING, Thinking, template_kwargs_of
 from serve.api.tools.render import wire_tool_call
 from serve.api.tools.spec import ToolRequest, make_tool, make_tool_request
 from serve.errors import InvalidRequestError
@@ -29,8 +30,6 @@ UNIMPLEMENTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "function_call": ((None,), "function_call (deprecated by OpenAI) is not supported; send tool_choice instead"),
     "store": ((None, False), "stored completions are not supported; omit store or send false"),
     "metadata": ((None, {}), "metadata is kept only with stored completions, which are not supported; omit it"),
-    "reasoning_effort": ((None,), "reasoning_effort is not supported: a reasoning model thinks as its chat "
-                                  "template makes it; omit reasoning_effort"),
     "verbosity": ((None,), "verbosity is not supported; omit it"),
     "service_tier": ((None, "auto", "default"), 'service tiers are not supported; send "auto" or omit service_tier'),
 }
@@ -117,3 +116,20 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
         messages.append(rendered)
     return messages
 
+
+
+def thinking(body: ChatCompletionRequest) -> Thinking:
+    """chat_template_kwargs (enable_thinking among them) and reasoning_effort ("none" turns thinking off, as
+    llama-server reads it; a level goes to templates that read one)."""
+    kwargs = dict(body.chat_template_kwargs or {})
+    enabled = kwargs.pop(ENABLE_THINKING, None)
+    if enabled is not None and not isinstance(enabled, bool):
+        raise InvalidRequestError(f"chat_template_kwargs.enable_thinking must be true or false, got {enabled!r}",
+                                  param="chat_template_kwargs.enable_thinking")
+    effort = body.reasoning_effort
+    if effort == "none":
+        if enabled:
+            raise InvalidRequestError("reasoning_effort \"none\" turns thinking off, but chat_template_kwargs."
+                                      "enable_thinking is true; send one of them", param="reasoning_effort")
+        enabled, effort = False, None
+    return Thinking(enabled, effort, template_kwargs_of(kwargs, "chat_template_kwargs"))

@@ -20,11 +20,9 @@ from serve.api.generation import (Completion, Generation, Prompt, Timings, answe
                                   submit, text_prompt, token_prompt)
 from serve.api.openai import protocol
 from serve.api.openai.logprobs import chat_logprobs, completion_logprobs
-from serve.api.openai.request import chat_messages, check_supported, request_params, tool_request
+from serve.api.openai.request import chat_messages, check_supported, request_params, thinking, tool_request
 from serve.api.openai.sse import CHAT_CHUNK, TEXT_CHUNK, SSEFraming, StreamHeader
-from serve.api.reasoning import catalog_reasoning_format, reasoning_splitter
 from serve.errors import ModelNotFoundError
-from serve.models.catalog import Catalog
 from serve.runtime.pool import ModelInfo
 
 
@@ -101,8 +99,8 @@ def _find_card(pool: PoolClient, model_id: str | None) -> protocol.ModelCard | N
     return None
 
 
-def build_router(pool: PoolClient, catalog: Catalog | None = None) -> APIRouter:
-    """The OpenAI routes over the model pool; the catalog says which models reason."""
+def build_router(pool: PoolClient) -> APIRouter:
+    """The OpenAI routes over the model pool."""
     router = APIRouter()
 
     @router.post("/v1/chat/completions")
@@ -112,10 +110,9 @@ def build_router(pool: PoolClient, catalog: Catalog | None = None) -> APIRouter:
         check_supported(body)
         messages, tools = chat_messages(body), tool_request(body)
         engine = await resolve_engine(pool, body.model, timings)
-        prompt = chat_prompt(engine, messages, tools)
+        prompt = chat_prompt(engine, messages, tools, thinking(body))
         generation = submit(engine, f"chatcmpl-{uuid.uuid4().hex}", prompt,
                             request_params(engine, prompt, body), timings)
-        generation.splitter = reasoning_splitter(catalog_reasoning_format(catalog, engine.model_name), prompt.text)
         return await _answer(http_request, generation, body, is_chat=True, prompt=prompt)
 
     @router.post("/v1/completions")

@@ -17,13 +17,11 @@ from fastapi.responses import JSONResponse, Response
 from serve.api.engine_client import PoolClient
 from serve.api.errors import parse_json_object, validate
 from serve.api.generation import Generation, Timings, answer, chat_prompt, resolve_engine, submit
-from serve.api.reasoning import catalog_reasoning_format, reasoning_splitter
 from serve.api.responses.events import ResponseDraft, ResponseFraming
 from serve.api.responses.protocol import FunctionCallItem, ResponsesRequest
 from serve.api.responses.request import (conversation, sampling_params, template_messages, template_messages_of,
                                          tool_request)
 from serve.api.responses.store import ResponseStore, StoredResponse
-from serve.models.catalog import Catalog
 
 
 def _framing(generation: Generation, body: ResponsesRequest, messages: list[dict[str, Any]],
@@ -42,9 +40,9 @@ def _framing(generation: Generation, body: ResponsesRequest, messages: list[dict
     return ResponseFraming(draft, keep)
 
 
-def build_router(pool: PoolClient, store: ResponseStore, catalog: Catalog | None = None) -> APIRouter:
-    """The Responses routes over the model pool, with `store` keeping finished responses; the catalog says
-    which models reason (their thinking is answered as reasoning items)."""
+def build_router(pool: PoolClient, store: ResponseStore) -> APIRouter:
+    """The Responses routes over the model pool, with `store` keeping finished responses; a reasoning
+    model's thinking is answered as reasoning items."""
     router = APIRouter()
 
     @router.post("/v1/responses")
@@ -56,7 +54,6 @@ def build_router(pool: PoolClient, store: ResponseStore, catalog: Catalog | None
         prompt = chat_prompt(engine, template_messages(body, messages), tool_request(body))
         generation = submit(engine, f"resp_{uuid.uuid4().hex}", prompt, sampling_params(engine, prompt, body),
                             timings)
-        generation.splitter = reasoning_splitter(catalog_reasoning_format(catalog, engine.model_name), prompt.text)
         framing = _framing(generation, body, messages, store)
         return await answer(http_request, generation, can_stream=body.stream, framing=framing,
                             collected=framing.collected)
