@@ -60,6 +60,10 @@ class SamplingParams:
     num_logprobs: int | None = None
     # The same for every prompt token (OpenAI completions' echo); the first prompt token has none.
     num_prompt_logprobs: int | None = None
+    # Special tokens whose text must appear in the output when the model writes them (a tool-call marker
+    # like Mistral's `[TOOL_CALLS]` is a control token, which backends otherwise leave out of the text).
+    # Text that is not one special token of the model's vocabulary appears anyway: nothing to keep.
+    kept_special_tokens: tuple[str, ...] = ()
 
     @property
     def is_greedy(self) -> bool:

@@ -41,7 +41,11 @@ class ToolUse:
         if self.request is None:
             return params
         constraint = tool_call_constraint(self.format, self.request)  # checks every tool's schema: 400s
-        if not self.is_active or not (self.request.is_forced or can_start_lazily):
+        if not self.is_active:
+            return params
+        # The parser must see the call's marker, even where the model's vocabulary makes it a special token.
+        params = replace(params, kept_special_tokens=self.format.start_markers)
+        if not (self.request.is_forced or can_start_lazily):
             return params
         if params.constraint is not None:
             raise InvalidRequestError("response_format (or format) cannot be combined with tools yet: the "
