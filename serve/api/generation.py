@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable, Protocol, TypeVar
 
 from fastapi import Request as HTTPRequest
@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from serve.api.engine_client import EngineClient, OutputStream, PoolClient
 from serve.api.errors import counted, internal_error
-from serve.api.reasoning import ReasoningSplitter, Thinking, reasoning_splitter
+from serve.api.reasoning import Splitter, Thinking, reasoning_splitter
 from serve.api.streaming import ClosingStreamingResponse
 from serve.api.tools.calls import ToolCall, ToolEvent
 from serve.api.tools.parser import ToolCallParser
@@ -75,7 +75,7 @@ class Generation:
     timings: Timings
     is_finished: bool = False
     # For a reasoning model's output: its thinking apart from its answer (serve/api/reasoning.py).
-    splitter: ReasoningSplitter | None = None
+    splitter: Splitter | None = None
     tool_parser: ToolCallParser | None = None  # when the request offers tools (serve/api/tools/)
     stop_string: str | None = None  # the stop string that ended it, once finished (Anthropic reports it)
 
@@ -190,12 +190,15 @@ def submit(engine: EngineClient, request_id: str, prompt: Prompt, params: Sampli
     if use is not None:
         params = use.constrained(params, can_start_lazily=getattr(engine.capabilities, "can_start_grammar_on_trigger",
                                                                   False))
-    request = Request(request_id=request_id, model=engine.model_name, prompt=prompt.text,
-                      prompt_token_ids=prompt.token_ids, params=params, messages=prompt.messages)
-    timings.submitted = time.perf_counter()
     splitter = None
     if prompt.splits_reasoning:
         splitter = reasoning_splitter(engine.reasoning_format, prompt.text, shows_reasoning=prompt.shows_reasoning)
+    if splitter is not None and splitter.kept_special_tokens:  # harmony's markers are special tokens
+        kept = tuple(dict.fromkeys(params.kept_special_tokens + splitter.kept_special_tokens))
+        params = replace(params, kept_special_tokens=kept)
+    request = Request(request_id=request_id, model=engine.model_name, prompt=prompt.text,
+                      prompt_token_ids=prompt.token_ids, params=params, messages=prompt.messages)
+    timings.submitted = time.perf_counter()
     return Generation(request, engine.submit(request), timings, splitter=splitter,
                       tool_parser=use.new_parser() if use is not None else None)
 
@@ -232,7 +235,7 @@ def stream_response(generation: Generation, framing: Framing) -> ClosingStreamin
 
 
 async def framed_events(outputs: AsyncIterator[StepOutput], framing: Framing, request_id: str,
-                        splitter: ReasoningSplitter | None = None,
+                        splitter: Splitter | None = None,
                         tool_parser: ToolCallParser | None = None) -> AsyncIterator[bytes]:
     """The events of one streamed answer; a failure after the first byte becomes the error event.
     (One generator, not a chain of them: this runs once per generated token.)"""
@@ -263,7 +266,7 @@ async def framed_events(outputs: AsyncIterator[StepOutput], framing: Framing, re
         yield event
 
 
-def _split_delta(framing: Framing, output: StepOutput, splitter: ReasoningSplitter | None) -> bytes | None:
+def _split_delta(framing: Framing, output: StepOutput, splitter: Splitter | None) -> bytes | None:
     """The delta of an output whose text is split into reasoning and content, or that carries logprobs."""
     reasoning, content = splitter.feed(output.text) if splitter is not None else ("", output.text)
     if splitter is not None and output.finish_reason is not None:
@@ -274,7 +277,7 @@ def _split_delta(framing: Framing, output: StepOutput, splitter: ReasoningSplitt
     return framing.delta(content, reasoning=reasoning, logprobs=output.logprobs)  # type: ignore[call-arg]
 
 
-def _tool_deltas(framing: Framing, output: StepOutput, splitter: ReasoningSplitter | None,
+def _tool_deltas(framing: Framing, output: StepOutput, splitter: Splitter | None,
                  tool_parser: ToolCallParser) -> list[bytes]:
     """The events of an output whose content may hold tool calls: content deltas and tool-call deltas in
     the order the model wrote them (reasoning, when split off, is never parsed for calls)."""
@@ -339,7 +342,7 @@ async def collect(generation: Generation) -> Completion:
     raise ServeError("the engine ended the request without a finish reason")
 
 
-def _split_whole(splitter: ReasoningSplitter, text: str) -> tuple[str, str]:
+def _split_whole(splitter: Splitter, text: str) -> tuple[str, str]:
     reasoning, content = splitter.feed(text)
     more_reasoning, more_content = splitter.flush()
     return reasoning + more_reasoning, content + more_content

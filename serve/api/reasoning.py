@@ -17,11 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from serve.api.harmony import HarmonySplitter
 from serve.errors import InvalidRequestError
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 THINK_TAGS = "think_tags"  # the catalog's reasoning_format for these tags
+HARMONY = "harmony"  # gpt-oss's channels, split by serve/api/harmony.py
 
 _START, _REASONING, _ANSWER_START, _ANSWER = "start", "reasoning", "answer_start", "answer"
 
@@ -41,6 +43,8 @@ def _partial_suffix(text: str, tag: str) -> int:
 
 class ReasoningSplitter:
     """Splits one request's streamed text into (reasoning, content) deltas."""
+
+    kept_special_tokens: tuple[str, ...] = ()  # <think> tags are text where they are tokens (Qwen3)
 
     def __init__(self, starts_in_reasoning: bool = False, shows_reasoning: bool = True):
         self._state = _REASONING if starts_in_reasoning else _START
@@ -102,10 +106,15 @@ class ReasoningSplitter:
         return released
 
 
+Splitter = ReasoningSplitter | HarmonySplitter  # feed(text) / flush() -> (reasoning, content)
+
+
 def reasoning_splitter(reasoning_format: Optional[str], prompt_text: str, *,
-                       shows_reasoning: bool = True) -> ReasoningSplitter | None:
+                       shows_reasoning: bool = True) -> Splitter | None:
     """The splitter for a request, or None when its output has no reasoning to split; one that does not
     show the reasoning drops it (thinking the request turned off, but the template could not prevent)."""
+    if reasoning_format == HARMONY:
+        return HarmonySplitter(shows_reasoning=shows_reasoning)
     if opens_reasoning(prompt_text):
         return ReasoningSplitter(starts_in_reasoning=True, shows_reasoning=shows_reasoning)
     if reasoning_format == THINK_TAGS:

@@ -1,7 +1,8 @@
 """Ollama's `think` and `thinking` through the real app over a Fake engine replaying a recorded reasoning
 answer (the 135M test model does not think): the block goes to `message.thinking` (`thinking` in
 /api/generate), streamed as it comes; think=false hides it; asking a model that does not reason to think,
-or giving a level to a model without harmony output, is a 400 in Ollama's shape."""
+or giving a level to a model without harmony output (or whose template reads no level), is a 400 in Ollama's
+shape."""
 from __future__ import annotations
 
 import json
@@ -82,9 +83,7 @@ def test_a_model_that_does_not_reason_answers_as_it_is():
     (None, True, f"'{MODEL}' does not support thinking"),
     (None, "high", f"'{MODEL}' does not support thinking levels; send think true or false"),
     ("think_tags", "low", f"'{MODEL}' does not support thinking levels"),
-    ("harmony", "medium", "think 'medium': thinking levels need harmony output (gpt-oss), which this server "
-                          "does not split yet"),
-    ("harmony", True, f"'{MODEL}' does not support thinking (its harmony output is not split yet)"),
+    ("harmony", "medium", "reasoning_effort 'medium': this model's chat template has no reasoning levels"),
     ("think_tags", "hard", 'think: think must be true, false, "low", "medium" or "high", got \'hard\'')])
 def test_think_the_model_cannot_honour_is_a_400_in_ollamas_shape(reasoning_format, think, message):
     for path, body in (("/api/chat", CHAT), ("/api/generate", GENERATE)):

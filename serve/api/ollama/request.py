@@ -10,7 +10,7 @@ from serve.api.generation import Prompt, chat_prompt, text_prompt
 from serve.api.ollama.protocol import (DEFAULT_REPEAT_PENALTY, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P,
                                        ChatRequest, GenerateRequest, Options)
 from serve.api.ollama.template import TemplateError, render_prompt_template
-from serve.api.reasoning import THINK_TAGS, Thinking
+from serve.api.reasoning import HARMONY, THINK_TAGS, Thinking
 from serve.api.tools.render import wire_tool_call
 from serve.api.tools.spec import ToolRequest, make_tool, make_tool_request
 from serve.errors import ContextLengthError, InvalidRequestError
@@ -28,18 +28,16 @@ def check_fields(body: ChatRequest | GenerateRequest) -> None:
 
 def can_show_thinking(think: bool | str | None, reasoning_format: str | None, model: str) -> bool:
     """Ollama's `think` for a model whose catalog entry has `reasoning_format` (None: it does not reason):
-    True or absent shows a reasoning model's thinking in `thinking`, False hides it. Asking a model that
-    does not reason to think is a 400, as Ollama answers; a level ("low"...) only means something to
-    harmony models (gpt-oss), whose output is not split here yet."""
+    True or absent shows a reasoning model's thinking in `thinking`, False turns it off (or hides what the
+    template cannot turn off). Asking a model that does not reason to think is a 400, as Ollama answers; a
+    level ("low"...) means something only to harmony models (gpt-oss), whose template reads it."""
     if isinstance(think, str):
-        if reasoning_format == "harmony":
-            raise InvalidRequestError(f"think {think!r}: thinking levels need harmony output (gpt-oss), which this "
-                                      "server does not split yet; omit think", param="think")
-        raise InvalidRequestError(f"{model!r} does not support thinking levels; send think true or false",
-                                  param="think")
-    if think and reasoning_format != THINK_TAGS:
-        detail = "" if reasoning_format is None else " (its harmony output is not split yet)"
-        raise InvalidRequestError(f"{model!r} does not support thinking{detail}", param="think")
+        if reasoning_format != HARMONY:
+            raise InvalidRequestError(f"{model!r} does not support thinking levels; send think true or false",
+                                      param="think")
+        return True
+    if think and reasoning_format not in (THINK_TAGS, HARMONY):
+        raise InvalidRequestError(f"{model!r} does not support thinking", param="think")
     return think is not False
 
 

@@ -23,6 +23,12 @@ from serve.api.tools.spec import Tool, ToolRequest
 from serve.grammar import schema_constraint
 from serve.sequence import OutputConstraint
 
+# Harmony (gpt-oss), as the output continues its prompt's `<|start|>assistant`: optional reasoning, then the call.
+HARMONY_ANALYSIS = "<|channel|>analysis<|message|>"
+HARMONY_NEXT = "<|end|><|start|>assistant"
+HARMONY_CALL = "<|channel|>commentary to=functions."
+HARMONY_TEXT = 'harmony-text ::= ([^<] | "<" [^|])*'  # text up to the next special token
+
 _RULE = re.compile(r"^([A-Za-z0-9_-]+)\s*::=\s*(.*)$")
 # Inside a rule's body: string literals, character classes, token references and repetition counts
 # are left alone; every other name is a reference to a rule.
@@ -49,6 +55,8 @@ def renamed(gbnf: str, prefix: str) -> tuple[str, str]:
 
 
 def _call_rule(fmt: ToolFormat, tool: Tool, arguments_rule: str) -> str:
+    if fmt.name == "gpt_oss":  # harmony: a commentary message addressed to the function
+        return f'{_literal(f"{HARMONY_CALL}{tool.name} <|constrain|>json<|message|>")} {arguments_rule}'
     key = "parameters" if fmt.name == "llama3_json" else "arguments"
     head = _literal(f'{{"name": "{tool.name}", "{key}": ')
     call = f'{head} {arguments_rule} "}}"'
@@ -59,9 +67,12 @@ def _call_rule(fmt: ToolFormat, tool: Tool, arguments_rule: str) -> str:
 
 def _calls_rule(fmt: ToolFormat, allows_parallel: bool) -> str:
     """The root: the calls in the format's own framing."""
-    if fmt.name == "mistral":
+    if fmt.name == "gpt_oss":  # one call ends the turn (<|call|>); reasoning on the analysis channel may come first
+        return f"root ::= ({_literal(HARMONY_ANALYSIS)} harmony-text {_literal(HARMONY_NEXT)})? call\n{HARMONY_TEXT}"
+    if fmt.opens_list:
         more = ' ("," " " call)*' if allows_parallel else ""
-        return f'root ::= {_literal(fmt.start_markers[0])} "[" call{more} "]"'
+        markers = " | ".join(_literal(marker) for marker in fmt.start_markers)
+        return f'root ::= ({markers}) "[" call{more} "]"'
     separator = '"\\n"' if fmt.end_marker else '";" " "'
     more = f" ({separator} call)*" if allows_parallel else ""
     opening = f"{_literal(fmt.start_markers[0])}? " if fmt.can_start_bare else ""
@@ -86,7 +97,8 @@ def tool_call_constraint(fmt: ToolFormat, request: ToolRequest) -> OutputConstra
     gbnf = tool_calls_gbnf(fmt, tools, request.allows_parallel)
     if request.is_forced:
         return OutputConstraint(gbnf=gbnf)
-    triggers = [re.escape(fmt.trigger)]
+    markers = (HARMONY_CALL,) if fmt.name == "gpt_oss" else fmt.start_markers if fmt.opens_list else (fmt.trigger,)
+    triggers = [re.escape(marker) for marker in markers]
     if fmt.can_start_bare:
         triggers.append(r"^\s*(\{)")  # Llama 3's bare call: the answer opens with its object
     return OutputConstraint(gbnf=gbnf, trigger_patterns=tuple(triggers))
