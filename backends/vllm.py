@@ -79,11 +79,14 @@ def structured_output_kwargs(constraint: OutputConstraint | None) -> dict[str, A
     (pure: importable without vllm). vLLM gets the GBNF (xgrammar reads it), not the JSON schema: the
     grammar is the one the API checked, so both backends enforce the same thing. Given the schema itself,
     xgrammar allowed any run of whitespace and integers of any length, and the 135M test model filled
-    max_tokens with newlines or digits. A lazy grammar has no StructuredOutputsParams form."""
+    max_tokens with newlines or digits. A lazy grammar runs as its structural tag (triggered tags)."""
     if constraint is None:
         return None
     if constraint.is_lazy:
-        raise ValueError("a grammar started by trigger patterns (lazy) is not supported on the vLLM backend")
+        if constraint.structural_tag is None:
+            raise ValueError("a grammar started by trigger patterns (lazy) needs its structural tag on the vLLM "
+                             "backend")
+        return {"structural_tag": constraint.structural_tag}
     return {"grammar": constraint.gbnf}
 
 
@@ -158,7 +161,7 @@ class VLLMBackend:
         self.capabilities = Capabilities(
             name="vllm", context_length=model_config.max_model_len, num_parallel=settings.num_parallel,
             max_batch_tokens=whole_prompts, max_prefill_tokens_while_decoding=whole_prompts,
-            vocab_size=model_config.get_vocab_size())
+            vocab_size=model_config.get_vocab_size(), can_start_tagged_grammar=True)
 
     # -- loading -------------------------------------------------------------------------------------
 

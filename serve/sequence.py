@@ -26,12 +26,16 @@ class OutputConstraint:
         first non-empty capture group (or of the whole match) on, the text must match the grammar. So the
         grammar itself begins with the trigger's text, e.g. pattern `<tool_call>` and grammar
         `root ::= "<tool_call>" ...`. A plain word is a pattern once its regex characters are escaped.
+    structural_tag: the same lazy grammar in xgrammar's structural-tag form (JSON text), which vLLM's structured
+        outputs run: free text until a trigger string, then one of the tags (`begin`, a GBNF grammar, `end`).
+        None where the format's calls cannot be written so; vLLM then runs such a request without a grammar.
     """
 
     gbnf: str
     json_schema: str | None = None
     is_json_object: bool = False
     trigger_patterns: tuple[str, ...] = ()
+    structural_tag: str | None = None
 
     @property
     def is_lazy(self) -> bool:

@@ -39,6 +39,10 @@ class ContextLimit(Protocol):
     def can_start_grammar_on_trigger(self) -> bool:
         """Whether the backend runs lazy grammars (tool_choice auto holds calls to their schemas with one)."""
 
+    @property
+    def can_start_tagged_grammar(self) -> bool:
+        """Whether the backend runs lazy grammars written as xgrammar structural tags (vLLM)."""
+
 
 class EngineClient(Protocol):
     """One loaded model, as a route uses it: template, tokenize, submit."""

@@ -188,8 +188,9 @@ def submit(engine: EngineClient, request_id: str, prompt: Prompt, params: Sampli
     """Hand the request to the engine; raises at once (before any byte is sent) when it cannot be served."""
     use = prompt.tool_use
     if use is not None:
-        params = use.constrained(params, can_start_lazily=getattr(engine.capabilities, "can_start_grammar_on_trigger",
-                                                                  False))
+        caps = engine.capabilities
+        params = use.constrained(params, can_start_lazily=getattr(caps, "can_start_grammar_on_trigger", False),
+                                 can_start_tagged=getattr(caps, "can_start_tagged_grammar", False))
     splitter = None
     if prompt.splits_reasoning:
         splitter = reasoning_splitter(engine.reasoning_format, prompt.text, shows_reasoning=prompt.shows_reasoning)

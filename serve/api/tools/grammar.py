@@ -3,7 +3,8 @@
 `required` and a named tool_choice hold from the first token: the output is one or more calls (exactly
 one without parallel_tool_calls), each naming an offered tool (or the named one) with arguments that
 match that tool's parameter schema. `auto` leaves the output free until the model writes the call's
-marker (a lazy grammar, as llama-server does it); from there the same calls must follow. Each tool's
+marker (a lazy grammar, as llama-server does it); from there the same calls must follow. vLLM runs `auto`
+as an xgrammar structural tag (triggered tags) instead, for the formats that can be written as one. Each tool's
 schema is converted by the structured-output converter (serve/grammar), its rules renamed apart so the
 tools' grammars live side by side in one; a schema feature it cannot enforce is a 400 naming it.
 
@@ -91,6 +92,24 @@ def tool_calls_gbnf(fmt: ToolFormat, tools: tuple[Tool, ...], allows_parallel: b
     return "\n".join([_calls_rule(fmt, allows_parallel), f"call ::= {calls}", *parts]) + "\n"
 
 
+def structural_tag(fmt: ToolFormat, tools: tuple[Tool, ...], allows_parallel: bool) -> str | None:
+    """The lazy grammar of `auto` as an xgrammar structural tag (what vLLM runs): after the format's marker,
+    one call per tag, its arguments held by the tool's schema grammar. Only formats whose every call is
+    closed by its own end marker in plain text (hermes, generic) can be written so: a list of calls, a bare
+    call or special-token markers cannot (None)."""
+    if not fmt.end_marker:
+        return None
+    tags = []
+    for index, tool in enumerate(tools):
+        begin = f'{fmt.trigger}\n{{"name": "{tool.name}", "arguments": '
+        arguments = schema_constraint(tool.parameters, f"tools[{index}].function.parameters").gbnf
+        tags.append({"type": "tag", "begin": begin, "content": {"type": "grammar", "grammar": arguments},
+                     "end": f"}}\n{fmt.end_marker}"})
+    triggered = {"type": "triggered_tags", "triggers": [fmt.trigger], "tags": tags,
+                 "stop_after_first": not allows_parallel}
+    return json.dumps({"type": "structural_tag", "format": triggered}, ensure_ascii=False)
+
+
 def tool_call_constraint(fmt: ToolFormat, request: ToolRequest) -> OutputConstraint | None:
     """The constraint of this request's calls: from the first token when forced, lazy for auto."""
     tools = request.callable_tools
@@ -101,4 +120,5 @@ def tool_call_constraint(fmt: ToolFormat, request: ToolRequest) -> OutputConstra
     triggers = [re.escape(marker) for marker in markers]
     if fmt.can_start_bare:
         triggers.append(r"^\s*(\{)")  # Llama 3's bare call: the answer opens with its object
-    return OutputConstraint(gbnf=gbnf, trigger_patterns=tuple(triggers))
+    return OutputConstraint(gbnf=gbnf, trigger_patterns=tuple(triggers),
+                            structural_tag=structural_tag(fmt, tools, request.allows_parallel))
