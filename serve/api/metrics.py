@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from serve.api.engine_client import PoolClient
+from serve.api.openapi import documented
 from serve.runtime.metrics import PREFIX, REGISTRY, PoolGauges
 
 METRICS_PATH = "/metrics"
@@ -31,9 +32,8 @@ def build_router(pool: PoolClient) -> APIRouter:
     registry.register(REGISTRY)
     registry.register(PoolGauges(pool.stats))
 
-    @router.get(METRICS_PATH, response_class=Response, summary="Prometheus metrics",
-                responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                                 "description": "Prometheus' text exposition format, version 0.0.4"}})
+    @router.get(METRICS_PATH, response_class=Response, summary="Prometheus metrics")
+    @documented(media={"text/plain": "Prometheus' text exposition format, version 0.0.4"})
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
