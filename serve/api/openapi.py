@@ -45,6 +45,10 @@ STATUS_MEANINGS = {
 LOADS_MODEL = (404, 502, 503)  # it names a model, which may be loaded (or downloaded, with --allow-pull)
 GENERATES = (*LOADS_MODEL, 429)  # ... and generates: the queue may be full
 LABEL = "__openapi_route__"
+# OpenAPI 3.1 (FastAPI's) has the schema of a sequential media type describe one item (3.2 names it
+# itemSchema): one server-sent event, whose `data` is a JSON object of the dialect (or OpenAI's "[DONE]").
+SSE_EVENT = {"type": "object", "required": ["data"], "description": "one server-sent event",
+             "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -155,11 +159,15 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _responses(route: APIRoute, doc: RouteDoc, refs: dict, error_shape: type[BaseModel],
                open_paths: frozenset[str]) -> dict[str, Any]:
+    error_ref = refs[(doc.error_shape or error_shape, "serialization")]
     content: dict[str, Any] = {}
     if doc.answer is not None:
         content.update(_json(refs[(doc.answer, "serialization")]))
-    if doc.stream is not None:
-        content[doc.stream] = {"schema": {"type": "string", "description": "the streamed events"}}
+    if doc.stream == SSE:
+        content[SSE] = {"schema": SSE_EVENT}
+    elif doc.stream is not None:  # one line: the answer's object (the last one `done`), or an error
+        lines = [refs[(doc.answer, "serialization")], error_ref] if doc.answer is not None else [error_ref]
+        content[doc.stream] = {"schema": {"anyOf": lines, "description": "one line of the stream"}}
     for media_type, what in doc.media.items():
         content[media_type] = {"schema": {"type": "string", "description": what}}
     responses: dict[str, Any] = {"200": {"description": route.summary or "Success", "content": content}}
@@ -170,7 +178,6 @@ def _responses(route: APIRoute, doc: RouteDoc, refs: dict, error_shape: type[Bas
         statuses |= {400, 413}
     if route.path_format not in open_paths:
         statuses.add(401)
-    error_ref = refs[(doc.error_shape or error_shape, "serialization")]
     for status in sorted(statuses):
         responses.setdefault(str(status), {"description": STATUS_MEANINGS[status], "content": _json(error_ref)})
     return responses

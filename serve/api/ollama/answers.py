@@ -66,13 +66,16 @@ class ModelDetails(BaseModel):
     quantization_level: str
 
 
-class TagEntry(BaseModel):
+class _ModelEntry(BaseModel):
     name: str
     model: str
-    modified_at: str
     size: int
     digest: str
     details: ModelDetails
+
+
+class TagEntry(_ModelEntry):
+    modified_at: str
 
 
 class Tags(BaseModel):
@@ -89,7 +92,7 @@ class LoadedDetails(BaseModel):
     pinned: bool
 
 
-class PsEntry(TagEntry):
+class PsEntry(_ModelEntry):
     expires_at: str
     size_vram: int
     context_length: int
