@@ -28,7 +28,7 @@ from serve.api.tools.calls import ToolCall, ToolEvent
 from serve.api.tools.parser import ToolCallParser
 from serve.api.tools.spec import ToolRequest
 from serve.api.tools.use import ToolUse, tool_use
-from serve.errors import InvalidRequestError, ServeError
+from serve.errors import InvalidRequestError, ServeError, ServerStoppingError
 from serve.sequence import FinishReason, Request, SamplingParams, StepOutput, TokenLogprob
 
 logger = logging.getLogger("serve.api")
@@ -191,7 +191,10 @@ def finish_reason(output: StepOutput, tool_parser: ToolCallParser | None = None)
     """OpenAI's finish reason; "tool_calls" when the model stopped after calling tools."""
     reason = output.finish_reason
     if reason == FinishReason.ABORT:  # only the server aborts a request whose client is still there
-        raise ServeError(f"generation was aborted: {output.error or 'the server is shutting down'}", code="aborted")
+        if output.is_server_stopping:  # the drain timed out: another instance (or this one, restarted) may serve it
+            raise ServerStoppingError("generation was aborted: the server is shutting down; retry against another "
+                                      "instance")
+        raise ServeError(f"generation was aborted: {output.error or 'the backend failed'}", code="aborted")
     if reason == FinishReason.STOP and tool_parser is not None and tool_parser.calls:
         return "tool_calls"
     return reason.value if isinstance(reason, FinishReason) else str(reason)
