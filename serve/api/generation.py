@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from serve.api.engine_client import EngineClient, OutputStream, PoolClient
 from serve.api.errors import counted, internal_error
+from serve.api.metrics import count_request_model
 from serve.api.reasoning import ReasoningSplitter
 from serve.api.streaming import ClosingStreamingResponse
 from serve.api.tools.calls import ToolCall, ToolEvent
@@ -139,6 +140,7 @@ async def resolve_engine(pool: PoolClient, model: str | None, timings: Timings, 
     timings.load_started = time.perf_counter()
     engine = await pool.get(model, keep_alive=keep_alive)
     timings.loaded = time.perf_counter()
+    count_request_model(engine.model_name)  # its errors from here on are this model's
     return engine
 
 

@@ -1,4 +1,4 @@
-"""GET /metrics in Prometheus' text format, and the API's own count: error answers by status, type, code.
+"""GET /metrics in Prometheus' text format, and the API's own count: error answers by model, status, type, code.
 
 The runtime's collectors (serve/runtime/metrics.py: latencies, tokens, loads) and the gauges read from the
 pool at scrape time (requests running and waiting, KV cache use) are exposed together. Errors are counted
@@ -6,6 +6,8 @@ where they are mapped to answers (serve/api/errors.py, the guards, a stream's er
 The route sits behind the API key, or behind --metrics-key when one is set (serve/api/guards.py).
 """
 from __future__ import annotations
+
+from contextvars import ContextVar
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -16,14 +18,24 @@ from serve.api.openapi import documented
 from serve.runtime.metrics import PREFIX, REGISTRY, PoolGauges
 
 METRICS_PATH = "/metrics"
+UNRESOLVED_MODEL = "none"  # the `model` label of errors answered before a loaded model was known
 
-ERRORS = Counter(f"{PREFIX}_errors", "Error answers (before a stream began, or as its error event), by HTTP "
-                 "status, error type and code; 429s are code queue_full, 503s while draining shutting_down",
-                 ["status", "type", "code"], registry=REGISTRY)
+ERRORS = Counter(f"{PREFIX}_errors", "Error answers (before a stream began, or as its error event), by model "
+                 f"({UNRESOLVED_MODEL!r} before the request's model was resolved to a loaded one), HTTP status, "
+                 "error type and code; 429s are code queue_full, 503s while draining shutting_down",
+                 ["model", "status", "type", "code"], registry=REGISTRY)
+# The model a request's errors are counted under: set once the pool handed its engine over. Until then a
+# name from the request (any string a client sends) would let clients grow the label set without bound.
+_request_model: ContextVar[str] = ContextVar("quantserve_request_model", default=UNRESOLVED_MODEL)
+
+
+def count_request_model(name: str) -> None:
+    """From here on, this request's errors (its task's, and its stream's) are counted under `name`."""
+    _request_model.set(name)
 
 
 def count_error(status: int, error_type: str, code: str | None) -> None:
-    ERRORS.labels(str(status), error_type, code or "").inc()
+    ERRORS.labels(_request_model.get(), str(status), error_type, code or "").inc()
 
 
 def build_router(pool: PoolClient) -> APIRouter:
