@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -82,6 +82,21 @@ def documented(body: type[BaseModel] | None = None, answer: type[BaseModel] | No
         setattr(handler, LABEL, doc)
         return handler
     return label
+
+
+def only_unused_values(table: Mapping[str, tuple[Any, str]]) -> Callable[[dict[str, Any]], None]:
+    """A request model's `json_schema_extra` for the fields it declares but does not implement, accepted
+    only at a value that changes nothing (`table`: name -> (that value, or a tuple of them; why)): the
+    document offers only those values, and says why, so /docs shows what a route accepts."""
+    def document(schema: dict[str, Any]) -> None:
+        properties = schema.get("properties", {})
+        for name, (unused, why) in table.items():
+            if name in properties:
+                values = [value for value in (unused if isinstance(unused, tuple) else (unused,)) if value is not None]
+                accepted = [{"enum": values}, {"type": "null"}] if values else [{"type": "null"}]
+                properties[name] = {"title": properties[name].get("title", name), "description": why,
+                                    "anyOf": accepted}
+    return document
 
 
 def route_doc(route: APIRoute) -> RouteDoc | None:
