@@ -108,7 +108,8 @@ def test_429s_are_counted(one_slot_server):
 
 def test_errors_are_labelled_by_the_resolved_model_and_none_before_one_is(one_slot_server):
     """An unknown model's 404 is counted under model="none" (a client's made-up names never become
-    labels); a streamed request's error event after its model was resolved is counted under that model."""
+    labels); an error found once the model was resolved (a grammar llama.cpp refuses) is that model's
+    (tests/unit/test_metrics.py covers a stream's error event)."""
     server = one_slot_server
     key = {"Authorization": f"Bearer {METRICS_KEY}"}
     not_found = {"model": "none", "status": "404", "type": "invalid_request_error", "code": "model_not_found"}
@@ -121,10 +122,10 @@ def test_errors_are_labelled_by_the_resolved_model_and_none_before_one_is(one_sl
                                                      "grammar": "root ::= undefined-rule"})
         assert refused.status_code == 400, refused.text
         after = Scrape(http, **key)
-    assert after.value("quantserve_errors_total", **not_found) == before.value("quantserve_errors_total", **not_found) + 1
-    assert not after.total("quantserve_errors_total", model="made-up-7b")
-    assert after.value("quantserve_errors_total", **bad_grammar) == \
-        before.value("quantserve_errors_total", **bad_grammar) + 1
+    errors = "quantserve_errors_total"
+    assert after.value(errors, **not_found) == before.value(errors, **not_found) + 1
+    assert not after.total(errors, model="made-up-7b")
+    assert after.value(errors, **bad_grammar) == before.value(errors, **bad_grammar) + 1
 
 
 def test_the_metrics_key_opens_metrics(one_slot_server):

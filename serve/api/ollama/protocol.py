@@ -111,7 +111,8 @@ class Options(_Strict):
     mirostat_tau: Optional[float] = None
     mirostat_eta: Optional[float] = None
     typical_p: Optional[float] = Field(default=None, json_schema_extra={"enum": [1.0, None]})
-    tfs_z: Optional[float] = Field(default=None, json_schema_extra={"enum": [1.0, None]})  # tail-free sampling (older Ollama releases): a 400 unless 1.0
+    # tail-free sampling (older Ollama releases): a 400 unless 1.0
+    tfs_z: Optional[float] = Field(default=None, json_schema_extra={"enum": [1.0, None]})
     # Ollama runner knobs: type-checked and ignored (the server's plan decides these)
     num_keep: Optional[int] = None
     penalize_newline: Optional[bool] = None
