@@ -50,6 +50,9 @@ LABEL = "__openapi_route__"
 SSE_EVENT = {"type": "object", "required": ["data"], "description": "one server-sent event",
              "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}
 
+RETRY_AFTER = {"description": "seconds to wait before retrying (a full queue; a server shutting down)",
+               "schema": {"type": "integer", "minimum": 1}}
+
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
@@ -195,4 +198,6 @@ def _responses(route: APIRoute, doc: RouteDoc, refs: dict, error_shape: type[Bas
         statuses.add(401)
     for status in sorted(statuses):
         responses.setdefault(str(status), {"description": STATUS_MEANINGS[status], "content": _json(error_ref)})
+        if status in (429, 503):
+            responses[str(status)]["headers"] = {"Retry-After": RETRY_AFTER}
     return responses

@@ -80,6 +80,7 @@ def test_generation_routes_document_their_stream_and_the_errors_of_a_busy_or_sto
         responses = document["paths"][path]["post"]["responses"]
         assert set(responses["200"]["content"]) == {"application/json", media_type}
         assert {"400", "404", "413", "429", "503"} <= set(responses), path
+        assert "Retry-After" in responses["429"]["headers"] and "Retry-After" in responses["503"]["headers"]
 
 
 def test_request_bodies_refuse_unknown_fields_where_the_routes_do(document):
