@@ -112,6 +112,7 @@ class StepOutput:
     num_new_tokens: int = 0
     finish_reason: FinishReason | None = None
     error: str | None = None  # why the server ended the request (with finish_reason ABORT)
+    is_server_stopping: bool = False  # ABORT because the server is shutting down: the client may retry
     stop_string: str | None = None  # the stop string that ended it (finish_reason STOP), not an end token
     # Prompt tokens the backend reused from its own prefix cache, for backends that learn it only once
     # the request runs (vLLM); backends that choose the reuse at admission return it from admit().

@@ -6,10 +6,11 @@ from fastapi import FastAPI
 from serve.api import health, metrics
 from serve.api.anthropic import routes as anthropic_routes
 from serve.api.engine_client import PoolClient
-from serve.api.errors import install_error_handlers
-from serve.api.guards import APIKeyGuard, BodySizeLimit
+from serve.api.errors import OpenAIError, install_error_handlers
+from serve.api.guards import OPEN_PATHS, APIKeyGuard, BodySizeLimit
 from serve.api.ollama import routes as ollama_routes
 from serve.api.openai import routes as openai_routes
+from serve.api.openapi import install_openapi
 from serve.api.responses import routes as responses_routes
 from serve.api.responses.store import ResponseStore
 from serve.api.web import routes as web_routes
@@ -32,6 +33,7 @@ def create_app(pool: PoolClient, config: ServerConfig, catalog: Catalog) -> Fast
     app.include_router(health.build_router(pool))
     app.include_router(metrics.build_router(pool))
     app.include_router(web_routes.build_router())  # `/`: the chat page or "Ollama is running"
+    install_openapi(app, error_shape=OpenAIError, open_paths=OPEN_PATHS)  # every route's bodies and answers
     # The last middleware added runs first: the key is checked before any body is read.
     app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)
     if config.api_key or config.metrics_key:

@@ -22,13 +22,14 @@ from fastapi.responses import JSONResponse, Response
 
 from serve.api.engine_client import EngineClient, OutputStream, PoolClient
 from serve.api.errors import counted, internal_error
+from serve.api.metrics import count_request_model
 from serve.api.reasoning import Splitter, Thinking, reasoning_splitter
 from serve.api.streaming import ClosingStreamingResponse
 from serve.api.tools.calls import ToolCall, ToolEvent
 from serve.api.tools.parser import ToolCallParser
 from serve.api.tools.spec import ToolRequest
 from serve.api.tools.use import ToolUse, tool_use
-from serve.errors import InvalidRequestError, ServeError
+from serve.errors import InvalidRequestError, ServeError, ServerStoppingError
 from serve.sequence import FinishReason, Request, SamplingParams, StepOutput, TokenLogprob
 
 logger = logging.getLogger("serve.api")
@@ -143,6 +144,7 @@ async def resolve_engine(pool: PoolClient, model: str | None, timings: Timings, 
     timings.load_started = time.perf_counter()
     engine = await pool.get(model, keep_alive=keep_alive)
     timings.loaded = time.perf_counter()
+    count_request_model(engine.model_name)  # its errors from here on are this model's
     return engine
 
 
@@ -208,7 +210,10 @@ def finish_reason(output: StepOutput, tool_parser: ToolCallParser | None = None)
     """OpenAI's finish reason; "tool_calls" when the model stopped after calling tools."""
     reason = output.finish_reason
     if reason == FinishReason.ABORT:  # only the server aborts a request whose client is still there
-        raise ServeError(f"generation was aborted: {output.error or 'the server is shutting down'}", code="aborted")
+        if output.is_server_stopping:  # the drain timed out: another instance (or this one, restarted) may serve it
+            raise ServerStoppingError("generation was aborted: the server is shutting down; retry against another "
+                                      "instance")
+        raise ServeError(f"generation was aborted: {output.error or 'the backend failed'}", code="aborted")
     if reason == FinishReason.STOP and tool_parser is not None and tool_parser.calls:
         return "tool_calls"
     return reason.value if isinstance(reason, FinishReason) else str(reason)

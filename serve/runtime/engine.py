@@ -204,7 +204,7 @@ class Engine:
             except Exception as exc:  # the loop must outlive any failure, or every later request hangs
                 log.exception("engine step failed; aborting the running requests")
                 self._abort_everything(f"the engine failed: {exc}")
-        self._abort_everything("the server is shutting down")
+        self._abort_everything("the server is shutting down", is_server_stopping=True)
         self._on_idle()
 
     def _step(self) -> None:
@@ -222,7 +222,7 @@ class Engine:
         # output queued) happened before the set, so the next step sees it; later news sets it again.
         self._wakeup.clear()
 
-    def _abort_everything(self, reason: str) -> None:
+    def _abort_everything(self, reason: str, *, is_server_stopping: bool = False) -> None:
         sequences = self.scheduler.abort_all()
         try:
             self.backend.step(Batch(released=sequences))  # free their slots
@@ -232,7 +232,8 @@ class Engine:
             if sequence.is_aborted:
                 continue
             try:
-                sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=reason))
+                sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=reason,
+                                            is_server_stopping=is_server_stopping))
             except RuntimeError:  # the event loop is already closed: nobody is listening
                 pass
 

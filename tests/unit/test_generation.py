@@ -212,6 +212,25 @@ def test_a_server_side_abort_is_an_error_not_an_answer():
     assert response.status_code == 500 and "aborted: shutting down" in response.json()["error"]
 
 
+def test_a_request_ended_by_the_shutdown_is_a_503_to_retry_in_each_dialects_shape():
+    """What the drain timeout leaves running is ended by the engine with is_server_stopping: a 503 with
+    Retry-After (another instance may serve it), not a 500."""
+    stopped = [StepOutput("r", "Hel", 1), StepOutput("r", finish_reason=FinishReason.ABORT,
+                                                     error="the server is shutting down", is_server_stopping=True)]
+    client = client_for(FakeEngine(stopped))
+    openai = client.post("/v1/chat/completions", json={"messages": HELLO})
+    assert openai.status_code == 503 and openai.headers["retry-after"] == "1"
+    assert openai.json()["error"]["code"] == "shutting_down" and "shutting down" in openai.json()["error"]["message"]
+    ollama = client.post("/api/chat", json={"model": MODEL, "messages": HELLO, "stream": False})
+    assert ollama.status_code == 503 and ollama.headers["retry-after"] == "1"
+    assert "shutting down" in ollama.json()["error"]
+    anthropic = client.post("/v1/messages", json={"model": MODEL, "max_tokens": 8, "messages": HELLO})
+    assert anthropic.status_code == 503 and anthropic.headers["retry-after"] == "1"
+    assert anthropic.json()["error"]["type"] == "overloaded_error"
+    streamed = sse(client.post("/v1/chat/completions", json={"messages": HELLO, "stream": True}))
+    assert streamed[-2]["error"]["code"] == "shutting_down"
+
+
 def test_a_stream_without_a_finish_is_an_error_event():
     lines = ndjson(client_for(FakeEngine(OUTPUTS[:2])).post("/api/chat", json={"model": MODEL, "messages": HELLO}))
     assert "without a finish reason" in lines[-1]["error"]

@@ -13,6 +13,7 @@ import uuid
 from fastapi import APIRouter, Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response
 
+from serve.api.anthropic.answers import AnthropicError, Message, TokenCount
 from serve.api.anthropic.errors import anthropic_errors
 from serve.api.anthropic.protocol import CountTokensRequest, MessagesRequest
 from serve.api.anthropic.request import messages_prompt, sampling_params
@@ -20,6 +21,7 @@ from serve.api.anthropic.sse import MessageFraming
 from serve.api.engine_client import PoolClient
 from serve.api.errors import parse_json_object, validate
 from serve.api.generation import Timings, answer, resolve_engine, submit
+from serve.api.openapi import GENERATES, LOADS_MODEL, SSE, documented
 
 
 def new_message_id() -> str:
@@ -30,7 +32,8 @@ def build_router(pool: PoolClient) -> APIRouter:
     """Anthropic's routes over the model pool; a reasoning model's thinking is answered as thinking blocks."""
     router = APIRouter()
 
-    @router.post("/v1/messages")
+    @router.post("/v1/messages", summary="A message, collected or streamed (Anthropic's Messages API)")
+    @documented(MessagesRequest, Message, stream=SSE, errors=GENERATES, error_shape=AnthropicError)
     @anthropic_errors
     async def messages(http_request: HTTPRequest) -> Response:
         timings = Timings(started=time.perf_counter())
@@ -43,7 +46,8 @@ def build_router(pool: PoolClient) -> APIRouter:
         return await answer(http_request, generation, can_stream=body.stream, framing=framing,
                             collected=framing.collected)
 
-    @router.post("/v1/messages/count_tokens")
+    @router.post("/v1/messages/count_tokens", summary="The prompt's tokens")
+    @documented(CountTokensRequest, TokenCount, errors=LOADS_MODEL, error_shape=AnthropicError)
     @anthropic_errors
     async def count_tokens(http_request: HTTPRequest) -> Response:
         """The prompt's tokens as this model's chat template renders the conversation."""

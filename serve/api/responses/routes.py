@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from serve.api.engine_client import PoolClient
 from serve.api.errors import parse_json_object, validate
 from serve.api.generation import Generation, Timings, answer, chat_prompt, resolve_engine, submit
+from serve.api.openapi import GENERATES, SSE, documented
+from serve.api.responses.answers import Deleted, Response as ResponseObject
 from serve.api.responses.events import ResponseDraft, ResponseFraming
 from serve.api.responses.protocol import FunctionCallItem, ResponsesRequest
 from serve.api.responses.request import (conversation, sampling_params, template_messages, template_messages_of,
@@ -45,7 +47,8 @@ def build_router(pool: PoolClient, store: ResponseStore) -> APIRouter:
     model's thinking is answered as reasoning items."""
     router = APIRouter()
 
-    @router.post("/v1/responses")
+    @router.post("/v1/responses", summary="A response, collected or streamed (OpenAI's Responses API)")
+    @documented(ResponsesRequest, ResponseObject, stream=SSE, errors=GENERATES)
     async def create_response(http_request: HTTPRequest) -> Response:
         timings = Timings(started=time.perf_counter())
         body = validate(ResponsesRequest, parse_json_object(await http_request.body()))
@@ -58,11 +61,13 @@ def build_router(pool: PoolClient, store: ResponseStore) -> APIRouter:
         return await answer(http_request, generation, can_stream=body.stream, framing=framing,
                             collected=framing.collected)
 
-    @router.get("/v1/responses/{response_id}")
+    @router.get("/v1/responses/{response_id}", summary="A stored response")
+    @documented(answer=ResponseObject, errors=(404,))
     async def get_response(response_id: str) -> JSONResponse:
         return JSONResponse(store.get(response_id).body)
 
-    @router.delete("/v1/responses/{response_id}")
+    @router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
+    @documented(answer=Deleted, errors=(404,))
     async def delete_response(response_id: str) -> JSONResponse:
         store.delete(response_id)
         return JSONResponse({"id": response_id, "object": "response", "deleted": True})
