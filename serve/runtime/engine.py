@@ -104,8 +104,9 @@ class Engine:
     """Serves one loaded model; `submit` is called on the event loop thread."""
 
     def __init__(self, model_name: str, backend: Backend, *, max_queue: int, model_path: Path | None = None,
-                 tool_format: str | None = None, supported_tasks: frozenset[str] = frozenset({"chat"}),
-                 pooler: Pooler | None = None, matryoshka: bool = False):
+                 tool_format: str | None = None, reasoning_format: str | None = None,
+                 supported_tasks: frozenset[str] = frozenset({"chat"}), pooler: Pooler | None = None,
+                 matryoshka: bool = False):
         self.model_name = model_name
         self.supported_tasks = supported_tasks  # chat, embeddings, rerank, ... (serve/models/tasks.py)
         self.pooler = pooler  # the pooling side: embeddings or rerank scores, on a thread of its own
@@ -114,6 +115,7 @@ class Engine:
         self._max_pooling = max_queue + 1
         self.model_path = model_path  # the GGUF file or Hugging Face directory the weights came from
         self.tool_format = tool_format  # the catalog's; None: the API recognises it from the chat template
+        self.reasoning_format = reasoning_format  # the catalog's; None: the model does not reason (or is unlisted)
         self.backend = backend
         caps: Capabilities = backend.capabilities
         self.capabilities = caps
@@ -134,9 +136,9 @@ class Engine:
     def chat_template(self) -> str:
         return self.backend.chat_template
 
-    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None, **template_kwargs) -> str:
         try:
-            return self.backend.render_chat(messages, tools)
+            return self.backend.render_chat(messages, tools, **template_kwargs)
         except ValueError as exc:  # the template's raise_exception, e.g. roles out of order
             raise InvalidRequestError(str(exc), param="messages") from None
 
@@ -232,7 +234,7 @@ class Engine:
             except Exception as exc:  # the loop must outlive any failure, or every later request hangs
                 log.exception("engine step failed; aborting the running requests")
                 self._abort_everything(f"the engine failed: {exc}")
-        self._abort_everything("the server is shutting down")
+        self._abort_everything("the server is shutting down", is_server_stopping=True)
         self._on_idle()
 
     def _step(self) -> None:
@@ -250,7 +252,7 @@ class Engine:
         # output queued) happened before the set, so the next step sees it; later news sets it again.
         self._wakeup.clear()
 
-    def _abort_everything(self, reason: str) -> None:
+    def _abort_everything(self, reason: str, *, is_server_stopping: bool = False) -> None:
         sequences = self.scheduler.abort_all()
         try:
             self.backend.step(Batch(released=sequences))  # free their slots
@@ -260,7 +262,8 @@ class Engine:
             if sequence.is_aborted:
                 continue
             try:
-                sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=reason))
+                sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=reason,
+                                            is_server_stopping=is_server_stopping))
             except RuntimeError:  # the event loop is already closed: nobody is listening
                 pass
 

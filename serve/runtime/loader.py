@@ -51,7 +51,8 @@ class ModelLoader:
             supported = (supported - POOLING_TASKS) | {pooling_task(pooler.pooling)}
         self._served_names[spec.name] = None
         return Engine(spec.name, backend, max_queue=self._config.max_queue, model_path=model_path,
-                      tool_format=spec.tool_format, supported_tasks=supported, pooler=pooler,
+                      tool_format=spec.tool_format, reasoning_format=spec.reasoning_format,
+                      supported_tasks=supported, pooler=pooler,
                       matryoshka=spec.matryoshka)
 
 

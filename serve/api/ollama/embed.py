@@ -13,7 +13,10 @@ from serve.api import pooling
 from serve.api.engine_client import EngineClient, PoolClient
 from serve.api.errors import Handler, parse_json_object, validate
 from serve.api.generation import Timings, resolve_engine
-from serve.api.ollama.embed_protocol import EmbeddingsRequest, EmbedRequest, EmbeddingFields
+from serve.api.openapi import GENERATES, documented
+from serve.api.ollama.answers import OllamaError
+from serve.api.ollama.embed_protocol import (EmbeddingFields, EmbeddingsRequest, EmbeddingsResponse, EmbedRequest,
+                                             EmbedResponse)
 from serve.api.ollama.protocol import normalize_model_name
 from serve.api.tasks import EMBEDDINGS
 from serve.errors import InvalidRequestError
@@ -49,7 +52,8 @@ async def _embedding_request(http_request: HTTPRequest, pool: PoolClient, reques
 def add_embed_routes(router: APIRouter, pool: PoolClient, ollama_errors: Callable[[Handler], Handler]) -> None:
     """The two routes; `ollama_errors` answers their failures in Ollama's error shape (routes.py)."""
 
-    @router.post("/api/embed")
+    @router.post("/api/embed", summary="Embeddings of one or more inputs (L2-normalised); none: load the model")
+    @documented(EmbedRequest, EmbedResponse, errors=GENERATES, error_shape=OllamaError)
     @ollama_errors
     async def embed(http_request: HTTPRequest) -> Response:
         timings = Timings(started=time.perf_counter())
@@ -65,7 +69,8 @@ def add_embed_routes(router: APIRouter, pool: PoolClient, ollama_errors: Callabl
                              "load_duration": _nanoseconds(timings.loaded - timings.load_started),
                              "prompt_eval_count": inputs.num_tokens})
 
-    @router.post("/api/embeddings")
+    @router.post("/api/embeddings", summary="The embedding of one prompt (Ollama's older route; not normalised)")
+    @documented(EmbeddingsRequest, EmbeddingsResponse, errors=GENERATES, error_shape=OllamaError)
     @ollama_errors
     async def embeddings(http_request: HTTPRequest) -> Response:
         body, num_ctx, engine = await _embedding_request(http_request, pool, EmbeddingsRequest,

@@ -11,7 +11,8 @@ from serve.api import pooling
 from serve.api.engine_client import PoolClient
 from serve.api.errors import parse_json_object, validate
 from serve.api.generation import Timings, resolve_engine
-from serve.api.openai.embedding_protocol import EmbeddingRequest
+from serve.api.openai.embedding_protocol import EmbeddingRequest, EmbeddingResponse
+from serve.api.openapi import GENERATES, documented
 from serve.api.tasks import EMBEDDINGS
 from serve.errors import InvalidRequestError
 
@@ -26,7 +27,8 @@ def refuse_unknown_fields(extra: dict | None) -> None:
 def build_router(pool: PoolClient) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/v1/embeddings")
+    @router.post("/v1/embeddings", summary="Embeddings of one or more inputs (L2-normalised; float or base64)")
+    @documented(EmbeddingRequest, EmbeddingResponse, errors=GENERATES)
     async def embeddings(http_request: HTTPRequest) -> JSONResponse:
         body = validate(EmbeddingRequest, parse_json_object(await http_request.body()))
         refuse_unknown_fields(body.model_extra)

@@ -12,6 +12,7 @@ from serve.api import pooling
 from serve.api.engine_client import PoolClient
 from serve.api.errors import parse_json_object, validate
 from serve.api.generation import Timings, resolve_engine
+from serve.api.openapi import GENERATES, documented
 from serve.api.rerank.protocol import RerankDocument, RerankRequest, RerankResponse, RerankResult, RerankUsage
 from serve.api.tasks import RERANK
 from serve.errors import InvalidRequestError
@@ -22,6 +23,7 @@ RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
 def build_router(pool: PoolClient) -> APIRouter:
     router = APIRouter()
 
+    @documented(RerankRequest, RerankResponse, errors=GENERATES)
     async def rerank(http_request: HTTPRequest) -> JSONResponse:
         body = validate(RerankRequest, parse_json_object(await http_request.body()))
         unknown = sorted(body.model_extra or {})
@@ -40,5 +42,6 @@ def build_router(pool: PoolClient) -> APIRouter:
         return JSONResponse(answer.model_dump(exclude_none=True))
 
     for path in RERANK_PATHS:
-        router.add_api_route(path, rerank, methods=["POST"], response_model=None)
+        router.add_api_route(path, rerank, methods=["POST"], response_model=None,
+                             summary="Documents ranked by their relevance to a query (a reranker model)")
     return router
