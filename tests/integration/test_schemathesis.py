@@ -95,6 +95,8 @@ def run_operation(operation, mode, num_cases: int, base_url: str, model: str, li
         sent["cases"] += 1
         if mode == GenerationMode.POSITIVE:
             case.body = with_default_limit(bounded(case.body, model, sent["cases"]), operation.path)
+            if "model_id" in (case.path_parameters or {}) and sent["cases"] % 4:
+                case.path_parameters["model_id"] = model  # GET /v1/models/{model_id} of the served model
         try:
             response = case.call_and_validate(base_url=base_url, checks=CHECKS, timeout=120)
             statuses[response.status_code] += 1
