@@ -113,9 +113,8 @@ def _workload_run(workload: str, server: peers.RunningServer, model: str, concur
 
 async def _warm_up(server: peers.RunningServer, model: str, args: argparse.Namespace) -> dict[str, Any]:
     """A few requests before measuring; the first checks that end-of-generation is banned."""
-    chats = conversations.repeated_prompts(WARMUP_SEED, args.parallel, num_distinct=4, max_tokens=16)
-    results, _ = await chat_load.run_conversations(server.base_url, model, chats, args.parallel,
-                                                   eos_logit_bias(args.model_path))
+    chats = conversations.repeated_prompts(WARMUP_SEED, 4, num_distinct=4, max_tokens=16)
+    results, _ = await chat_load.run_conversations(server.base_url, model, chats, 4, eos_logit_bias(args.model_path))
     first = results[0]
     return {"completion_tokens": first.num_output_tokens, "ok": first.success and first.num_output_tokens == 16,
             "error": first.error}
