@@ -28,7 +28,7 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def evaluate_targets(document: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 3 item 5, for every target whose servers were measured."""
+    """Issue 3 item 5 and issue 16's vLLM pair, for every target whose servers were measured."""
     targets = []
     for concurrency in document["settings"]["concurrency"]:
         ours, theirs = _level(document, QS, concurrency), _level(document, LS, concurrency)
@@ -43,6 +43,15 @@ def evaluate_targets(document: dict[str, Any]) -> list[dict[str, Any]]:
     if ours and theirs:
         ratio = _ratio(ours["p99_ttft_ms"], theirs["p99_ttft_ms"])
         targets.append(_target("p99 TTFT vs llama-server, c=8", ratio, "<= 1.0x", ratio <= 1.0))
+    for concurrency in document["settings"]["concurrency"]:  # the vLLM pair (benchmarks.run --vllm)
+        ours, theirs = _level(document, "quantserve-vllm", concurrency), _level(document, "vllm", concurrency)
+        if ours and theirs:
+            ratio = _ratio(ours["output_throughput"], theirs["output_throughput"])
+            targets.append(_target(f"vLLM backend: tok/s vs vLLM's server, c={concurrency}", ratio, ">= 1.0x",
+                                   ratio >= 1.0))
+            ratio = _ratio(ours["p50_ttft_ms"], theirs["p50_ttft_ms"])
+            targets.append(_target(f"vLLM backend: TTFT p50 vs vLLM's server, c={concurrency}", ratio, "<= 1.0x",
+                                   ratio <= 1.0))
     mixed_ours = document["servers"].get(QS, {}).get("mixed")
     mixed_theirs = document["servers"].get(LS, {}).get("mixed")
     if mixed_ours and mixed_theirs:
@@ -123,11 +132,11 @@ def format_report(document: dict[str, Any]) -> str:
     if any("mixed" in o for o in document["servers"].values()):
         parts += ["", "Mixed workload (times in ms):", mixed_table(document)]
     if document.get("targets"):
-        parts += ["", "Targets (issue 3):", targets_table(document)]
+        parts += ["", "Targets (issues 3 and 16):", targets_table(document)]
     return "\n".join(parts)
 
 
 if __name__ == "__main__":
     doc = json.loads(Path(sys.argv[1]).read_text())
-    doc.setdefault("targets", evaluate_targets(doc))
+    doc["targets"] = evaluate_targets(doc)
     print(format_report(doc))

@@ -32,15 +32,24 @@ def same_output_share(outputs: list[str], reference: list[str]) -> Optional[floa
     return sum(a == b for a, b in zip(outputs, reference)) / len(outputs)
 
 
+def output_reference(name: str) -> Optional[str]:
+    """Whose outputs a server's are compared with: a variant's with its base server's (speculation on
+    against off), a base server's with llama-server's (default flags)."""
+    if "+" in name:
+        return name.partition("+")[0]
+    return None if name == LS else LS
+
+
 def with_comparisons(section: dict[str, Any]) -> dict[str, Any]:
     """Add quantserve's tok/s and TTFT p50 against every other server at every level, and on levels that
-    kept their outputs, each server's share of outputs identical to llama-server's (default flags)."""
+    kept their outputs, each server's share of outputs identical to its reference's (output_reference)."""
     comparisons = []
     for name, outcome in section["servers"].items():
         for level in outcome["levels"]:
-            reference = _level(section, LS, level["concurrency"])
+            reference = _level(section, output_reference(name) or "", level["concurrency"])
             if "outputs" in level and reference and "outputs" in reference:
-                level["same_output_as_llama_server"] = same_output_share(level["outputs"], reference["outputs"])
+                level["same_output_as"] = output_reference(name)
+                level["same_output_share"] = same_output_share(level["outputs"], reference["outputs"])
             ours = _level(section, QS, level["concurrency"])
             if name == QS or not ours:
                 continue
@@ -70,7 +79,7 @@ def levels_table(section: dict[str, Any]) -> str:
     rows = []
     for server, outcome in section["servers"].items():
         for lv in outcome["levels"]:
-            same = lv.get("same_output_as_llama_server")
+            same = lv.get("same_output_share")
             rows.append([server, str(lv["concurrency"]), f"{lv['completed']}/{lv['completed'] + lv['failed']}",
                          f"{lv['output_throughput']:.1f}", spread(lv), cpu_cost(lv),
                          *(f"{lv[key]:.0f}" for key in ("p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p50_tpot_ms",
@@ -98,8 +107,8 @@ def format_report(document: dict[str, Any]) -> str:
              f"{machine['load_average_at_start']}",
              f"Each row is the median of {settings['repeats']} interleaved runs (times in ms). 'CPU s/1k tok': "
              "the server's process-tree CPU seconds per 1,000 output tokens. 'cached prompt': prompt tokens "
-             "the server says it reused. 'same output': greedy outputs identical to llama-server's (default "
-             "flags) for the same prompts. 'other CPU': share of the cores other processes used (noise)."]
+             "the server says it reused. 'same output': greedy outputs identical, for the same prompts, to "
+             "those of the server without the variant flags (server+flags), or else of llama-server. 'other CPU': share of the cores other processes used (noise)."]
     for workload, section in document["workloads"].items():
         parts += ["", f"### {workload}", levels_table(section), "", comparisons_table(section)]
     return "\n".join(parts)
@@ -113,7 +122,7 @@ def plot_workloads(document: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(document["workloads"])
-    figure, axes = plt.subplots(2, len(names), figsize=(4.5 * len(names), 8), squeeze=False)
+    figure, axes = plt.subplots(2, len(names), figsize=(max(7.0, 4.5 * len(names)), 8), squeeze=False)
     for column, workload in enumerate(names):
         for server, outcome in document["workloads"][workload]["servers"].items():
             levels = outcome["levels"]

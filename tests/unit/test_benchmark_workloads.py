@@ -10,7 +10,7 @@ from benchmarks.loadgen import RequestResult, _record_chunk, median_of_runs, sum
 from benchmarks.peers import ServerSettings, server_command, variant_flags
 from benchmarks.run import cpu_cost
 from benchmarks.shapes import LLAMA32_1B, QWEN25_05B, llama3_rope_freqs, tensor_shapes
-from benchmarks.workloads_report import same_output_share, with_comparisons
+from benchmarks.workloads_report import output_reference, same_output_share, with_comparisons
 
 
 def test_repeated_prompts_cycle_over_a_handful_and_change_with_the_run():
@@ -171,5 +171,13 @@ def test_same_output_share_and_comparisons_against_llama_server():
     with_comparisons(section)
     ratios = {c["against"]: c["tok_s_ratio"] for c in section["comparisons"]}
     assert ratios == {"llama-server": 1.2, "llama-server+ngram-simple": 0.8}
-    assert section["servers"]["quantserve"]["levels"][0]["same_output_as_llama_server"] == 0.5
-    assert section["servers"]["llama-server+ngram-simple"]["levels"][0]["same_output_as_llama_server"] == 1.0
+    assert section["servers"]["quantserve"]["levels"][0]["same_output_share"] == 0.5
+    assert section["servers"]["llama-server+ngram-simple"]["levels"][0]["same_output_share"] == 1.0
+    assert "same_output_share" not in section["servers"]["llama-server"]["levels"][0]
+
+
+def test_a_variant_is_compared_with_its_base_server_and_a_base_server_with_llama_server():
+    assert output_reference("quantserve+speculative=off") == "quantserve"
+    assert output_reference("llama-server+ngram-mod") == "llama-server"
+    assert output_reference("quantserve") == "llama-server"
+    assert output_reference("llama-server") is None
