@@ -39,10 +39,12 @@ _QUESTIONS = (
     "Is there a discount for students?", "How do I delete my account?", "Do you ship to Canada?",
     "What happens when my trial ends?", "Can two people share one account?",
 )
+# The task comes after the passage: asked first, SmolLM2-135M answers with code of its own instead of
+# copying (measured: 0 of 60 tokens copied, against 60 of 60 with the task after the passage).
 _TASKS = (
-    ("copy", "Copy the following passage exactly, word for word, without any comment."),
-    ("quote", "Quote the three most important sentences of the following passage exactly as written."),
-    ("rewrite", "Rewrite the following passage in plain words, keeping every technical term unchanged."),
+    ("copy", "Repeat the passage above exactly, word for word."),
+    ("quote", "Quote the first three sentences of the passage above exactly as written."),
+    ("rewrite", "Rewrite the passage above in plain words, keeping every technical term unchanged."),
 )
 _PASSAGE_MODULES = ("argparse", "difflib", "textwrap", "json", "logging", "unittest", "csv", "pathlib",
                     "functools", "itertools", "collections", "heapq", "string", "shutil", "tarfile",
@@ -140,7 +142,7 @@ def grounded(model_path: str, run_seed: int, num_requests: int,
     for i in range(num_requests):
         task_name, task = _TASKS[i % len(_TASKS)]
         text = passage(model_path, rng.randrange(10_000), lengths[i % len(lengths)])
-        conversations.append(Conversation(f"grounded-{task_name}", (f"{task}\n\n{text}",),
+        conversations.append(Conversation(f"grounded-{task_name}", (f"Here is a passage.\n\n{text}\n\n{task}",),
                                           (max_tokens[i % len(max_tokens)],)))
     return conversations
 

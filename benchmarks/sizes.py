@@ -47,6 +47,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--repeats", type=int, help="interleaved runs per level (default 3; --quick: 1)")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request")
+    parser.add_argument("--max-attempts", type=int, default=3, help="as benchmarks.run's")
+    parser.add_argument("--quiet-wait-s", type=float, default=120.0, help="as benchmarks.run's")
     parser.add_argument("--name", help="results file stem (default: sizes or sizes-quick)")
     args = parser.parse_args(argv)
     args.name = args.name or ("sizes-quick" if args.quick else "sizes")
@@ -59,7 +61,8 @@ def run_one(model: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     name = f"{args.name}-{model['key']}"
     argv = ["--servers", "quantserve,llama-server", "--concurrency", args.concurrency, "--no-mixed",
             "--repeats", str(args.repeats), "--model-path", model["path"], "--name", name, "--ctx", "2048",
-            "--max-tokens", str(args.max_tokens),
+            "--max-tokens", str(args.max_tokens), "--max-attempts", str(args.max_attempts),
+            "--quiet-wait-s", str(args.quiet_wait_s),
             "--requests-per-client", "2" if args.quick else "3", "--min-requests", "4" if args.quick else "8"]
     run.main(argv)
     return json.loads((run.RESULTS_DIR / f"{name}.json").read_text())
