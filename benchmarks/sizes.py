@@ -63,7 +63,7 @@ def run_one(model: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "--repeats", str(args.repeats), "--model-path", model["path"], "--name", name, "--ctx", "2048",
             "--max-tokens", str(args.max_tokens), "--max-attempts", str(args.max_attempts),
             "--quiet-wait-s", str(args.quiet_wait_s),
-            "--requests-per-client", "2" if args.quick else "3", "--min-requests", "4" if args.quick else "8"]
+            "--requests-per-client", "2", "--min-requests", "4" if args.quick else "8"]
     run.main(argv)
     return json.loads((run.RESULTS_DIR / f"{name}.json").read_text())
 

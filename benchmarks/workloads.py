@@ -14,7 +14,6 @@ go to benchmarks/results/<name>.json (default `workloads` or `workloads-quick`) 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import sys
 from typing import Any
