@@ -64,6 +64,9 @@ class Capabilities:
     # Lazy grammars (OutputConstraint.trigger_patterns: free text until a trigger, then the grammar), which
     # tool_choice auto uses; without them auto calls are parsed but not held to their schemas.
     can_start_grammar_on_trigger: bool = False
+    # The same as an xgrammar structural tag (OutputConstraint.structural_tag: vLLM), for the formats that
+    # have one.
+    can_start_tagged_grammar: bool = False
 
 
 class Backend(Protocol):

@@ -39,6 +39,10 @@ class ContextLimit(Protocol):
     def can_start_grammar_on_trigger(self) -> bool:
         """Whether the backend runs lazy grammars (tool_choice auto holds calls to their schemas with one)."""
 
+    @property
+    def can_start_tagged_grammar(self) -> bool:
+        """Whether the backend runs lazy grammars written as xgrammar structural tags (vLLM)."""
+
 
 class EngineClient(Protocol):
     """One loaded model, as a route uses it: template, tokenize, submit."""
@@ -54,12 +58,18 @@ class EngineClient(Protocol):
         """How the model writes tool calls, as the catalog states it; None: recognised from chat_template."""
 
     @property
+    def reasoning_format(self) -> str | None:
+        """How the model writes its thinking, as the catalog states it (think_tags, harmony); None: it does
+        not reason, unless its chat template opens a `<think>` block in the prompt (serve/api/reasoning.py)."""
+
+    @property
     def chat_template(self) -> str:
         """The Jinja source of the model's chat template."""
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
-        """The model's chat template applied (with `tools` in OpenAI's shape, when given); a template
-        refusal is an InvalidRequestError."""
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    **template_kwargs: Any) -> str:
+        """The model's chat template applied (with `tools` in OpenAI's shape, when given, and the request's
+        own template variables, like enable_thinking); a template refusal is an InvalidRequestError."""
 
     def tokenize(self, text: str) -> list[int]: ...
 

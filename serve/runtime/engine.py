@@ -104,10 +104,11 @@ class Engine:
     """Serves one loaded model; `submit` is called on the event loop thread."""
 
     def __init__(self, model_name: str, backend: Backend, *, max_queue: int, model_path: Path | None = None,
-                 tool_format: str | None = None):
+                 tool_format: str | None = None, reasoning_format: str | None = None):
         self.model_name = model_name
         self.model_path = model_path  # the GGUF file or Hugging Face directory the weights came from
         self.tool_format = tool_format  # the catalog's; None: the API recognises it from the chat template
+        self.reasoning_format = reasoning_format  # the catalog's; None: the model does not reason (or is unlisted)
         self.backend = backend
         caps: Capabilities = backend.capabilities
         self.capabilities = caps
@@ -128,9 +129,9 @@ class Engine:
     def chat_template(self) -> str:
         return self.backend.chat_template
 
-    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None, **template_kwargs) -> str:
         try:
-            return self.backend.render_chat(messages, tools)
+            return self.backend.render_chat(messages, tools, **template_kwargs)
         except ValueError as exc:  # the template's raise_exception, e.g. roles out of order
             raise InvalidRequestError(str(exc), param="messages") from None
 
@@ -203,7 +204,7 @@ class Engine:
             except Exception as exc:  # the loop must outlive any failure, or every later request hangs
                 log.exception("engine step failed; aborting the running requests")
                 self._abort_everything(f"the engine failed: {exc}")
-        self._abort_everything("the server is shutting down")
+        self._abort_everything("the server is shutting down", is_server_stopping=True)
         self._on_idle()
 
     def _step(self) -> None:
@@ -221,7 +222,7 @@ class Engine:
         # output queued) happened before the set, so the next step sees it; later news sets it again.
         self._wakeup.clear()
 
-    def _abort_everything(self, reason: str) -> None:
+    def _abort_everything(self, reason: str, *, is_server_stopping: bool = False) -> None:
         sequences = self.scheduler.abort_all()
         try:
             self.backend.step(Batch(released=sequences))  # free their slots
@@ -231,7 +232,8 @@ class Engine:
             if sequence.is_aborted:
                 continue
             try:
-                sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=reason))
+                sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=reason,
+                                            is_server_stopping=is_server_stopping))
             except RuntimeError:  # the event loop is already closed: nobody is listening
                 pass
 

@@ -45,4 +45,4 @@ class ModelLoader:
         backend = load_backend(chosen.backend, replace(settings, model_path=model_path))
         self._served_names[spec.name] = None
         return Engine(spec.name, backend, max_queue=self._config.max_queue, model_path=model_path,
-                      tool_format=spec.tool_format)
+                      tool_format=spec.tool_format, reasoning_format=spec.reasoning_format)

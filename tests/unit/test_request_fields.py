@@ -44,6 +44,8 @@ OPENAI_CHAT = {
     "tools": f"{TOOLS}::test_required_returns_one_valid_call",
     "tool_choice": f"{TOOLS}::test_named_choice_calls_that_tool",
     "parallel_tool_calls": f"{TOOLS}::test_parallel_calls_each_valid_with_their_own_ids",
+    "chat_template_kwargs": "tests/unit/test_thinking.py::test_enable_thinking_false_reaches_a_qwen3_template",
+    "reasoning_effort": "tests/unit/test_thinking.py::test_reasoning_effort_none_turns_thinking_off",
 }
 OPENAI_COMPLETIONS = {
     **OPENAI_SHARED, "prompt": f"{OPENAI_API}::test_completion_structure",
