@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import run
+from benchmarks.plot import COLORS
 from benchmarks.report import cpu_cost, foreign, spread, table
 from benchmarks.shapes import SHAPES, shape_model
 
@@ -105,7 +106,7 @@ def plot_sizes(document: dict[str, Any], path: Path) -> Path:
                 series.setdefault((server, lv["concurrency"]), []).append((model["params_b"], lv["output_throughput"]))
     for (server, clients), points in sorted(series.items()):
         points.sort()
-        axis.plot(*zip(*points), marker="o", linestyle="-" if server == "quantserve" else "--",
+        axis.plot(*zip(*points), marker="o", color=COLORS.get(server), linestyle="-" if clients == 1 else "--",
                   label=f"{server}, {clients} client{'s' if clients > 1 else ''}")
     for model in document["models"]:
         axis.annotate(model["key"], (model["params_b"], 0), textcoords="offset points", xytext=(0, 4),
