@@ -7,7 +7,8 @@ llama_batch and calls llama_decode once; each sequence then samples with its own
 ctypes releases the GIL inside llama_decode, so the HTTP event loop keeps running while the model computes.
 
 A slot (llama.cpp sequence id) keeps its KV cache after its request ends, so a later request sharing a
-prompt prefix (same system prompt, next chat turn) starts from the cached tokens.
+prompt prefix (same system prompt, next chat turn, the same short prompt again) starts from the cached
+tokens; backends/slot_choice.py chooses the slot and where the prefix comes from.
 """
 from __future__ import annotations
 
