@@ -74,14 +74,14 @@ def _check_against_model(asked: PlanChoices, spec: ModelSpec) -> None:
 
 
 def _why_not_vllm(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> str | None:
-    if asked.kv_type is not None and asked.kv_type not in VLLM_KV_TYPES:
-        return f"--kv-type {asked.kv_type} is llama.cpp's (vLLM's 8-bit KV cache is fp8)"
     if not hw.gpus:
         return "no NVIDIA GPU found"
     if not hw.has_vllm:
         return "vllm is not installed (pip install 'quantserve[cuda]')"
     if spec.vllm is None:
         return f"{spec.name} has no vLLM checkpoint in the catalog"
+    if asked.kv_type is not None and asked.kv_type not in VLLM_KV_TYPES:
+        return f"--kv-type {asked.kv_type} is llama.cpp's (vLLM's 8-bit KV cache is fp8)"
     return None
 
 
