@@ -40,7 +40,7 @@ from backends.base import BackendSettings
 from backends.slot_choice import SlotChoice, SlotState, num_runs, reusable_prefix
 from serve.models.catalog import embedded_model_path
 from serve.runtime.scheduler import Scheduler
-from serve.sequence import Request, SamplingParams, Sequence
+from serve.sequence import Batch, Request, SamplingParams, Sequence
 
 QUESTIONS = (
     "Classify the sentiment of this review as positive or negative: the soup was cold.",
@@ -146,6 +146,7 @@ def run_round(backend, policy: str, args, rng: random.Random, kv_log: KvLog | No
                 num_done += 1
                 if num_sent < args.requests + args.clients:
                     send()
+    backend.step(Batch(released=list(scheduler.running)))  # free the slots of what still runs
     return {"decode_ms": stats["decode_ms"], "decode_cpu_ms": stats["decode_cpu_ms"], "runs": stats["runs"], "used_range": stats["used_range"],
             "prompt_tokens_computed": sum(stats["prefill_tokens"])}
 
