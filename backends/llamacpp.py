@@ -25,6 +25,7 @@ import numpy as np
 from backends.base import BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplate
 from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
+from backends.llamacpp_tokens import special_token_pieces
 from backends.logprobs import log_softmax, token_logprob
 from backends.slot_choice import SlotState, choose_slot
 from backends.text_output import TextOutput
@@ -55,6 +56,7 @@ class _Slot:
     pending_token: int | None = None  # sampled, not yet decoded
     num_generated: int = 0
     prompt_logprobs: list | None = None  # of the prompt tokens scored so far (echo), until the first output
+    kept_pieces: dict[int, bytes] = field(default_factory=dict)  # special tokens shown as text (a call marker)
     last_used: int = 0
 
 
@@ -160,8 +162,9 @@ class LlamaCppBackend:
     def chat_template(self) -> str:
         return self._chat_template.source
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
-        return self._chat_template.render(messages, tools=tools)
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    **template_kwargs: Any) -> str:
+        return self._chat_template.render(messages, tools=tools, **template_kwargs)
 
     def _piece(self, token: int) -> bytes:
         piece = self._piece_cache.get(token)
@@ -187,6 +190,7 @@ class LlamaCppBackend:
         slot.sampler = self._make_sampler(sequence.request.params)
         slot.grammar, slot.error = self._grammars.create(sequence.request.params.constraint)
         slot.text = TextOutput(sequence.request.params.stop)
+        slot.kept_pieces = special_token_pieces(self._vocab, sequence.request.params.kept_special_tokens)
         slot.pending_token, slot.num_generated = None, 0
         slot.prompt_logprobs = [None] if scores_prompt else None  # the first prompt token has no logprob
         self._slot_of[sequence.request_id] = slot
@@ -349,7 +353,7 @@ class LlamaCppBackend:
         if token in self._eog_tokens and not params.ignore_eos:
             finish, text = FinishReason.STOP, slot.text.flush()
         else:
-            text, hit_stop = slot.text.feed(self._piece(token))
+            text, hit_stop = slot.text.feed(slot.kept_pieces.get(token) or self._piece(token))
             slot.pending_token = token
             if hit_stop:
                 finish, stop_string = FinishReason.STOP, slot.text.matched_stop
