@@ -29,6 +29,12 @@ from typing import Any, Callable, Protocol
 from serve.sequence import Batch, Sequence, StepOutput
 
 BACKEND_NAMES = ("llamacpp", "vllm")
+# The data type of the KV cache (`--kv-type`), one vocabulary for both backends; "auto" is each backend's
+# default (f16 on llama.cpp, the model's own 16-bit type on vLLM). llama.cpp stores K and V as f16 or in its
+# block formats q8_0 (8.5 bits) and q4_0 (4.5 bits); vLLM's quantized cache is fp8 (e4m3 or e5m2).
+LLAMACPP_KV_TYPES = ("auto", "f16", "q8_0", "q4_0")
+VLLM_KV_TYPES = ("auto", "f16", "fp8", "fp8_e4m3", "fp8_e5m2")
+KV_TYPES = tuple(dict.fromkeys(LLAMACPP_KV_TYPES + VLLM_KV_TYPES))
 POOLING_TYPES = ("mean", "cls", "last", "rank")  # llama.cpp's --pooling values (rank: a reranker's head)
 
 
@@ -44,6 +50,10 @@ class BackendSettings:
     n_gpu_layers: int = 0  # llama.cpp offload; -1 offloads all
     max_batch_tokens: int = 512  # token budget of one step (decode + prefill)
     seed: int = 0
+    # One of KV_TYPES, checked against the backend by the plan. One setting for both backends: it is the
+    # same choice (how K and V are stored), each backend maps it to its own type (llama.cpp's type_k and
+    # type_v, vLLM's kv_cache_dtype), and the plan refuses what the chosen backend lacks.
+    kv_cache_dtype: str = "auto"
     # vLLM only
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
@@ -51,7 +61,6 @@ class BackendSettings:
     distributed_executor_backend: str | None = None  # "ray" for multi-node
     ray_address: str | None = None  # the Ray cluster to join (head node address)
     quantization: str | None = None
-    kv_cache_dtype: str = "auto"
     enable_prefix_caching: bool = True
 
 

@@ -7,13 +7,13 @@ llama_batch and calls llama_decode once; each sequence then samples with its own
 ctypes releases the GIL inside llama_decode, so the HTTP event loop keeps running while the model computes.
 
 A slot (llama.cpp sequence id) keeps its KV cache after its request ends, so a later request sharing a
-prompt prefix (same system prompt, next chat turn) starts from the cached tokens.
+prompt prefix (same system prompt, next chat turn, the same short prompt again) starts from the cached
+tokens; backends/slot_choice.py chooses the slot and where the prefix comes from.
 """
 from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -27,8 +27,9 @@ from backends.chat_template import CHATML_TEMPLATE, ChatTemplate
 from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
 from backends.llamacpp_tokens import special_token_pieces
 from backends.logprobs import log_softmax, token_logprob
+from backends.slot_choice import SlotState, choose_slot
 from backends.text_output import TextOutput
-from serve.errors import ModelLoadError
+from serve.errors import ConfigError, ModelLoadError
 from serve.sequence import Batch, FinishReason, PrefillChunk, SamplingParams, Sequence, StepOutput
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,6 @@ PENALTY_LAST_N = 64  # tokens the repetition/frequency/presence penalties look b
 # llama_decode splits a step into micro-batches of this many tokens: llama-server's default, which bounds
 # the compute buffers while a step may carry up to max_batch_tokens.
 MICRO_BATCH_TOKENS = 512
-# A cached prefix shorter than this is not worth keeping: the request takes the least recently used
-# slot, cleared whole. Measured here: choosing slots by prefixes of a token or two and cutting them
-# partially made 8-sequence decode steps grow from 30 ms to 56 ms over a few dozen requests (measured
-# before _fill_batch kept sequences in id order, which may have been the cause; not re-measured).
-# Real reuse (a system prompt, the earlier turns of a chat) is far longer and worth it.
-MIN_PREFIX_REUSE_TOKENS = 64
 # While sequences are decoding, a step carries at most this many prompt tokens, so running streams see a
 # bounded inter-token latency when a long prompt arrives (about 0.6 s for a 135M model on 2 cores).
 # With nothing decoding, the whole step budget goes to prompts: a burst of requests starts together.
@@ -65,14 +60,11 @@ class _Slot:
     last_used: int = 0
 
 
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    return len(os.path.commonprefix([a, b]))
-
-
-def _num_runs(seq_ids: list[int]) -> int:
-    """Runs of consecutive ids: [0, 1, 2, 5, 6] has 2. A step computes one micro-batch per run."""
-    ordered = sorted(seq_ids)
-    return 1 + sum(b != a + 1 for a, b in zip(ordered, ordered[1:])) if ordered else 0
+def _kv_ggml_type(kv_type: str) -> int:
+    types = {"auto": ll.GGML_TYPE_F16, "f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
+    if kv_type not in types:
+        raise ConfigError(f"llama.cpp has no {kv_type} KV cache; choose one of f16, q8_0, q4_0")
+    return types[kv_type]
 
 
 class LlamaCppBackend:
@@ -126,6 +118,9 @@ class LlamaCppBackend:
         params.n_ubatch = min(self._batch_capacity, MICRO_BATCH_TOKENS)
         params.n_seq_max = settings.num_parallel
         params.kv_unified = False  # one KV stream per sequence: each attends only to its own cells
+        params.type_k = params.type_v = _kv_ggml_type(settings.kv_cache_dtype)
+        if params.type_v != ll.GGML_TYPE_F16:  # llama.cpp reads a quantized V cache only in flash attention
+            params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
         if settings.num_threads > 0:
             params.n_threads = params.n_threads_batch = settings.num_threads
         ctx = ll.llama_init_from_model(self._model, params)
@@ -187,15 +182,10 @@ class LlamaCppBackend:
 
     def admit(self, sequence: Sequence) -> int:
         prompt = sequence.request.prompt_token_ids
-        slot, num_cached = self._choose_slot(prompt)
         scores_prompt = sequence.request.params.num_prompt_logprobs is not None
-        if scores_prompt:
-            num_cached = 0  # every prompt position's logits are needed, and a cached prefix has none
-        if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, num_cached, -1):
-            ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)  # cannot cut partially: start over
-            num_cached = 0
+        # Echo needs every prompt position's logits, and a reused prefix has none: reuse nothing.
+        slot, num_cached = self._take_slot(prompt if not scores_prompt else [])
         self._num_admitted += 1
-        slot.cached_tokens = slot.cached_tokens[:num_cached]
         slot.sequence, slot.last_used = sequence, self._num_admitted
         slot.sampler = self._make_sampler(sequence.request.params)
         slot.grammar, slot.error = self._grammars.create(sequence.request.params.constraint)
@@ -206,22 +196,34 @@ class LlamaCppBackend:
         self._slot_of[sequence.request_id] = slot
         return num_cached
 
-    def _choose_slot(self, prompt: list[int]) -> tuple[_Slot, int]:
-        """The free slot sharing the longest worthwhile prefix with `prompt`, and how many tokens it
-        reuses; otherwise a slot cleared whole (0 reused): one that keeps the running sequence ids
-        consecutive (see _fill_batch), the least recently used among those, so the caches of recent
-        conversations survive longest."""
-        free = [slot for slot in self._slots if slot.sequence is None]
-        if not free:
-            raise RuntimeError("admit() called with every slot busy; the scheduler must respect num_parallel")
-        num_shared, slot = max(((_common_prefix_length(s.cached_tokens, prompt), s) for s in free),
-                               key=lambda pair: pair[0])
-        # At least one prompt token must be decoded to get logits for the first output token.
-        num_cached = min(num_shared, len(prompt) - 1)
-        if num_cached >= MIN_PREFIX_REUSE_TOKENS:
-            return slot, num_cached
-        busy = [s.seq_id for s in self._slots if s.sequence is not None]
-        return min(free, key=lambda s: (_num_runs([*busy, s.seq_id]), s.last_used)), 0
+    def _take_slot(self, prompt: list[int]) -> tuple[_Slot, int]:
+        """The slot chosen for `prompt` (backends/slot_choice.py), its KV cut to the reused prefix (copied
+        from another slot first when that one caches a longer prefix); returns it and the prefix length."""
+        states = [SlotState(s.seq_id, s.cached_tokens, s.sequence is not None, s.last_used) for s in self._slots]
+        choice = choose_slot(states, prompt)
+        slot, num_cached = self._slots[choice.seq_id], choice.num_reused
+        if choice.copy_from is not None and not self._copy_kv(self._slots[choice.copy_from], slot):
+            num_cached = 0
+        if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, num_cached, -1):
+            ll.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)  # cannot cut partially: start over
+            num_cached = 0
+        slot.cached_tokens = slot.cached_tokens[:num_cached]
+        return slot, num_cached
+
+    def _copy_kv(self, source: _Slot, target: _Slot) -> bool:
+        """Copy every KV cell of `source` into `target`'s stream (its own cells are dropped). llama.cpp's
+        llama_memory_seq_cp copies between streams only whole buffers (context_length cells); the
+        sequence state API copies just the cells the sequence holds."""
+        size = ll.llama_state_seq_get_size(self._ctx, source.seq_id)
+        buffer = (ctypes.c_uint8 * size)()
+        written = ll.llama_state_seq_get_data(self._ctx, buffer, size, source.seq_id)
+        if written == 0 or ll.llama_state_seq_set_data(self._ctx, buffer, written, target.seq_id) == 0:
+            log.warning("could not copy the KV cache of sequence %d to %d", source.seq_id, target.seq_id)
+            ll.llama_memory_seq_rm(self._memory, target.seq_id, -1, -1)
+            target.cached_tokens = []
+            return False
+        target.cached_tokens = list(source.cached_tokens)
+        return True
 
     def _make_sampler(self, params: SamplingParams):
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())

@@ -24,9 +24,9 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from backends.base import BackendSettings, Capabilities
+from backends.base import VLLM_KV_TYPES, BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplateError
-from serve.errors import ModelLoadError
+from serve.errors import ConfigError, ModelLoadError
 from serve.sequence import (Batch, FinishReason, OutputConstraint, SamplingParams, Sequence, StepOutput,
                             TokenLogprob)
 
@@ -112,6 +112,14 @@ def token_logprobs(token_ids: list[int], positions: Any, num_top: int,
     return converted
 
 
+def vllm_kv_cache_dtype(kv_type: str) -> str:
+    """vLLM's kv_cache_dtype for a `--kv-type` (f16 is vLLM's "auto": the model's own 16-bit type)."""
+    if kv_type not in VLLM_KV_TYPES:
+        raise ConfigError(f"vLLM has no {kv_type} KV cache; its 8-bit one is fp8 (--kv-type fp8), "
+                          f"or use --backend llamacpp for {kv_type}")
+    return "auto" if kv_type == "f16" else kv_type
+
+
 def engine_kwargs(settings: BackendSettings, *, on_cpu: bool) -> dict[str, Any]:
     """Keyword arguments for `vllm.AsyncEngineArgs` (pure: importable without vllm)."""
     kwargs: dict[str, Any] = {
@@ -124,7 +132,7 @@ def engine_kwargs(settings: BackendSettings, *, on_cpu: bool) -> dict[str, Any]:
         "gpu_memory_utilization": settings.gpu_memory_utilization,
         "enable_prefix_caching": settings.enable_prefix_caching,
         "quantization": settings.quantization,
-        "kv_cache_dtype": settings.kv_cache_dtype,
+        "kv_cache_dtype": vllm_kv_cache_dtype(settings.kv_cache_dtype),
         "tensor_parallel_size": settings.tensor_parallel_size,
         "pipeline_parallel_size": settings.pipeline_parallel_size,
         "distributed_executor_backend": settings.distributed_executor_backend,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
-from backends.base import BACKEND_NAMES, POOLING_TYPES
+from backends.base import BACKEND_NAMES, KV_TYPES, POOLING_TYPES
 from serve.duration import parse_duration
 from serve.errors import ConfigError
 
@@ -33,6 +33,7 @@ class PlanChoices:
     num_threads: int | None = None
     num_parallel: int | None = None
     max_batch_tokens: int | None = None
+    kv_type: str | None = None  # the KV cache's data type, one of backends.base.KV_TYPES
     # vLLM scale-out
     tensor_parallel_size: int | None = None
     pipeline_parallel_size: int | None = None
@@ -47,6 +48,9 @@ class PlanChoices:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        if self.kv_type is not None and self.kv_type not in KV_TYPES:
+            raise ConfigError(f"unknown KV cache type {self.kv_type!r}; choose one of {', '.join(KV_TYPES[1:])} "
+                              "(f16, q8_0, q4_0 on llama.cpp; f16, fp8 on vLLM)")
         util = self.gpu_memory_utilization
         if util is not None and not 0 < util <= 1:
             raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {util}")
@@ -135,6 +139,8 @@ def _coerce(name: str, value: object) -> object:
         return None
     if name in ("models", "pinned"):
         return tuple(value) if isinstance(value, (list, tuple)) else tuple(str(value).split(","))
+    if name == "kv_type":
+        return str(value).strip().lower()
     if name in ("catalog_file", "models_dir"):
         return Path(str(value)).expanduser()
     if kind.startswith("bool"):

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from serve.errors import ServeError
 
+KV_TYPE_HELP = ("KV cache type: f16 (default), q8_0 or q4_0 on llama.cpp (about half / a quarter of the "
+                "memory, so more parallel sequences); f16 or fp8 on vLLM")
+
 
 def _add_up(subparsers) -> None:
     up = subparsers.add_parser("up", help="serve models over an OpenAI- and Ollama-compatible HTTP API")
@@ -21,6 +24,7 @@ def _add_up(subparsers) -> None:
     up.add_argument("--parallel", type=int, dest="num_parallel", help="sequences decoded together")
     up.add_argument("--max-queue", type=int, dest="max_queue", help="waiting requests before HTTP 429 (default 64)")
     up.add_argument("--batch-tokens", type=int, dest="max_batch_tokens", help="token budget of one step")
+    up.add_argument("--kv-type", dest="kv_type", help=KV_TYPE_HELP)
     up.add_argument("--api-key", dest="api_key", help="require this bearer token on every API request")
     up.add_argument("--backend", choices=None, help="llamacpp or vllm (default: chosen by the hardware probe)")
     up.add_argument("--pooling", choices=("mean", "cls", "last", "rank"),
@@ -59,7 +63,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from serve.config import resolve_config
 
     names = ("models", "host", "port", "context_length", "num_threads", "num_parallel", "max_queue",
-             "max_batch_tokens", "api_key", "backend", "catalog_file", "pooling", "tensor_parallel_size",
+             "max_batch_tokens", "kv_type", "api_key", "backend", "catalog_file", "pooling", "tensor_parallel_size",
              "pipeline_parallel_size", "ray_address", "gpu_memory_utilization", "log_level", "max_memory",
              "max_models", "keep_alive", "pinned", "switch_window", "models_dir", "allow_pull", "max_stored_responses",
              "metrics_key", "drain_timeout")
@@ -73,6 +77,7 @@ def _add_probe(subparsers) -> None:
     probe = subparsers.add_parser("probe", help="show the hardware and the plan for a model")
     probe.add_argument("--model", "-m", help="model to plan for (default: the embedded SmolLM2-135M)")
     probe.add_argument("--backend", help="force llamacpp or vllm")
+    probe.add_argument("--kv-type", dest="kv_type", help=KV_TYPE_HELP)
     probe.add_argument("--catalog", type=Path, dest="catalog_file")
     probe.add_argument("--json", action="store_true", help="print one JSON object")
     probe.set_defaults(func=_cmd_probe)
@@ -88,7 +93,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     hw = probe()
     try:
         spec = resolve_model(args.model, load_catalog(args.catalog_file or USER_CATALOG_FILE))
-        report = hardware_report(hw, make_plan(hw, spec, PlanChoices(backend=args.backend)))
+        choices = PlanChoices(backend=args.backend, kv_type=args.kv_type.lower() if args.kv_type else None)
+        report = hardware_report(hw, make_plan(hw, spec, choices))
     except ServeError as exc:  # still show the hardware, with why there is no plan
         report = hardware_report(hw, None, error=exc.message)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

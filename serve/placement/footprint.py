@@ -11,6 +11,7 @@ multi-head models (Llama-2-7B: 512 KiB, Phi-3-mini: 384 KiB) need more than it s
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ VLLM_BITS = {"awq": 5.0, "awq_marlin": 5.0, "gptq": 5.0, "gptq_marlin": 5.0, "bi
              "compressed-tensors": 5.0, "fp8": 9.0,
              "mxfp4": 4.25}  # gpt-oss: 4-bit experts with a shared 8-bit scale per 32 weights
 SIXTEEN_BITS = 16.0
+# Bits per K or V element by KV cache type (`--kv-type`): llama.cpp's q8_0 and q4_0 store a 16-bit scale
+# per block of 32 values. "auto" is 16-bit on both backends.
+KV_TYPE_BITS = {"auto": 16.0, "f16": 16.0, "q8_0": 8.5, "q4_0": 4.5, "fp8": 8.0, "fp8_e4m3": 8.0, "fp8_e5m2": 8.0}
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,12 @@ class Footprint:
     kv_bytes_per_token: int  # K and V of one token over all layers
     num_params: int  # 0: unknown
     source: str  # where the weights figure comes from, in plain words
+
+
+def with_kv_type(fp: Footprint, kv_type: str) -> Footprint:
+    """The footprint with its KV bytes per token (always computed for 16 bits) in `kv_type`."""
+    scale = KV_TYPE_BITS.get(kv_type, SIXTEEN_BITS) / SIXTEEN_BITS
+    return dataclasses.replace(fp, kv_bytes_per_token=max(int(fp.kv_bytes_per_token * scale), 1))
 
 
 def gib(num_bytes: float) -> str:

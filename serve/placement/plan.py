@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from backends.base import BackendSettings
+from backends.base import LLAMACPP_KV_TYPES, VLLM_KV_TYPES, BackendSettings
 from serve.config import PlanChoices
 from serve.models.catalog import ModelSpec
 from serve.placement.cuda_fit import MIN_CONTEXT, VLLM_GPU_UTILIZATION, NoFit, choose_quantization, fit_cuda, told_quantization
 from serve.errors import ConfigError
-from serve.placement.footprint import Footprint, checkpoint_quantization, fitting_context, gguf_footprint, gib, vllm_footprint
+from serve.placement.footprint import (KV_TYPE_BITS, Footprint, checkpoint_quantization, fitting_context, gguf_footprint,
+                                      gib, vllm_footprint, with_kv_type)
 from serve.placement.hardware import GiB, MiB, Gpu, Hardware
 
 DEFAULT_CONTEXT = 4096  # llama.cpp allocates the whole KV cache up front, so keep the default modest
@@ -72,18 +73,20 @@ def _check_against_model(asked: PlanChoices, spec: ModelSpec) -> None:
         raise ConfigError(f"{spec.name} has no GGUF file, so llama.cpp cannot serve it; try --backend vllm")
 
 
-def _why_not_vllm(hw: Hardware, spec: ModelSpec) -> str | None:
+def _why_not_vllm(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> str | None:
     if not hw.gpus:
         return "no NVIDIA GPU found"
     if not hw.has_vllm:
         return "vllm is not installed (pip install 'quantserve[cuda]')"
     if spec.vllm is None:
         return f"{spec.name} has no vLLM checkpoint in the catalog"
+    if asked.kv_type is not None and asked.kv_type not in VLLM_KV_TYPES:
+        return f"--kv-type {asked.kv_type} is llama.cpp's (vLLM's 8-bit KV cache is fp8)"
     return None
 
 
 def _auto_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> Plan:
-    why = _why_not_vllm(hw, spec)
+    why = _why_not_vllm(hw, spec, asked)
     if why is None:
         try:
             return _vllm_cuda_plan(hw, spec, asked, [f"{_gpu_words(hw.gpus)} and vllm installed: vLLM"])
@@ -131,9 +134,26 @@ def _threads(hw: Hardware, asked: PlanChoices) -> tuple[int, str]:
     return n, f"{n} physical cores: {n} threads"
 
 
-def _default_parallel(fp: Footprint) -> int:
+def _default_parallel(fp: Footprint, kv_type: str) -> int:
+    """8 sequences for a small model, 4 for a large one, with a 16-bit KV cache; a smaller KV type runs
+    more in about the same memory: twice as many at 8 bits (q8_0, fp8), four times at q4_0."""
     small = fp.num_params == 0 or fp.num_params <= SMALL_MODEL_PARAMS
-    return SMALL_MODEL_PARALLEL if small else LARGE_MODEL_PARALLEL
+    base = SMALL_MODEL_PARALLEL if small else LARGE_MODEL_PARALLEL
+    return base * max(1, round(16 / KV_TYPE_BITS[kv_type]))
+
+
+def _kv_type(asked: PlanChoices, backend: str) -> tuple[str, str]:
+    """The KV cache type for `backend` and the reason; ConfigError when the backend has no such type."""
+    kv_type = asked.kv_type or ("f16" if backend == "llamacpp" else "auto")
+    if backend == "llamacpp" and kv_type not in LLAMACPP_KV_TYPES:
+        raise ConfigError(f"llama.cpp has no {kv_type} KV cache; its 8-bit one is q8_0 (--kv-type q8_0)")
+    if backend == "vllm" and kv_type not in VLLM_KV_TYPES:
+        raise ConfigError(f"vLLM has no {kv_type} KV cache; its 8-bit one is fp8 (--kv-type fp8), "
+                          f"or serve the GGUF with --backend llamacpp")
+    bits = KV_TYPE_BITS[kv_type]
+    words = "the model's 16-bit type" if kv_type == "auto" else kv_type
+    size = "" if bits == 16 else f", {bits:g} bits a value: {bits / 16:.2f}x the bytes of f16"
+    return kv_type, f"KV cache {words}{' as asked' if asked.kv_type else ''}{size}"
 
 
 def _parallel(asked: PlanChoices, fp: Footprint, context: int, soft_room: int, hard_room: int,
@@ -147,7 +167,7 @@ def _parallel(asked: PlanChoices, fp: Footprint, context: int, soft_room: int, h
             raise ConfigError(f"--parallel {asked.num_parallel} at {context} tokens needs {gib(need)} of KV cache, "
                               f"{gib(max(hard_room, 0))} left {where}")
         return asked.num_parallel, f"{asked.num_parallel} parallel sequences as asked (KV cache {gib(need)})"
-    default = _default_parallel(fp)
+    default = _default_parallel(fp, asked.kv_type or "auto")
     n = max(1, min(default, soft_room // max(per_sequence, 1)))
     limit = "" if n == default else f", as many as fit in {gib(soft_room)} {where}"
     return n, f"{n} parallel sequences of {context} tokens (KV cache {gib(n * per_sequence)}){limit}"
@@ -211,7 +231,8 @@ def _llama_placement(hw: Hardware, fp: Footprint, context: int) -> _Placement:
 
 
 def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str | None) -> Plan:
-    fp = gguf_footprint(spec)
+    kv_type, kv_reason = _kv_type(asked, "llamacpp")
+    fp = with_kv_type(gguf_footprint(spec), kv_type)
     context = asked.context_length or min(spec.context_length, DEFAULT_CONTEXT)
     where = _llama_placement(hw, fp, context)
     context_reason = f"context {context} tokens per sequence" + (" as asked" if asked.context_length else "")
@@ -223,13 +244,13 @@ def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str |
     threads, thread_reason = _threads(hw, asked)
     num_parallel, parallel_reason = _parallel(asked, fp, context, int(max(where.room, 0) * where.soft_share),
                                               where.hard_room, where.where)
-    reasons += [thread_reason, context_reason, parallel_reason]
+    reasons += [thread_reason, context_reason, kv_reason, parallel_reason]
     if where.device == "cpu" and fp.weights_bytes > hw.memory.available_bytes:
         reasons.append(f"the weights ({gib(fp.weights_bytes)}) exceed the {gib(hw.memory.available_bytes)} of "
                        "free RAM: expect paging")
     batch = _batch_tokens(asked, CPU_BATCH_TOKENS if where.device == "cpu" else GPU_BATCH_TOKENS, num_parallel)
     settings = BackendSettings(num_threads=threads, n_gpu_layers=where.n_gpu_layers, context_length=context,
-                               num_parallel=num_parallel, max_batch_tokens=batch)
+                               num_parallel=num_parallel, max_batch_tokens=batch, kv_cache_dtype=kv_type)
     return Plan(backend="llamacpp", reasons=tuple(reasons), device=where.device, settings=settings, model=spec.name,
                 weights_bytes=fp.weights_bytes, kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel)
 
@@ -239,7 +260,8 @@ def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str |
 
 def _vllm_cuda_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, reasons: list[str]) -> Plan:
     told, weights_as, quant_reason = choose_quantization(spec, hw.gpus)
-    fp = vllm_footprint(spec, weights_as)
+    kv_type, kv_reason = _kv_type(asked, "vllm")
+    fp = with_kv_type(vllm_footprint(spec, weights_as), kv_type)
     fit = fit_cuda(hw.gpus, spec, fp, context_length=asked.context_length,
                    tensor_parallel_size=asked.tensor_parallel_size, pipeline_parallel_size=asked.pipeline_parallel_size,
                    gpu_memory_utilization=asked.gpu_memory_utilization, ray_address=asked.ray_address)
@@ -251,7 +273,7 @@ def _vllm_cuda_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, reasons: 
     num_full = capacity // fit.context_length
     reasons = reasons + [quant_reason, f"weights: {fp.source}", *fit.reasons,
                          f"KV cache room for about {capacity:,} tokens ({num_full} sequence{'s' * (num_full != 1)} "
-                         f"at full context), shared by up to {num_parallel} sequences", thread_reason]
+                         f"at full context), shared by up to {num_parallel} sequences", kv_reason, thread_reason]
     if asked.ray_address:
         reasons.append(f"Ray cluster at {asked.ray_address}: distributed_executor_backend ray")
     settings = BackendSettings(
@@ -259,7 +281,7 @@ def _vllm_cuda_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, reasons: 
         gpu_memory_utilization=fit.gpu_memory_utilization, tensor_parallel_size=fit.tensor_parallel_size,
         pipeline_parallel_size=fit.pipeline_parallel_size,
         distributed_executor_backend="ray" if asked.ray_address else None, ray_address=asked.ray_address,
-        quantization=told)
+        quantization=told, kv_cache_dtype=kv_type)
     return Plan(backend="vllm", reasons=tuple(reasons), device="cuda", settings=settings, model=spec.name,
                 weights_bytes=fp.weights_bytes, kv_cache_bytes=fit.kv_room_bytes)
 
@@ -268,19 +290,21 @@ def _vllm_ray_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> Plan:
     """No GPU here but a Ray cluster: vLLM's workers run there, so the fit check is vLLM's own."""
     checkpoint = checkpoint_quantization(spec)
     told = told_quantization(checkpoint)
+    kv_type, kv_reason = _kv_type(asked, "vllm")
     fp = vllm_footprint(spec, checkpoint)
     threads, thread_reason = _threads(hw, asked)
     context = asked.context_length or min(spec.context_length, DEFAULT_CONTEXT)
     num_parallel = asked.num_parallel or VLLM_GPU_PARALLEL
     reasons = (f"vLLM on the Ray cluster at {asked.ray_address}: distributed_executor_backend ray",
                "no GPU on this machine, so the memory check is left to vLLM on the cluster",
-               f"weights: {fp.source}", f"context {context} tokens per sequence", thread_reason)
+               f"weights: {fp.source}", f"context {context} tokens per sequence", kv_reason, thread_reason)
     settings = BackendSettings(
         num_threads=threads, context_length=context, num_parallel=num_parallel,
         max_batch_tokens=_batch_tokens(asked, GPU_BATCH_TOKENS, num_parallel),
         gpu_memory_utilization=asked.gpu_memory_utilization or VLLM_GPU_UTILIZATION,
         tensor_parallel_size=asked.tensor_parallel_size or 1, pipeline_parallel_size=asked.pipeline_parallel_size or 1,
-        distributed_executor_backend="ray", ray_address=asked.ray_address, quantization=told)
+        distributed_executor_backend="ray", ray_address=asked.ray_address, quantization=told,
+        kv_cache_dtype=kv_type)
     return Plan(backend="vllm", reasons=reasons, device="cuda", settings=settings, model=spec.name,
                 weights_bytes=fp.weights_bytes)
 
@@ -302,7 +326,8 @@ def _cpu_utilization(hw: Hardware, asked: PlanChoices, need: int) -> float:
 
 def _vllm_cpu_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, reasons: list[str]) -> Plan:
     checkpoint = checkpoint_quantization(spec)
-    fp = vllm_footprint(spec, checkpoint)
+    kv_type, kv_reason = _kv_type(asked, "vllm")
+    fp = with_kv_type(vllm_footprint(spec, checkpoint), kv_type)
     context = asked.context_length or min(spec.context_length, DEFAULT_CONTEXT)
     base = VLLM_CPU_RUNTIME_BYTES + fp.weights_bytes
     room = hw.memory.available_bytes - base
@@ -316,7 +341,7 @@ def _vllm_cpu_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, reasons: l
     threads, thread_reason = _threads(hw, asked)
     reasons = reasons + [f"weights: {fp.source}", thread_reason,
                          f"context {context} tokens per sequence" + (" as asked" if asked.context_length else ""),
-                         parallel_reason,
+                         kv_reason, parallel_reason,
                          f"gpu_memory_utilization {util}: on the CPU the share of RAM vLLM takes "
                          f"({gib(util * hw.memory.total_bytes)} of {gib(hw.memory.total_bytes)}; it needs "
                          f"{gib(need)} for runtime, weights and KV cache)"]
@@ -324,6 +349,6 @@ def _vllm_cpu_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, reasons: l
         num_threads=threads, context_length=context, num_parallel=num_parallel,
         max_batch_tokens=_batch_tokens(asked, CPU_BATCH_TOKENS, num_parallel), gpu_memory_utilization=util,
         tensor_parallel_size=asked.tensor_parallel_size or 1, pipeline_parallel_size=asked.pipeline_parallel_size or 1,
-        quantization=told_quantization(checkpoint))
+        quantization=told_quantization(checkpoint), kv_cache_dtype=kv_type)
     return Plan(backend="vllm", reasons=tuple(reasons), device="cpu", settings=settings, model=spec.name,
                 weights_bytes=fp.weights_bytes, kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel)

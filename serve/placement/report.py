@@ -84,14 +84,14 @@ def _plan_lines(plan: dict) -> list[str]:
     lines += [f"  - {reason}" for reason in plan["reasons"]]
     settings = [f"threads {plan['num_threads']}", f"context {plan['context_length']} per sequence",
                 f"parallel sequences {plan['num_parallel']}", f"batch {plan['max_batch_tokens']} tokens"]
+    settings.append(f"KV cache {plan['kv_cache_dtype']}")
     if plan["backend"] == "llamacpp":
         settings.append(f"GPU layers {'all' if plan['n_gpu_layers'] == -1 else plan['n_gpu_layers']}")
     else:
         settings += [f"gpu_memory_utilization {plan['gpu_memory_utilization']}",
                      f"tensor parallel {plan['tensor_parallel_size']}",
                      f"pipeline parallel {plan['pipeline_parallel_size']}",
-                     f"quantization {plan['quantization'] or 'from the checkpoint'}",
-                     f"KV cache dtype {plan['kv_cache_dtype']}"]
+                     f"quantization {plan['quantization'] or 'from the checkpoint'}"]
         if plan["distributed_executor_backend"]:
             settings.append(f"executor {plan['distributed_executor_backend']}")
     lines.append("  settings: " + ", ".join(settings))

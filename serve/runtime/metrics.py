@@ -81,6 +81,10 @@ E2E_LATENCY = _histogram("e2e_request_latency_seconds",
 PROMPT_TOKENS = _counter("prompt_tokens", "Prompt tokens of the requests that were admitted")
 PROMPT_TOKENS_CACHED = _counter("prompt_tokens_cached",
                                 "Of the prompt tokens, those reused from the KV cache (prefix cache hits)")
+PREFIX_CACHE_HITS = _counter("prefix_cache_hits",
+                             "Admitted requests that reused at least one prompt token from the KV cache")
+PREFIX_CACHE_MISSES = _counter("prefix_cache_misses",
+                               "Admitted requests whose whole prompt was computed (no cached prefix)")
 GENERATION_TOKENS = _counter("generation_tokens", "Generated tokens delivered to the requests")
 REQUEST_SUCCESS = _counter("request_success", "Requests that ended, by finish reason (stop, length, abort)",
                            ("model", "finished_reason"))
@@ -100,6 +104,7 @@ def record_request(model: str, *, finish_reason: str, num_prompt_tokens: int, nu
         QUEUE_TIME.labels(model).observe(queue_seconds)
         PROMPT_TOKENS.labels(model).inc(num_prompt_tokens)
         PROMPT_TOKENS_CACHED.labels(model).inc(num_cached_tokens)
+        (PREFIX_CACHE_HITS if num_cached_tokens > 0 else PREFIX_CACHE_MISSES).labels(model).inc()
     if ttft_seconds is not None:
         TIME_TO_FIRST_TOKEN.labels(model).observe(ttft_seconds)
     GENERATION_TOKENS.labels(model).inc(num_output_tokens)

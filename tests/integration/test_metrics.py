@@ -69,6 +69,9 @@ def test_counters_move_by_the_usage_the_responses_reported(server, http):
     assert delta("quantserve_generation_tokens_total") == sum(u["completion_tokens"] for u in usages)
     cached = [u.get("prompt_tokens_details", {}).get("cached_tokens", 0) for u in usages]
     assert delta("quantserve_prompt_tokens_cached_total") == sum(cached)
+    assert cached[2] > 0  # the first chat again: its prefix is cached
+    assert delta("quantserve_prefix_cache_hits_total") == sum(c > 0 for c in cached)
+    assert delta("quantserve_prefix_cache_misses_total") == sum(c == 0 for c in cached)
     for histogram in ("time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds"):
         assert delta(f"quantserve_{histogram}_count") == 3, histogram
         assert delta(f"quantserve_{histogram}_sum") > 0, histogram

@@ -17,7 +17,7 @@ from serve.config import ServerConfig
 from serve.errors import OverloadedError, ServerStoppingError
 from serve.models.catalog import load_catalog
 from serve.runtime.engine import Engine
-from serve.runtime.metrics import REGISTRY, PoolGauges
+from serve.runtime.metrics import REGISTRY, PoolGauges, record_request
 from serve.sequence import FinishReason
 from tests.unit.fake_backend import FakeBackend, collect, make_request
 from tests.unit.test_generation import MODEL, FakeEngine, FakePool
@@ -72,6 +72,21 @@ def test_an_engine_records_each_request_once_it_ends():
                      "quantserve_request_queue_time_seconds_count": 1,
                      "quantserve_e2e_request_latency_seconds_count": 1}
     assert sample("quantserve_request_success_total", model=model, finished_reason="stop") >= 1
+
+
+def test_prefix_cache_hits_and_misses_count_admitted_requests():
+    model = "metrics-prefix"
+    names = ("quantserve_prefix_cache_hits_total", "quantserve_prefix_cache_misses_total",
+             "quantserve_prompt_tokens_cached_total")
+    before = {name: sample(name, model=model) for name in names}
+    ended = dict(finish_reason="stop", num_prompt_tokens=20, num_output_tokens=4, ttft_seconds=0.1, e2e_seconds=0.2)
+    record_request(model, num_cached_tokens=19, queue_seconds=0.01, **ended)  # an exact repeat
+    record_request(model, num_cached_tokens=0, queue_seconds=0.01, **ended)  # a new prompt
+    record_request(model, num_cached_tokens=2, queue_seconds=0.01, **ended)  # a shared prefix
+    record_request(model, num_cached_tokens=0, queue_seconds=None, **ended)  # never admitted: neither
+    delta = {name: sample(name, model=model) - value for name, value in before.items()}
+    assert delta == {"quantserve_prefix_cache_hits_total": 2, "quantserve_prefix_cache_misses_total": 1,
+                     "quantserve_prompt_tokens_cached_total": 21}
 
 
 def test_metrics_are_served_with_the_pool_gauges():

@@ -13,6 +13,7 @@ import pytest
 
 from backends.base import BackendSettings
 from backends.vllm import engine_kwargs, sampling_kwargs
+from serve.errors import ConfigError
 from serve.sequence import SamplingParams
 
 
@@ -149,3 +150,11 @@ def test_vllm_accepts_the_engine_arguments():
     assert (args.max_model_len, args.max_num_seqs, args.tensor_parallel_size) == (8192, 16, 2)
     assert args.enforce_eager is True
     assert vllm is not None
+
+
+def test_kv_types_map_to_vllms_kv_cache_dtype_or_are_refused():
+    assert engine_kwargs(_settings(kv_cache_dtype="f16"), on_cpu=True)["kv_cache_dtype"] == "auto"
+    assert engine_kwargs(_settings(kv_cache_dtype="auto"), on_cpu=True)["kv_cache_dtype"] == "auto"
+    assert engine_kwargs(_settings(kv_cache_dtype="fp8_e5m2"), on_cpu=True)["kv_cache_dtype"] == "fp8_e5m2"
+    with pytest.raises(ConfigError, match=r"vLLM has no q8_0 KV cache; its 8-bit one is fp8 \(--kv-type fp8\)"):
+        engine_kwargs(_settings(kv_cache_dtype="q8_0"), on_cpu=True)
