@@ -5,7 +5,8 @@ The engine thread drives a backend with one call per step:
     outputs = backend.step(batch)
 
 `batch.prefill` holds prompt chunks to put into the KV cache, `batch.decode` the running sequences that
-need one more token, `batch.released` aborted sequences whose resources must be freed. The scheduler fills
+need one more token (or several, when the backend speculates within `batch.num_draft_tokens`),
+`batch.released` aborted sequences whose resources must be freed. The scheduler fills
 each batch within the budget the backend states in its Capabilities. A backend that batches internally
 (vLLM) states room for every prompt whole, treats a sequence's prefill chunk as "start generating", returns
 at once whatever its own scheduler produced since the last step, and calls the engine's `notify` when more
@@ -24,6 +25,8 @@ from typing import Any, Callable, Protocol
 from serve.sequence import Batch, Sequence, StepOutput
 
 BACKEND_NAMES = ("llamacpp", "vllm")
+# llama.cpp's speculative decoding: "ngram" drafts from the sequence's own prompt and output (prompt lookup).
+SPECULATIVE_MODES = ("ngram", "off")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +41,7 @@ class BackendSettings:
     n_gpu_layers: int = 0  # llama.cpp offload; -1 offloads all
     max_batch_tokens: int = 512  # token budget of one step (decode + prefill)
     seed: int = 0
+    speculative: str = "off"  # llama.cpp: one of SPECULATIVE_MODES
     # vLLM only
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
@@ -64,6 +68,9 @@ class Capabilities:
     # Lazy grammars (OutputConstraint.trigger_patterns: free text until a trigger, then the grammar), which
     # tool_choice auto uses; without them auto calls are parsed but not held to their schemas.
     can_start_grammar_on_trigger: bool = False
+    # Speculative decoding: draft tokens a step may verify besides its decode tokens and prompt chunks,
+    # from the budget they leave (Batch.num_draft_tokens); 0: the backend does not speculate.
+    max_draft_tokens_per_step: int = 0
 
 
 class Backend(Protocol):

@@ -103,6 +103,7 @@ class Options(_Strict):
     presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     num_ctx: Optional[int] = Field(default=None, gt=0)  # must fit the served per-request context
+    speculative: Optional[bool] = None  # quantserve's own: false opts out of speculative decoding
     # sampling we do not implement: a 400 unless left at Ollama's default
     repeat_last_n: Optional[int] = None
     mirostat: Optional[int] = None
