@@ -48,17 +48,20 @@ SERVERS = {
 PROSE_TOPICS = ("assignment", "attribute-access", "comparisons", "customization", "exceptions", "execmodel",
                 "import", "numbers")
 CODE_MODULES = ("textwrap", "json.encoder", "shlex", "fnmatch", "string", "bisect", "heapq", "colorsys")
+# The task after the passage: SmolLM2-135M then copies (asked first, it writes text of its own).
 TASKS = (
-    "Repeat the following text exactly, word for word.\n\n{passage}",
-    "Quote the first paragraphs of the text below verbatim, then say in one sentence what it is about.\n\n{passage}",
-    "Rewrite the following so that it is easier to read, keeping every sentence and example.\n\n{passage}",
-    "Here is some Python code:\n\n{passage}\n\nAdd a comment above every function and output the whole code.",
+    "Here is a passage.\n\n{passage}\n\nRepeat the passage above exactly, word for word.",
+    "Here is a passage.\n\n{passage}\n\nQuote the first three sentences of the passage above verbatim.",
+    "Here is a passage.\n\n{passage}\n\nRewrite the passage above in plain words, keeping every example.",
+    "Here is some Python code:\n\n{passage}\n\nAdd a comment above every function of the code above and output "
+    "the whole code.",
 )
 OUTPUT_LENGTHS = (128, 192, 256, 320)
+PASSAGE_LENGTHS = (1500, 600, 1100, 800, 1300, 500, 900, 1200)  # at most, in tokens
 
 
-def _passage(index: int, model_path: str, min_tokens: int = 500, max_tokens: int = 1500) -> str:
-    """Prose (even indexes) or code (odd), cut at a line end to 500-1,500 tokens."""
+def _passage(index: int, model_path: str, max_tokens: int, min_tokens: int = 450) -> str:
+    """Prose (even indexes) or code (odd), cut at a line end to at most `max_tokens` tokens."""
     if index % 2 == 0:
         from pydoc_data.topics import topics
 
@@ -83,7 +86,7 @@ def build_workload(model_path: str, num_prompts: int) -> list[dict]:
     """The prompt set: (task, passage, output length) for each prompt; code passages get the code task."""
     workload = []
     for index in range(num_prompts):
-        passage = _passage(index, model_path)
+        passage = _passage(index, model_path, max_tokens=PASSAGE_LENGTHS[index % len(PASSAGE_LENGTHS)])
         task = TASKS[3] if index % 2 else TASKS[index // 2 % 3]
         workload.append({"prompt": task.format(passage=passage), "max_tokens": OUTPUT_LENGTHS[index % 4],
                          "num_passage_tokens": count_tokens(model_path, passage)})
