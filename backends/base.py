@@ -12,11 +12,16 @@ each batch within the budget the backend states in its Capabilities. A backend t
 at once whatever its own scheduler produced since the last step, and calls the engine's `notify` when more
 is ready, so the engine sleeps between its outputs instead of polling.
 
+A model that embeds or reranks also has a Pooler (`load_pooler`): its pooling side, on a context or engine
+of its own, which turns whole token inputs into pooled vectors or relevance scores without going through
+the generation steps. A model that only pools gets a PoolingOnlyBackend as its generation side.
+
 Concrete backends are imported lazily by name (`load_backend`), so `import vllm` never runs on a machine
 that does not use it.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +32,7 @@ from serve.sequence import Batch, Sequence, StepOutput
 BACKEND_NAMES = ("llamacpp", "vllm")
 # llama.cpp's speculative decoding: "ngram" drafts from the sequence's own prompt and output (prompt lookup).
 SPECULATIVE_MODES = ("ngram", "off")
+POOLING_TYPES = ("mean", "cls", "last", "rank")  # llama.cpp's --pooling values (rank: a reranker's head)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +77,9 @@ class Capabilities:
     # Speculative decoding: draft tokens a step may verify besides its decode tokens and prompt chunks,
     # from the budget they leave (Batch.num_draft_tokens); 0: the backend does not speculate.
     max_draft_tokens_per_step: int = 0
+    # The same as an xgrammar structural tag (OutputConstraint.structural_tag: vLLM), for the formats that
+    # have one.
+    can_start_tagged_grammar: bool = False
 
 
 class Backend(Protocol):
@@ -101,9 +110,75 @@ class Backend(Protocol):
         """Free the model and everything it holds."""
 
 
+class Pooler(Protocol):
+    """A model's pooling side: embeddings (mean, cls or last pooling) or rerank scores (rank pooling) of
+    whole inputs, computed apart from the generation steps (on a thread or engine of its own). Any thread
+    may call it."""
+
+    pooling: str  # what it computes: mean, cls, last or rank
+    context_length: int  # tokens per input
+    num_dimensions: int  # the length of an embedding (rank: of the classifier's output)
+    vocab_size: int  # token ids are below this
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of one input, with the special tokens the model expects around it."""
+
+    def pair_tokens(self, query: str, document: str) -> list[int]:
+        """A query and a document as one reranker input, formatted as the model expects."""
+
+    def pool(self, inputs: list[list[int]]) -> concurrent.futures.Future:
+        """A future of one output per input (each fits the context): the pooled vector, not normalized, or
+        for rank pooling the relevance score (0..1) as a list of one. Cancelling it skips work not started."""
+
+    def close(self) -> None:
+        """Free the context (or engine) and its model."""
+
+
+class PoolingOnlyBackend:
+    """The generation side of a model that only embeds or reranks: it tokenizes with the pooler, and never
+    generates (the API refuses generation requests for the model before they reach the engine)."""
+
+    chat_template = ""
+
+    def __init__(self, name: str, pooler: Pooler):
+        self._pooler = pooler
+        self.capabilities = Capabilities(name=name, context_length=pooler.context_length, num_parallel=1,
+                                         max_batch_tokens=pooler.context_length,
+                                         max_prefill_tokens_while_decoding=pooler.context_length)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._pooler.tokenize(text)
+
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        raise ValueError("this model does not generate text: it has no chat template")
+
+    def set_notify(self, notify: Callable[[], None]) -> None:
+        pass
+
+    def admit(self, sequence: Sequence) -> int:
+        raise RuntimeError("a pooling-only model was given a generation request")
+
+    def step(self, batch: Batch) -> list[StepOutput]:
+        return []  # nothing is ever admitted
+
+    def close(self) -> None:
+        pass  # the engine closes the pooler
+
+
 def load_backend(name: str, settings: BackendSettings) -> Backend:
     """Import `backends.<name>` only now and build its backend."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
     module = importlib.import_module(f"backends.{name}")
     return module.create_backend(settings)
+
+
+def load_pooler(name: str, settings: BackendSettings, pooling: str | None) -> Pooler:
+    """Import `backends.<name>_embed` only now and build the model's pooling side; `pooling` overrides
+    what the model declares (None: the model's own)."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    if pooling is not None and pooling not in POOLING_TYPES:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLING_TYPES)}")
+    module = importlib.import_module(f"backends.{name}_embed")
+    return module.create_pooler(settings, pooling)

@@ -49,11 +49,12 @@ class ChatTemplate:
         self._eos_token = eos_token
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
-               tools: list[dict[str, Any]] | None = None) -> str:
-        """`tools` as Hugging Face passes them: OpenAI's tool shape, None when the request has none."""
+               tools: list[dict[str, Any]] | None = None, **template_kwargs: Any) -> str:
+        """`tools` as Hugging Face passes them: OpenAI's tool shape, None when the request has none;
+        `template_kwargs` (enable_thinking, reasoning_effort, ...) become variables of the template."""
         try:
             return self._template.render(
-                messages=messages, tools=tools, bos_token=self._bos_token, eos_token=self._eos_token,
+                **template_kwargs, messages=messages, tools=tools, bos_token=self._bos_token, eos_token=self._eos_token,
                 add_generation_prompt=add_generation_prompt, raise_exception=_raise,
                 strftime_now=lambda fmt: datetime.now().strftime(fmt))
         except ChatTemplateError:

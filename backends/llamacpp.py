@@ -27,6 +27,7 @@ from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
 from backends.llamacpp_sampler import make_sampler
 from backends.llamacpp_vocab import Vocabulary
 from backends.speculative import Speculation, accepted_run, share_budget
+from backends.llamacpp_tokens import special_token_pieces
 from backends.logprobs import log_softmax, token_logprob
 from backends.text_output import TextOutput
 from serve.errors import ModelLoadError
@@ -66,6 +67,7 @@ class _Slot:
     num_generated: int = 0
     prompt_logprobs: list | None = None  # of the prompt tokens scored so far (echo), until the first output
     speculation: Speculation | None = None  # drafts and their record, for a request that speculates
+    kept_pieces: dict[int, bytes] = field(default_factory=dict)  # special tokens shown as text (a call marker)
     last_used: int = 0
 
 
@@ -155,8 +157,9 @@ class LlamaCppBackend:
     def chat_template(self) -> str:
         return self._chat_template.source
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
-        return self._chat_template.render(messages, tools=tools)
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    **template_kwargs: Any) -> str:
+        return self._chat_template.render(messages, tools=tools, **template_kwargs)
 
     # -- sequences -------------------------------------------------------------------------------
 
@@ -178,6 +181,7 @@ class LlamaCppBackend:
         slot.sampler = make_sampler(sequence.request.params, self._num_vocab, self._eog_tokens)
         slot.grammar, slot.error = self._grammars.create(sequence.request.params.constraint)
         slot.text = TextOutput(sequence.request.params.stop)
+        slot.kept_pieces = special_token_pieces(self._vocab, sequence.request.params.kept_special_tokens)
         slot.pending_token, slot.num_generated = None, 0
         slot.prompt_logprobs = [None] if scores_prompt else None  # the first prompt token has no logprob
         slot.speculation = Speculation(prompt) if self._speculative and sequence.request.params.speculative else None
@@ -341,7 +345,7 @@ class LlamaCppBackend:
         if token in self._eog_tokens and not params.ignore_eos:
             output.finish_reason, output.text = FinishReason.STOP, output.text + slot.text.flush()
             return token
-        text, hit_stop = slot.text.feed(self._piece(token))
+        text, hit_stop = slot.text.feed(slot.kept_pieces.get(token) or self._piece(token))
         output.text += text
         slot.pending_token = token
         if logprobs is not None:

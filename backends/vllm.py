@@ -48,8 +48,10 @@ _FINISH_REASONS = {
 }
 
 
-def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """Keyword arguments for `vllm.SamplingParams` (pure: importable without vllm)."""
+def sampling_kwargs(params: SamplingParams, special_texts: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Keyword arguments for `vllm.SamplingParams` (pure: importable without vllm); `special_texts` are the
+    tokenizer's special tokens (a request keeping one of them in its text shows special tokens, as vLLM's
+    own tool parsers ask: `skip_special_tokens=False`; the end token never reaches the text either way)."""
     return {
         "max_tokens": params.max_tokens,
         "temperature": min(max(params.temperature, 0.0), MAX_TEMPERATURE),
@@ -66,9 +68,9 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         # The model's own distribution (vLLM's default raw_logprobs), only for requests that ask.
         "logprobs": params.num_logprobs,
         "prompt_logprobs": params.num_prompt_logprobs,
-        # Stop strings never reach the client; special tokens (EOS) are not text.
+        # Stop strings never reach the client; special tokens (EOS) are not text, unless the request keeps one.
         "include_stop_str_in_output": False,
-        "skip_special_tokens": True,
+        "skip_special_tokens": not special_texts.intersection(params.kept_special_tokens),
     }
 
 
@@ -77,11 +79,14 @@ def structured_output_kwargs(constraint: OutputConstraint | None) -> dict[str, A
     (pure: importable without vllm). vLLM gets the GBNF (xgrammar reads it), not the JSON schema: the
     grammar is the one the API checked, so both backends enforce the same thing. Given the schema itself,
     xgrammar allowed any run of whitespace and integers of any length, and the 135M test model filled
-    max_tokens with newlines or digits. A lazy grammar has no StructuredOutputsParams form."""
+    max_tokens with newlines or digits. A lazy grammar runs as its structural tag (triggered tags)."""
     if constraint is None:
         return None
     if constraint.is_lazy:
-        raise ValueError("a grammar started by trigger patterns (lazy) is not supported on the vLLM backend")
+        if constraint.structural_tag is None:
+            raise ValueError("a grammar started by trigger patterns (lazy) needs its structural tag on the vLLM "
+                             "backend")
+        return {"structural_tag": constraint.structural_tag}
     return {"grammar": constraint.gbnf}
 
 
@@ -137,6 +142,7 @@ class VLLMBackend:
         self._tokenizer = _load_tokenizer(settings.model_path)
         self._bos_id, self._add_bos = _bos(self._tokenizer)
         self._end_token_ids = frozenset(self._tokenizer.all_special_ids)
+        self._special_texts = special_token_texts(self._tokenizer)
         self._outputs: queue.SimpleQueue[StepOutput] = queue.SimpleQueue()
         self._notify: Callable[[], None] = lambda: None
         self._tasks: dict[str, asyncio.Task] = {}  # touched only on the vLLM loop thread
@@ -155,7 +161,7 @@ class VLLMBackend:
         self.capabilities = Capabilities(
             name="vllm", context_length=model_config.max_model_len, num_parallel=settings.num_parallel,
             max_batch_tokens=whole_prompts, max_prefill_tokens_while_decoding=whole_prompts,
-            vocab_size=model_config.get_vocab_size())
+            vocab_size=model_config.get_vocab_size(), can_start_tagged_grammar=True)
 
     # -- loading -------------------------------------------------------------------------------------
 
@@ -193,13 +199,14 @@ class VLLMBackend:
     def chat_template(self) -> str:
         return self._tokenizer.chat_template or CHATML_TEMPLATE
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    **template_kwargs: Any) -> str:
         import jinja2
 
         template = None if self._tokenizer.chat_template else CHATML_TEMPLATE
         try:
             return self._tokenizer.apply_chat_template(messages, tools=tools, chat_template=template,
-                                                       tokenize=False, add_generation_prompt=True)
+                                                       tokenize=False, add_generation_prompt=True, **template_kwargs)
         except jinja2.TemplateError as exc:  # raise_exception in the template: e.g. roles out of order
             raise ChatTemplateError(str(exc)) from None
 
@@ -227,7 +234,8 @@ class VLLMBackend:
         request = sequence.request
         try:
             structured = structured_output_kwargs(request.params.constraint)
-            params = VLLMSamplingParams(**sampling_kwargs(request.params), output_kind=RequestOutputKind.DELTA,
+            params = VLLMSamplingParams(**sampling_kwargs(request.params, self._special_texts),
+                                        output_kind=RequestOutputKind.DELTA,
                                         structured_outputs=StructuredOutputsParams(**structured) if structured else None)
         except Exception as exc:  # VLLMValidationError (not a ValueError in 0.32)
             # Fail this request only: an exception out of step() would abort every running request.
@@ -347,6 +355,12 @@ def _load_tokenizer(model_path: Path):
         return AutoTokenizer.from_pretrained(str(model_path))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"no Hugging Face tokenizer in {model_path}: {exc}") from exc
+
+
+def special_token_texts(tokenizer) -> frozenset[str]:
+    """The texts of the tokenizer's special tokens (which vLLM leaves out of the text unless asked)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return frozenset([*tokenizer.all_special_tokens, *(token.content for token in added.values() if token.special)])
 
 
 def _bos(tokenizer) -> tuple[int | None, bool]:

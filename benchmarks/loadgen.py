@@ -48,6 +48,9 @@ class RequestResult:
     num_output_tokens: int = 0
     output_token_source: str = ""
     finish_reason: Optional[str] = None
+    text: str = ""  # the streamed output (a multi-turn chat sends it back)
+    usage: dict[str, Any] = dataclasses.field(default_factory=dict)  # the stream's last usage object
+    timings: dict[str, Any] = dataclasses.field(default_factory=dict)  # llama-server's, with draft_n
 
     @property
     def itl(self) -> list[float]:
@@ -61,7 +64,7 @@ def completion_payload(model: str, spec: PromptSpec) -> dict[str, Any]:
         "prompt": spec.text,
         "max_tokens": spec.num_max_tokens,
         "temperature": 0.0,
-        "logit_bias": EOS_LOGIT_BIAS,
+        "logit_bias": spec.logit_bias or EOS_LOGIT_BIAS,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
@@ -71,15 +74,20 @@ def _record_chunk(result: RequestResult, chunk: dict[str, Any], now: float) -> O
     """Update `result` with one SSE chunk; return usage.completion_tokens when the chunk has it."""
     if "error" in chunk:
         result.error = json.dumps(chunk["error"])[:500]
+    if chunk.get("timings"):
+        result.timings = chunk["timings"]
     for choice in chunk.get("choices") or []:
         text = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
         finish = choice.get("finish_reason")
-        if text or finish is None:
-            result.token_times.append(now)
+        if text or (finish is None and "role" not in (choice.get("delta") or {})):
+            result.token_times.append(now)  # a chat stream's opening role-only chunk carries no token
+        result.text += text
         if finish:
             result.finish_reason = finish
         result.latency = now - result.start_time
     usage = chunk.get("usage")
+    if usage:
+        result.usage = usage
     return usage.get("completion_tokens") if usage else None
 
 
@@ -96,11 +104,16 @@ async def stream_request(client: httpx.AsyncClient, base_url: str, model: str,
                          spec: PromptSpec) -> RequestResult:
     """Send one streaming completion and time every chunk as it arrives."""
     result = RequestResult(spec.label, spec.num_max_tokens, spec.num_prompt_tokens)
+    return await stream_post(client, f"{base_url}/v1/completions", completion_payload(model, spec), result)
+
+
+async def stream_post(client: httpx.AsyncClient, url: str, payload: dict[str, Any],
+                      result: RequestResult) -> RequestResult:
+    """POST a streaming request (completions or chat) and record its chunks' times into `result`."""
     usage_tokens = None
     result.start_time = time.perf_counter()
     try:
-        async with client.stream("POST", f"{base_url}/v1/completions",
-                                 json=completion_payload(model, spec)) as response:
+        async with client.stream("POST", url, json=payload) as response:
             if response.status_code != 200:
                 result.error = f"HTTP {response.status_code}: {(await response.aread())[:300]!r}"
                 return result
@@ -209,12 +222,33 @@ def summarize(results: list[RequestResult], duration_s: float) -> dict[str, Any]
     summary.update(_stats(tpots, "tpot_ms"))
     summary.update(_stats([gap for r in done for gap in r.itl], "itl_ms"))
     summary.update(_stats([r.latency for r in done], "e2el_ms"))
+    summary.update(_draft_counts(done))
     return summary
+
+
+def _draft_counts(done: list[RequestResult]) -> dict[str, Any]:
+    """Speculative drafts where responses report them: llama-server's `timings.draft_n` and
+    `draft_n_accepted`, or OpenAI's `usage.completion_tokens_details.accepted/rejected_prediction_tokens`."""
+    drafted = accepted = 0
+    reported = False
+    for r in done:
+        details = (r.usage.get("completion_tokens_details") or {}) if r.usage else {}
+        if "draft_n" in r.timings:
+            reported = True
+            drafted += r.timings["draft_n"]
+            accepted += r.timings.get("draft_n_accepted", 0)
+        elif "accepted_prediction_tokens" in details:
+            reported = True
+            accepted += details["accepted_prediction_tokens"] or 0
+            drafted += (details["accepted_prediction_tokens"] or 0) + (details.get("rejected_prediction_tokens") or 0)
+    if not reported:
+        return {}
+    return {"draft_tokens": drafted, "draft_tokens_accepted": accepted}
 
 
 # Fields of a run summary that count things: repeated runs add them up, so a failure in any run shows.
 COUNT_FIELDS = ("completed", "failed", "num_short_of_max_tokens", "total_input_tokens", "total_output_tokens",
-                "num_attempts")
+                "num_attempts", "draft_tokens", "draft_tokens_accepted")
 
 
 def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -225,7 +259,7 @@ def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     combined = dict(runs[0])
     for key, value in runs[0].items():
         if key in COUNT_FIELDS:
-            combined[key] = sum(run[key] for run in runs)
+            combined[key] = sum(run.get(key, 0) for run in runs)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             median = float(np.median([run[key] for run in runs]))
             combined[key] = median if isinstance(value, float) else round(median)

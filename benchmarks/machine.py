@@ -81,21 +81,34 @@ def _busy_seconds() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
-def _own_seconds(server_pid: int) -> float:
-    """CPU seconds of the server (with its child processes) and of this client process."""
-    total = 0.0
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and its live descendants (vLLM's engine core is a
+    child process). A descendant that exits between two samples takes its time with it; the servers'
+    processes live as long as the server."""
     try:
-        server = psutil.Process(server_pid)
-        for member in [server, *server.children(recursive=True), psutil.Process()]:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for member in members:
+        try:
             times = member.cpu_times()
             total += times.user + times.system
-    except psutil.NoSuchProcess:
-        pass
+        except psutil.NoSuchProcess:
+            pass
     return total
 
 
+def _own_seconds(server_pid: int) -> float:
+    """CPU seconds of the server (with its child processes) and of this client process."""
+    client = psutil.Process().cpu_times()
+    return process_tree_cpu_seconds(server_pid) + client.user + client.system
+
+
 class ForeignLoad:
-    """CPU used by processes other than the server under test and this client, during one workload.
+    """CPU used by processes other than the server under test and this client, during one workload;
+    and the server's own CPU time (`server_cpu_s`, its whole process tree: the cost of the tokens).
 
     The load average cannot tell: it also counts the server's own threads. Reported as the share of all
     cores (0.25 = other processes kept half of one core of two busy), taken as a context manager.
@@ -107,6 +120,8 @@ class ForeignLoad:
 
     def __enter__(self) -> "ForeignLoad":
         self._start = (time.monotonic(), _busy_seconds(), _own_seconds(self._server_pid))
+        self._server_start = process_tree_cpu_seconds(self._server_pid)
+        self.server_cpu_s = 0.0
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -114,6 +129,7 @@ class ForeignLoad:
         elapsed = (time.monotonic() - wall) * (psutil.cpu_count() or 1)
         foreign = (_busy_seconds() - busy) - (_own_seconds(self._server_pid) - own)
         self.share = max(0.0, foreign / elapsed) if elapsed > 0 else 0.0
+        self.server_cpu_s = process_tree_cpu_seconds(self._server_pid) - self._server_start
 
 
 def wait_for_quiet(max_wait_s: float, max_busy_share: float = 0.08, window_s: float = 5.0) -> float:

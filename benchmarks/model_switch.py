@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import make_client, stream_request, summarize
+from benchmarks.machine import process_tree_cpu_seconds
 from benchmarks.peers import ServerSettings, start_server
 from benchmarks.prompts import short_prompts
 from serve.config import PlanChoices
@@ -64,10 +65,13 @@ def scenario(name: str, model_a: Path, model_b: Path, models: list[str], extra: 
         swaps_before = server.log_path.read_text().count("unloaded ")
         specs = short_prompts(str(model_a), 0, args.requests, args.max_tokens)
         names = [m if m != "B" else str(model_b) for m in models]
+        cpu_before = process_tree_cpu_seconds(server.process.pid)
         results, duration = asyncio.run(alternate(server.base_url, names, specs, args.concurrency))
+        cpu_s = process_tree_cpu_seconds(server.process.pid) - cpu_before
     finally:
         server.stop()
     summary = summarize(results, duration)
+    summary["cpu_s_per_1k_tokens"] = 1000 * cpu_s / max(1, summary["total_output_tokens"])
     summary["swaps"] = server.log_path.read_text().count("unloaded ") - swaps_before
     return summary
 
@@ -91,9 +95,11 @@ def main() -> None:
         "one-slot": scenario("one-slot", model_a, model_b, ["smol-a", "B"],
                              ["--max-memory", one_slot, "--switch-window", args.switch_window], args, folder),
     }
-    print(f"{'scenario':14}{'swaps':>7}{'out tok/s':>11}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}{'failed':>8}")
+    print(f"{'scenario':14}{'swaps':>7}{'out tok/s':>11}{'CPU s/1k tok':>14}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}"
+          f"{'failed':>8}")
     for name, row in rows.items():
-        print(f"{name:14}{row['swaps']:>7}{row['output_throughput']:>11.1f}{row['p50_ttft_ms']:>13.0f}"
+        print(f"{name:14}{row['swaps']:>7}{row['output_throughput']:>11.1f}{row['cpu_s_per_1k_tokens']:>14.1f}"
+              f"{row['p50_ttft_ms']:>13.0f}"
               f"{row['p99_ttft_ms']:>13.0f}{row['failed']:>8}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "model_switch.json"

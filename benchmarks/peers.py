@@ -1,7 +1,13 @@
-"""The servers under test: build llama-server once, start any of the three on a free port.
+"""The servers under test: build llama-server once, start any of them on a free port.
 
-All three serve the same GGUF with the same number of threads; the context per sequence is the same
-(llama-server splits `-c` between its `-np` slots, so it gets `ctx * parallel`).
+The GGUF servers (quantserve, llama-server, llama_cpp.server) serve the same GGUF with the same number of
+threads and the same context per sequence (llama-server splits `-c` between its `-np` slots, so it gets
+`ctx * parallel`). The vLLM pair (`quantserve-vllm`: `serve up --backend vllm`, and `vllm`: vLLM's own
+OpenAI server) serve the same Hugging Face directory, both with `--enforce-eager`.
+
+A name may carry flags after a `+`: `llama-server+ngram-simple` is llama-server with `--spec-type
+ngram-simple`; `quantserve+speculative=off` is quantserve with `--speculative off` (flag=value pairs,
+comma-separated, for any server).
 """
 from __future__ import annotations
 
@@ -21,6 +27,10 @@ LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_NAMES = ("quantserve", "llama-server", "llama_cpp.server")
+VLLM_SERVER_NAMES = ("quantserve-vllm", "vllm")
+# vLLM on a CPU takes this share of RAM for weights, activations and its KV cache; both vLLM servers get
+# the same (quantserve's plan's floor, which a 135M model uses).
+VLLM_MEMORY_SHARE = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +42,7 @@ class ServerSettings:
     num_parallel: int = 8
     ctx_per_sequence: int = 4096
     quantserve_args: tuple[str, ...] = ()  # extra `serve up` flags (e.g. a memory budget)
+    hf_model_dir: str = ""  # the vLLM servers' model (a Hugging Face directory)
 
 
 @dataclasses.dataclass
@@ -111,9 +122,46 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def base_name(name: str) -> str:
+    """`llama-server+ngram-simple` -> `llama-server`."""
+    return name.partition("+")[0]
+
+
+def variant_flags(name: str) -> list[str]:
+    """The extra flags a server name carries after `+` (see the module docstring)."""
+    base, _, variant = name.partition("+")
+    if not variant:
+        return []
+    if "=" not in variant:
+        if base != "llama-server":
+            raise ValueError(f"{name!r}: only llama-server takes a bare speculative type; use flag=value")
+        return ["--spec-type", variant]
+    flags = []
+    for pair in variant.split(","):
+        flag, _, value = pair.partition("=")
+        flags += [f"--{flag.strip()}", value.strip()]
+    return flags
+
+
 def server_command(name: str, settings: ServerSettings, port: int) -> list[str]:
-    """The command line that starts server `name` with `settings` on `port`."""
+    """The command line that starts server `name` (with its variant flags) with `settings` on `port`."""
+    return _base_command(base_name(name), settings, port) + variant_flags(name)
+
+
+def _base_command(name: str, settings: ServerSettings, port: int) -> list[str]:
     threads = str(settings.num_threads)
+    if name == "quantserve-vllm":
+        return [sys.executable, "-m", "serve.cli", "up", "--backend", "vllm", "--port", str(port),
+                "--model", settings.hf_model_dir, "--parallel", str(settings.num_parallel),
+                "--ctx", str(settings.ctx_per_sequence), "--gpu-memory-utilization", str(VLLM_MEMORY_SHARE),
+                *settings.quantserve_args]
+    if name == "vllm":
+        # --enforce-eager as quantserve's vLLM backend on a CPU; vLLM 0.32 has no --disable-log-requests.
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
+                "--port", str(port), "--model", settings.hf_model_dir, "--enforce-eager",
+                "--max-num-seqs", str(settings.num_parallel), "--max-model-len", str(settings.ctx_per_sequence),
+                "--gpu-memory-utilization", str(VLLM_MEMORY_SHARE), "--enable-prefix-caching",
+                "--disable-log-stats"]
     if name == "quantserve":
         return [sys.executable, "-m", "serve.cli", "up", "--port", str(port),
                 "--model", settings.model_path, "--threads", threads,
@@ -133,7 +181,7 @@ def server_command(name: str, settings: ServerSettings, port: int) -> list[str]:
                 "--host", "127.0.0.1", "--port", str(port), "--n_threads", threads,
                 "--n_threads_batch", threads, "--n_ctx", str(settings.ctx_per_sequence),
                 "--interrupt_requests", "False"]
-    raise ValueError(f"unknown server {name!r}; known: {', '.join(SERVER_NAMES)}")
+    raise ValueError(f"unknown server {name!r}; known: {', '.join(SERVER_NAMES + VLLM_SERVER_NAMES)}")
 
 
 def _wait_ready(server: RunningServer, timeout_s: float) -> None:
@@ -156,12 +204,12 @@ def _wait_ready(server: RunningServer, timeout_s: float) -> None:
 
 
 def start_server(name: str, settings: ServerSettings, log_dir: Path,
-                 timeout_s: float = 180.0) -> RunningServer:
+                 timeout_s: float = 600.0) -> RunningServer:
     """Start server `name` and wait until it answers /v1/models (and /health where it has one)."""
     port = free_port()
     command = server_command(name, settings, port)
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name.replace('.', '_')}.log"
+    log_path = log_dir / f"{name.replace('.', '_').replace('+', '_').replace('=', '-')}.log"
     _log(f"starting {name}: {' '.join(command)}")
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,

@@ -39,6 +39,7 @@ class PromptSpec:
     num_prompt_tokens: int
     num_max_tokens: int
     label: str = "short"
+    logit_bias: dict[str, float] | None = None  # None: EOS_LOGIT_BIAS (SmolLM2's)
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,6 +47,17 @@ def _tokenizer(model_path: str):
     import llama_cpp  # the pinned llama-cpp-python; vocab-only load takes well under a second
 
     return llama_cpp.Llama(model_path=model_path, vocab_only=True, verbose=False)
+
+
+@functools.lru_cache(maxsize=8)
+def eos_logit_bias(model_path: str) -> dict[str, float]:
+    """A logit bias that bans every end-of-generation token of the model (llama.cpp's is_eog list), so
+    that every request generates exactly max_tokens on every server, whatever the model."""
+    import llama_cpp
+
+    tokenizer = _tokenizer(model_path)
+    vocab = llama_cpp.llama_model_get_vocab(tokenizer._model.model)
+    return {str(token): -100.0 for token in range(tokenizer.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, token)}
 
 
 def count_tokens(model_path: str, text: str) -> int:
@@ -71,7 +83,8 @@ def short_prompts(model_path: str, first_index: int, num_prompts: int,
     specs = []
     for index in range(first_index, first_index + num_prompts):
         text = prompt_text(index)
-        specs.append(PromptSpec(text, count_tokens(model_path, text), num_max_tokens, "short"))
+        specs.append(PromptSpec(text, count_tokens(model_path, text), num_max_tokens, "short",
+                                eos_logit_bias(model_path)))
     return specs
 
 
@@ -84,4 +97,4 @@ def long_prompt(model_path: str, num_target_tokens: int = 1500, num_max_tokens: 
     while count_tokens(model_path, "\n".join(paragraphs)) < num_target_tokens - 25:
         paragraphs.append(_sentence(rng, 20) + ".")
     text = "\n".join(paragraphs) + "\nSummary:"
-    return PromptSpec(text, count_tokens(model_path, text), num_max_tokens, "long")
+    return PromptSpec(text, count_tokens(model_path, text), num_max_tokens, "long", eos_logit_bias(model_path))

@@ -2,6 +2,7 @@
 
     python -m benchmarks.run            # full run: 3 servers, concurrency 1 4 8 16, mixed (~30 min)
     python -m benchmarks.run --quick    # quantserve vs llama-server, concurrency 8, mixed (~2-3 min)
+    python -m benchmarks.run --vllm     # serve up --backend vllm vs vLLM's own server, 1 8 32 streams
 
 Writes benchmarks/results/<name>.json and <name>.png and prints the tables and the targets.
 """
@@ -21,7 +22,7 @@ import httpx
 
 from benchmarks import loadgen, peers, report
 from benchmarks.machine import ForeignLoad, describe_machine, wait_for_quiet
-from benchmarks.prompts import long_prompt, short_prompts
+from benchmarks.prompts import eos_logit_bias, long_prompt, short_prompts
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LOG_DIR = peers.CACHE_DIR / "logs"
@@ -35,7 +36,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="quantserve and llama-server only, concurrency 8, 2 requests per client, mixed")
-    parser.add_argument("--servers", help=f"comma-separated subset of: {','.join(peers.SERVER_NAMES)}")
+    parser.add_argument("--vllm", action="store_true",
+                        help="the vLLM pair instead: quantserve-vllm and vllm on the SmolLM2 Hugging Face copy "
+                             "(tests/vllm_model.py), concurrency 1,8,32, 32 sequences, no mixed workload")
+    parser.add_argument("--servers", help="comma-separated subset of: "
+                                          f"{','.join(peers.SERVER_NAMES + peers.VLLM_SERVER_NAMES)}")
     parser.add_argument("--concurrency", help="comma-separated closed-loop concurrencies (default 1,4,8,16)")
     parser.add_argument("--requests-per-client", type=int, default=None,
                         help="requests per client at each concurrency (default 4; --quick: 2)")
@@ -46,8 +51,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="runs of every workload on every server, interleaved; the median is reported "
                              "(default 3; --quick: 1)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--parallel", type=int, default=8, help="slots: quantserve --parallel, llama-server -np")
-    parser.add_argument("--ctx", type=int, default=4096, help="context per sequence")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="slots: quantserve --parallel, llama-server -np (default 8; --vllm: 32)")
+    parser.add_argument("--ctx", type=int, default=None, help="context per sequence (default 4096; --vllm: 1024)")
     parser.add_argument("--model-path", help="GGUF to serve (default: the embedded SmolLM2-135M Q4_1)")
     parser.add_argument("--name", help="results file stem (default: 'full' or 'quick')")
     parser.add_argument("--max-foreign-cpu", type=float, default=0.10,
@@ -57,27 +63,39 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="before a rerun and at start, wait up to this long for the machine to be idle")
     args = parser.parse_args(argv)
     default_servers = "quantserve,llama-server" if args.quick else ",".join(peers.SERVER_NAMES)
+    default_concurrency = "8" if args.quick else "1,4,8,16"
+    if args.vllm:
+        default_servers, default_concurrency = ",".join(peers.VLLM_SERVER_NAMES), "8" if args.quick else "1,8,32"
+        args.no_mixed = True
+    args.parallel = args.parallel or (32 if args.vllm else 8)
+    args.ctx = args.ctx or (1024 if args.vllm else 4096)
     args.servers = [s.strip() for s in (args.servers or default_servers).split(",") if s.strip()]
-    unknown = [s for s in args.servers if s not in peers.SERVER_NAMES]
+    unknown = [s for s in args.servers if peers.base_name(s) not in peers.SERVER_NAMES + peers.VLLM_SERVER_NAMES]
     if unknown:
-        parser.error(f"unknown server(s) {unknown}; known: {', '.join(peers.SERVER_NAMES)}")
-    args.concurrency = [int(c) for c in (args.concurrency or ("8" if args.quick else "1,4,8,16")).split(",") if c]
+        parser.error(f"unknown server(s) {unknown}; known: {', '.join(peers.SERVER_NAMES + peers.VLLM_SERVER_NAMES)}")
+    args.concurrency = [int(c) for c in (args.concurrency or default_concurrency).split(",") if c]
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     if args.requests_per_client is None:
         args.requests_per_client = 2 if args.quick else 4
-    args.name = args.name or ("quick" if args.quick else "full")
-    if args.model_path is None:
+    args.name = args.name or ("vllm" if args.vllm else "full") + ("-quick" if args.quick else "")
+    if args.name == "full-quick":
+        args.name = "quick"
+    if args.model_path is None:  # with --vllm: the tokenizer the prompts are counted with
         from serve.models.catalog import embedded_model_path
         args.model_path = str(embedded_model_path())
+    args.hf_model_dir = ""
+    if args.vllm:
+        from tests.vllm_model import hf_smollm2_dir  # the same SmolLM2, as vLLM reads it
+        args.hf_model_dir = str(hf_smollm2_dir())
     return args
 
 
-def _load() -> list[float]:
+def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
@@ -101,9 +119,16 @@ async def _warm_up(base_url: str, model: str, args: argparse.Namespace) -> dict[
     return check
 
 
+def cpu_cost(server_cpu_s: float, summary: dict[str, Any]) -> dict[str, float]:
+    """The server's CPU seconds (its process tree) during a run, and per 1,000 output tokens."""
+    tokens = summary.get("total_output_tokens") or 0
+    return {"server_cpu_s": round(server_cpu_s, 3),
+            "cpu_s_per_1k_tokens": round(1000 * server_cpu_s / tokens, 3) if tokens else float("nan")}
+
+
 async def _closed_loop_phase(servers: dict[str, peers.RunningServer], args: argparse.Namespace,
                              document: dict[str, Any]) -> None:
-    """Every concurrency level on every server (see _interleaved_runs)."""
+    """Every concurrency level on every server (see interleaved_runs)."""
     models = {}
     for name, server in servers.items():
         models[name] = await loadgen.first_model_id(server.base_url)
@@ -120,13 +145,13 @@ async def _closed_loop_phase(servers: dict[str, peers.RunningServer], args: argp
         def describe(run: dict[str, Any], concurrency=concurrency) -> str:
             return f"c={concurrency}: {run['output_throughput']:.1f} tok/s, p99 TTFT {run['p99_ttft_ms']:.0f} ms"
 
-        medians = await _interleaved_runs(servers, workload, describe, args, first_shift=level_index)
+        medians = await interleaved_runs(servers, workload, describe, args, first_shift=level_index)
         for name, median in medians.items():
             document["servers"][name]["closed_loop"].append(
                 {"concurrency": concurrency, "num_requests": num_requests * args.repeats, **median})
 
 
-async def _interleaved_runs(servers: dict[str, peers.RunningServer], workload, describe,
+async def interleaved_runs(servers: dict[str, peers.RunningServer], workload, describe,
                             args: argparse.Namespace, first_shift: int = 0) -> dict[str, dict[str, Any]]:
     """Run `workload(name, repeat)` --repeats times on every server, servers interleaved and their order
     rotated every repeat, so that load from other processes hits them alike; the median of each server's
@@ -136,8 +161,8 @@ async def _interleaved_runs(servers: dict[str, peers.RunningServer], workload, d
     for repeat in range(args.repeats):
         shift = (first_shift + repeat) % len(names)
         for name in names[shift:] + names[:shift]:
-            run = await _measure(servers[name], workload(name, repeat), args)
-            _log(f"{name} run {repeat + 1}/{args.repeats}, {describe(run)}, "
+            run = await measure(servers[name], workload(name, repeat), args)
+            log(f"{name} run {repeat + 1}/{args.repeats}, {describe(run)}, "
                  f"other processes {run['foreign_cpu_share']:.0%} CPU")
             runs[name].append(run)
     return {name: loadgen.median_of_runs(runs[name]) for name in names}
@@ -155,21 +180,21 @@ def _closed_loop_workload(base_url: str, model: str, concurrency: int, num_reque
     return workload
 
 
-async def _measure(server: peers.RunningServer, workload, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(server: peers.RunningServer, workload, args: argparse.Namespace) -> dict[str, Any]:
     """Run `workload` (returns a summary); when other processes used more than --max-foreign-cpu of the
     machine meanwhile, wait for quiet and run it again, keeping the least disturbed attempt."""
     best: dict[str, Any] = {}
     for attempt in range(1, args.max_attempts + 1):
-        load_before = _load()
+        load_before = load_average()
         with ForeignLoad(server.process.pid) as foreign:
             summary = await workload(attempt)
-        measured = {"load_before": load_before, "load_after": _load(),
-                    "foreign_cpu_share": round(foreign.share, 3), **summary}
+        measured = {"load_before": load_before, "load_after": load_average(),
+                    "foreign_cpu_share": round(foreign.share, 3), **summary, **cpu_cost(foreign.server_cpu_s, summary)}
         if not best or foreign.share < best["foreign_cpu_share"]:
             best = measured
         if foreign.share <= args.max_foreign_cpu or attempt == args.max_attempts:
             break
-        _log(f"{server.name}: other processes used {foreign.share:.0%} of the CPU; waiting for quiet, retrying")
+        log(f"{server.name}: other processes used {foreign.share:.0%} of the CPU; waiting for quiet, retrying")
         await asyncio.to_thread(wait_for_quiet, args.quiet_wait_s)
     return {**best, "num_attempts": attempt}
 
@@ -187,7 +212,7 @@ async def _mixed_phase(servers: dict[str, peers.RunningServer], args: argparse.N
     def describe(run: dict[str, Any]) -> str:
         return f"mixed: max ITL {run['streams_max_itl_ms']:.0f} ms, {run['output_throughput']:.1f} tok/s"
 
-    medians = await _interleaved_runs(servers, workload, describe, args)
+    medians = await interleaved_runs(servers, workload, describe, args)
     for name, median in medians.items():
         document["servers"].setdefault(name, {})["mixed"] = {"command": servers[name].command, **median}
 
@@ -204,38 +229,38 @@ def _mixed_workload(base_url: str, model: str, repeat: int, args: argparse.Names
     return workload
 
 
-def _start_all(names: list[str], settings: peers.ServerSettings) -> dict[str, peers.RunningServer]:
+def start_all(names: list[str], settings: peers.ServerSettings) -> dict[str, peers.RunningServer]:
     """Start every server; idle servers use no CPU (measured: < 0.5%), so they can wait side by side."""
     servers: dict[str, peers.RunningServer] = {}
     try:
         for name in names:
             servers[name] = peers.start_server(name, settings, LOG_DIR / f"parallel{settings.num_parallel}")
     except BaseException:
-        _stop_all(servers)
+        stop_all(servers)
         raise
     return servers
 
 
-def _stop_all(servers: dict[str, peers.RunningServer]) -> None:
+def stop_all(servers: dict[str, peers.RunningServer]) -> None:
     for server in servers.values():
         server.stop()
 
 
-def _run_phase(phase, names: list[str], settings: peers.ServerSettings, args: argparse.Namespace,
+def run_phase(phase, names: list[str], settings: peers.ServerSettings, args: argparse.Namespace,
                document: dict[str, Any]) -> None:
     busy = wait_for_quiet(args.quiet_wait_s)
     if busy > 0.08:
-        _log(f"the machine is still {busy:.0%} busy with other work; measuring anyway (see 'other CPU')")
-    servers = _start_all(names, settings)
+        log(f"the machine is still {busy:.0%} busy with other work; measuring anyway (see 'other CPU')")
+    servers = start_all(names, settings)
     try:
         asyncio.run(phase(servers, args, document))
     finally:
-        _stop_all(servers)
-    document["load_average_at_end"] = _load()
-    _write(document, args.name)  # partial results survive a later failure
+        stop_all(servers)
+    document["load_average_at_end"] = load_average()
+    write_results(document, args.name)  # partial results survive a later failure
 
 
-def _write(document: dict[str, Any], name: str) -> Path:
+def write_results(document: dict[str, Any], name: str) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(document, indent=2) + "\n")
@@ -244,31 +269,32 @@ def _write(document: dict[str, Any], name: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    binary = peers.build_llama_server() if "llama-server" in args.servers else None
-    settings = peers.ServerSettings(args.model_path, args.threads, args.parallel, args.ctx)
+    binary = peers.build_llama_server() if any(peers.base_name(s) == "llama-server" for s in args.servers) else None
+    settings = peers.ServerSettings(args.model_path, args.threads, args.parallel, args.ctx,
+                                    hf_model_dir=args.hf_model_dir)
     document: dict[str, Any] = {
         "name": args.name,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "settings": {"model_path": args.model_path, "num_threads": args.threads, "num_parallel": args.parallel,
+        "settings": {"model_path": args.model_path, "hf_model_dir": args.hf_model_dir, "num_threads": args.threads, "num_parallel": args.parallel,
                      "ctx_per_sequence": args.ctx, "max_tokens": args.max_tokens,
                      "concurrency": args.concurrency, "requests_per_client": args.requests_per_client,
                      "min_requests": args.min_requests, "repeats": args.repeats,
                      "api": "/v1/completions, streaming, temperature 0",
-                     "eos_logit_bias": loadgen.EOS_LOGIT_BIAS},
+                     "eos_logit_bias": eos_logit_bias(args.model_path)},
         "machine": describe_machine(binary),
         "servers": {},
     }
     if args.concurrency:
-        _run_phase(_closed_loop_phase, args.servers, settings, args, document)
+        run_phase(_closed_loop_phase, args.servers, settings, args, document)
     if not args.no_mixed:
         # The long prompt must find a free slot on arrival, or no server can stall the running streams:
         # llama-server and quantserve would both queue it until the 8 streams finish together.
         mixed_settings = dataclasses.replace(settings, num_parallel=max(args.parallel, MIXED_NUM_STREAMS + 1))
         document["settings"]["mixed_num_parallel"] = mixed_settings.num_parallel
-        _run_phase(_mixed_phase, args.servers, mixed_settings, args, document)
+        run_phase(_mixed_phase, args.servers, mixed_settings, args, document)
     document["targets"] = report.evaluate_targets(document)
-    path = _write(document, args.name)
+    path = write_results(document, args.name)
     print(report.format_report(document))
     from benchmarks.plot import plot_results
     png = plot_results(document, RESULTS_DIR / f"{args.name}.png")

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import jsonschema
 
+from benchmarks.machine import process_tree_cpu_seconds
 from benchmarks.peers import CACHE_DIR, ServerSettings, start_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,9 +106,12 @@ def bench_server(name: str, settings: ServerSettings, args: argparse.Namespace) 
         for concurrency in args.concurrency:
             for constrained in (False, True):
                 num_requests = concurrency * args.requests_per_client
+                cpu_before = process_tree_cpu_seconds(server.process.pid)
                 row = asyncio.run(run_workload(server.base_url, model, concurrency, num_requests, args.max_tokens,
                                                constrained))
-                rows.append({"server": name, **row})
+                cpu_s = process_tree_cpu_seconds(server.process.pid) - cpu_before
+                rows.append({"server": name, **row, "server_cpu_s": cpu_s,
+                             "cpu_s_per_1k_tokens": 1000 * cpu_s / max(1, row["num_output_tokens"])})
                 print(_row(rows[-1]), flush=True)
         return rows
     finally:
@@ -117,7 +121,7 @@ def bench_server(name: str, settings: ServerSettings, args: argparse.Namespace) 
 def _row(row: dict[str, Any]) -> str:
     valid = f"{row['num_valid']}/{row['num_requests']}" if row["constrained"] else "-"
     return (f"| {row['server']} | {row['concurrency']} | {'schema' if row['constrained'] else 'free'} | "
-            f"{row['output_tok_s']:.1f} | {row['num_output_tokens']} | {valid} |")
+            f"{row['output_tok_s']:.1f} | {row['cpu_s_per_1k_tokens']:.1f} | {row['num_output_tokens']} | {valid} |")
 
 
 def main() -> None:
@@ -134,7 +138,7 @@ def main() -> None:
     compile_ms = compile_times()
     print(f"schema compile time over {compile_ms['num_schemas']} schemas: p50 {compile_ms['p50_ms']:.1f} ms, "
           f"max {compile_ms['max_ms']:.1f} ms")
-    print("| server | concurrency | output | tok/s | output tokens | valid |\n|---|---|---|---|---|---|")
+    print("| server | concurrency | output | tok/s | CPU s/1k tok | output tokens | valid |\n|---|---|---|---|---|---|---|")
     rows = [row for name in args.servers.split(",") for row in bench_server(name, settings, args)]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"compile": compile_ms, "rows": rows}, indent=2) + "\n")

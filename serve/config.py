@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
-from backends.base import BACKEND_NAMES, SPECULATIVE_MODES
+from backends.base import BACKEND_NAMES, POOLING_TYPES, SPECULATIVE_MODES
 from serve.duration import parse_duration
 from serve.errors import ConfigError
 
@@ -69,6 +69,8 @@ class ServerConfig:
     api_key: str | None = None
     max_body_bytes: int = 8 * 1024 * 1024
     catalog_file: Path | None = None
+    # every model pools so (llama-server's --pooling): a chat model then embeds too (rank: reranks)
+    pooling: str | None = None
     log_level: str = "info"
     # many models
     max_memory: int | None = None  # bytes for all loaded models; None: from the probe
@@ -92,6 +94,8 @@ class ServerConfig:
             raise ConfigError(f"--max-queue must be >= 0, got {self.max_queue}")
         if self.max_stored_responses < 0:
             raise ConfigError(f"--max-stored-responses must be >= 0, got {self.max_stored_responses}")
+        if self.pooling is not None and self.pooling not in POOLING_TYPES:
+            raise ConfigError(f"--pooling must be one of {', '.join(POOLING_TYPES)}, got {self.pooling!r}")
         if self.drain_timeout < 0:
             raise ConfigError(f"--drain-timeout must be >= 0, got {self.drain_timeout:g} s")
 

@@ -26,12 +26,16 @@ class OutputConstraint:
         first non-empty capture group (or of the whole match) on, the text must match the grammar. So the
         grammar itself begins with the trigger's text, e.g. pattern `<tool_call>` and grammar
         `root ::= "<tool_call>" ...`. A plain word is a pattern once its regex characters are escaped.
+    structural_tag: the same lazy grammar in xgrammar's structural-tag form (JSON text), which vLLM's structured
+        outputs run: free text until a trigger string, then one of the tags (`begin`, a GBNF grammar, `end`).
+        None where the format's calls cannot be written so; vLLM then runs such a request without a grammar.
     """
 
     gbnf: str
     json_schema: str | None = None
     is_json_object: bool = False
     trigger_patterns: tuple[str, ...] = ()
+    structural_tag: str | None = None
 
     @property
     def is_lazy(self) -> bool:
@@ -62,6 +66,10 @@ class SamplingParams:
     num_prompt_logprobs: int | None = None
     # Speculative decoding where the server runs it (the output is the same either way); False opts out.
     speculative: bool = True
+    # Special tokens whose text must appear in the output when the model writes them (a tool-call marker
+    # like Mistral's `[TOOL_CALLS]` is a control token, which backends otherwise leave out of the text).
+    # Text that is not one special token of the model's vocabulary appears anyway: nothing to keep.
+    kept_special_tokens: tuple[str, ...] = ()
 
     @property
     def is_greedy(self) -> bool:
@@ -106,6 +114,7 @@ class StepOutput:
     num_new_tokens: int = 0
     finish_reason: FinishReason | None = None
     error: str | None = None  # why the server ended the request (with finish_reason ABORT)
+    is_server_stopping: bool = False  # ABORT because the server is shutting down: the client may retry
     stop_string: str | None = None  # the stop string that ended it (finish_reason STOP), not an end token
     # Prompt tokens the backend reused from its own prefix cache, for backends that learn it only once
     # the request runs (vLLM); backends that choose the reuse at admission return it from admit().

@@ -1,7 +1,9 @@
 """Real GGUF test files made from the embedded SmolLM2-135M-Instruct Q4_1 model with the `gguf` package.
 
 - an F16 GGUF: every quantized tensor dequantized to float16 (what a Hub repo's `*-f16.gguf` looks like);
-- a split GGUF: the same Q4_1 tensors written as `<stem>-0000i-of-0000N.gguf` shards, as `gguf-split` does.
+- a split GGUF: the same Q4_1 tensors written as `<stem>-0000i-of-0000N.gguf` shards, as `gguf-split` does;
+- a "Mistral-marked" GGUF: the same model whose vocabulary has `[TOOL_CALLS]` as a special (control) token, as
+  Mistral's has (an unused special token of SmolLM2's is renamed), and a Mistral-style chat template with tools.
 
 Files are built once and cached under QUANTSERVE_TEST_CACHE (default ~/.cache/quantserve-tests), keyed by the
 source file's size and a builder version, because dequantizing 135M parameters takes a while on 2 cores.
@@ -108,3 +110,46 @@ def split_gguf(num_shards: int = 2) -> list[Path]:
         built = _build_split(embedded_model_path(), stem, num_shards)
         assert built == expected, built
     return expected
+
+
+MISTRAL_MARKER = "[TOOL_CALLS]"
+MISTRAL_MARKER_ID = 7  # SmolLM2's <gh_stars>, a control token the instruct model never writes
+# Mistral v0.3's tool markup, cut down: tools in [AVAILABLE_TOOLS], calls after [TOOL_CALLS] as a JSON list.
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}"
+    "{% for message in messages %}"
+    "{% if message.role == 'user' or message.role == 'system' %}[INST]{{ message.content }}[/INST]"
+    "{% elif message.role == 'assistant' and message.tool_calls %}[TOOL_CALLS][{% for call in message.tool_calls %}"
+    '{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}'
+    "{% if not loop.last %}, {% endif %}{% endfor %}]{{ eos_token }}"
+    "{% elif message.role == 'assistant' %}{{ message.content }}{{ eos_token }}"
+    "{% elif message.role == 'tool' %}[TOOL_RESULTS]{{ message.content }}[/TOOL_RESULTS]{% endif %}"
+    "{% endfor %}")
+
+
+def _build_mistral_marked(src: Path, dst: Path) -> None:
+    reader = gguf.GGUFReader(src)
+    tokens = list(reader.fields["tokenizer.ggml.tokens"].contents())
+    assert reader.fields["tokenizer.ggml.token_type"].contents()[MISTRAL_MARKER_ID] == gguf.TokenType.CONTROL
+    tokens[MISTRAL_MARKER_ID] = MISTRAL_MARKER
+    tmp = dst.with_suffix(".tmp")
+    writer = gguf.GGUFWriter(tmp, _arch(reader))
+    _copy_metadata(reader, writer, {"tokenizer.ggml.tokens": tokens, gguf.Keys.Tokenizer.CHAT_TEMPLATE: MISTRAL_TEMPLATE})
+    for tensor in reader.tensors:
+        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                               tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in reader.tensors:
+        writer.write_tensor_data(tensor.data)
+    writer.close()
+    tmp.replace(dst)
+
+
+def mistral_marked_gguf() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 with `[TOOL_CALLS]` as a special token and a Mistral-style template, built once."""
+    dst = cache_dir() / "SmolLM2-135M-Instruct-mistral-marked.gguf"
+    if not dst.exists():
+        _build_mistral_marked(embedded_model_path(), dst)
+    return dst

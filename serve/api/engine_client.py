@@ -39,12 +39,54 @@ class ContextLimit(Protocol):
     def can_start_grammar_on_trigger(self) -> bool:
         """Whether the backend runs lazy grammars (tool_choice auto holds calls to their schemas with one)."""
 
+    @property
+    def can_start_tagged_grammar(self) -> bool:
+        """Whether the backend runs lazy grammars written as xgrammar structural tags (vLLM)."""
+
+
+class PoolingSide(Protocol):
+    """Of a model's pooler (backends.base.Pooler), what the API reads: tokens and sizes."""
+
+    @property
+    def pooling(self) -> str:
+        """mean, cls, last (embeddings) or rank (rerank scores)."""
+
+    @property
+    def context_length(self) -> int:
+        """Tokens per input."""
+
+    @property
+    def num_dimensions(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a token-array input may hold are below this."""
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def pair_tokens(self, query: str, document: str) -> list[int]: ...
+
 
 class EngineClient(Protocol):
-    """One loaded model, as a route uses it: template, tokenize, submit."""
+    """One loaded model, as a route uses it: template, tokenize, submit; and pool, when it embeds or reranks."""
 
     @property
     def model_name(self) -> str: ...
+
+    @property
+    def supported_tasks(self) -> frozenset[str]:
+        """What the model can be asked: chat, embeddings, rerank (and tools, reasoning, vision)."""
+
+    @property
+    def pooler(self) -> PoolingSide | None:
+        """The pooling side of a model that embeds or reranks; None for a chat-only model."""
+
+    @property
+    def matryoshka(self) -> bool:
+        """Embeddings: a leading part of the vector is an embedding too (requests may ask for `dimensions`)."""
+
+    async def pool(self, request_id: str, inputs: list[list[int]]) -> list[list[float]]:
+        """One output per input: the embedding (not normalized) or, for rank pooling, [relevance score]."""
 
     @property
     def capabilities(self) -> ContextLimit: ...
@@ -54,12 +96,18 @@ class EngineClient(Protocol):
         """How the model writes tool calls, as the catalog states it; None: recognised from chat_template."""
 
     @property
+    def reasoning_format(self) -> str | None:
+        """How the model writes its thinking, as the catalog states it (think_tags, harmony); None: it does
+        not reason, unless its chat template opens a `<think>` block in the prompt (serve/api/reasoning.py)."""
+
+    @property
     def chat_template(self) -> str:
         """The Jinja source of the model's chat template."""
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
-        """The model's chat template applied (with `tools` in OpenAI's shape, when given); a template
-        refusal is an InvalidRequestError."""
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    **template_kwargs: Any) -> str:
+        """The model's chat template applied (with `tools` in OpenAI's shape, when given, and the request's
+        own template variables, like enable_thinking); a template refusal is an InvalidRequestError."""
 
     def tokenize(self, text: str) -> list[int]: ...
 

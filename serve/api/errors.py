@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.api.metrics import count_error
@@ -25,6 +25,19 @@ logger = logging.getLogger("serve.api")
 _TYPES_BY_STATUS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                     404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
                     429: "rate_limit_error"}
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(BaseModel):
+    """OpenAI's error body, as the OpenAPI document describes it (serve/api/openapi.py)."""
+
+    error: OpenAIErrorDetail
 
 
 def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:

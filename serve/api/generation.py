@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable, Protocol, TypeVar
 
 from fastapi import Request as HTTPRequest
@@ -22,13 +22,15 @@ from fastapi.responses import JSONResponse, Response
 
 from serve.api.engine_client import EngineClient, OutputStream, PoolClient
 from serve.api.errors import counted, internal_error
-from serve.api.reasoning import ReasoningSplitter
+from serve.api.metrics import count_request_model
+from serve.api.reasoning import Splitter, Thinking, reasoning_splitter
 from serve.api.streaming import ClosingStreamingResponse
+from serve.api.tasks import CHAT, require_task
 from serve.api.tools.calls import ToolCall, ToolEvent
 from serve.api.tools.parser import ToolCallParser
 from serve.api.tools.spec import ToolRequest
 from serve.api.tools.use import ToolUse, tool_use
-from serve.errors import InvalidRequestError, ServeError
+from serve.errors import InvalidRequestError, ServeError, ServerStoppingError
 from serve.sequence import FinishReason, Request, SamplingParams, StepOutput, TokenLogprob
 
 logger = logging.getLogger("serve.api")
@@ -60,6 +62,10 @@ class Prompt:
     token_ids: list[int]
     messages: list[dict[str, Any]] | None = None
     tool_use: ToolUse | None = None  # the tools offered, or a history with tool calls
+    # A reasoning model's thinking is split off the answer of a chat (a plain completion is the raw text);
+    # a request that turned thinking off which its template could not prevent drops it (shows_reasoning).
+    splits_reasoning: bool = False
+    shows_reasoning: bool = True
 
 
 @dataclass
@@ -70,8 +76,8 @@ class Generation:
     stream: OutputStream
     timings: Timings
     is_finished: bool = False
-    # Set by a dialect that answers a reasoning model's thinking apart (serve/api/reasoning.py).
-    splitter: ReasoningSplitter | None = None
+    # For a reasoning model's output: its thinking apart from its answer (serve/api/reasoning.py).
+    splitter: Splitter | None = None
     tool_parser: ToolCallParser | None = None  # when the request offers tools (serve/api/tools/)
     stop_string: str | None = None  # the stop string that ended it, once finished (Anthropic reports it)
 
@@ -129,8 +135,9 @@ class Framing(Protocol):
 # --- engine, prompt, submission ---------------------------------------------------------------------
 
 async def resolve_engine(pool: PoolClient, model: str | None, timings: Timings, *,
-                         keep_alive: float | None = None) -> EngineClient:
-    """The engine for `model` (loaded first if needed); no model means the first loaded one."""
+                         keep_alive: float | None = None, task: str = CHAT) -> EngineClient:
+    """The engine for `model` (loaded first if needed); no model means the first loaded one. A model that
+    cannot do `task` (chat, embeddings, rerank) is a 400 saying where to send the request instead."""
     if model is None:
         infos = pool.model_infos()
         if not infos:
@@ -139,19 +146,27 @@ async def resolve_engine(pool: PoolClient, model: str | None, timings: Timings, 
     timings.load_started = time.perf_counter()
     engine = await pool.get(model, keep_alive=keep_alive)
     timings.loaded = time.perf_counter()
+    count_request_model(engine.model_name)  # its errors from here on are this model's
+    require_task(engine, task)
     return engine
 
 
-def chat_prompt(engine: EngineClient, messages: list[dict[str, Any]], tools: ToolRequest | None = None) -> Prompt:
-    """The conversation rendered with the model's own chat template (and the request's tools), tokenized."""
+def chat_prompt(engine: EngineClient, messages: list[dict[str, Any]], tools: ToolRequest | None = None,
+                thinking: Thinking = Thinking()) -> Prompt:
+    """The conversation rendered with the model's own chat template (and the request's tools, and its
+    choice about thinking), tokenized."""
     use = tool_use(engine, messages, tools)
-    text = engine.render_chat(messages) if use is None else engine.render_chat(*use.template_inputs(messages))
-    return Prompt(text, engine.tokenize(text), messages, use)
+    template = engine.chat_template
+    inputs = (messages, None) if use is None else use.template_inputs(messages)
+    text = engine.render_chat(*inputs, **thinking.render_kwargs(template))
+    text, shows_reasoning = thinking.applied(text, template, engine.reasoning_format)
+    return Prompt(text, engine.tokenize(text), messages, use, splits_reasoning=True, shows_reasoning=shows_reasoning)
 
 
-def text_prompt(engine: EngineClient, text: str) -> Prompt:
-    """A prompt used as it is (already templated, or a plain completion)."""
-    return Prompt(text, engine.tokenize(text))
+def text_prompt(engine: EngineClient, text: str, *, splits_reasoning: bool = False) -> Prompt:
+    """A prompt used as it is (already templated, or a plain completion); its output is split into
+    reasoning and answer only when the dialect says so (Ollama's /api/generate does)."""
+    return Prompt(text, engine.tokenize(text), splits_reasoning=splits_reasoning)
 
 
 def token_prompt(engine: EngineClient, token_ids: list[int]) -> Prompt:
@@ -178,12 +193,19 @@ def submit(engine: EngineClient, request_id: str, prompt: Prompt, params: Sampli
     """Hand the request to the engine; raises at once (before any byte is sent) when it cannot be served."""
     use = prompt.tool_use
     if use is not None:
-        params = use.constrained(params, can_start_lazily=getattr(engine.capabilities, "can_start_grammar_on_trigger",
-                                                                  False))
+        caps = engine.capabilities
+        params = use.constrained(params, can_start_lazily=getattr(caps, "can_start_grammar_on_trigger", False),
+                                 can_start_tagged=getattr(caps, "can_start_tagged_grammar", False))
+    splitter = None
+    if prompt.splits_reasoning:
+        splitter = reasoning_splitter(engine.reasoning_format, prompt.text, shows_reasoning=prompt.shows_reasoning)
+    if splitter is not None and splitter.kept_special_tokens:  # harmony's markers are special tokens
+        kept = tuple(dict.fromkeys(params.kept_special_tokens + splitter.kept_special_tokens))
+        params = replace(params, kept_special_tokens=kept)
     request = Request(request_id=request_id, model=engine.model_name, prompt=prompt.text,
                       prompt_token_ids=prompt.token_ids, params=params, messages=prompt.messages)
     timings.submitted = time.perf_counter()
-    return Generation(request, engine.submit(request), timings,
+    return Generation(request, engine.submit(request), timings, splitter=splitter,
                       tool_parser=use.new_parser() if use is not None else None)
 
 
@@ -191,7 +213,10 @@ def finish_reason(output: StepOutput, tool_parser: ToolCallParser | None = None)
     """OpenAI's finish reason; "tool_calls" when the model stopped after calling tools."""
     reason = output.finish_reason
     if reason == FinishReason.ABORT:  # only the server aborts a request whose client is still there
-        raise ServeError(f"generation was aborted: {output.error or 'the server is shutting down'}", code="aborted")
+        if output.is_server_stopping:  # the drain timed out: another instance (or this one, restarted) may serve it
+            raise ServerStoppingError("generation was aborted: the server is shutting down; retry against another "
+                                      "instance")
+        raise ServeError(f"generation was aborted: {output.error or 'the backend failed'}", code="aborted")
     if reason == FinishReason.STOP and tool_parser is not None and tool_parser.calls:
         return "tool_calls"
     return reason.value if isinstance(reason, FinishReason) else str(reason)
@@ -219,7 +244,7 @@ def stream_response(generation: Generation, framing: Framing) -> ClosingStreamin
 
 
 async def framed_events(outputs: AsyncIterator[StepOutput], framing: Framing, request_id: str,
-                        splitter: ReasoningSplitter | None = None,
+                        splitter: Splitter | None = None,
                         tool_parser: ToolCallParser | None = None) -> AsyncIterator[bytes]:
     """The events of one streamed answer; a failure after the first byte becomes the error event.
     (One generator, not a chain of them: this runs once per generated token.)"""
@@ -250,7 +275,7 @@ async def framed_events(outputs: AsyncIterator[StepOutput], framing: Framing, re
         yield event
 
 
-def _split_delta(framing: Framing, output: StepOutput, splitter: ReasoningSplitter | None) -> bytes | None:
+def _split_delta(framing: Framing, output: StepOutput, splitter: Splitter | None) -> bytes | None:
     """The delta of an output whose text is split into reasoning and content, or that carries logprobs."""
     reasoning, content = splitter.feed(output.text) if splitter is not None else ("", output.text)
     if splitter is not None and output.finish_reason is not None:
@@ -261,7 +286,7 @@ def _split_delta(framing: Framing, output: StepOutput, splitter: ReasoningSplitt
     return framing.delta(content, reasoning=reasoning, logprobs=output.logprobs)  # type: ignore[call-arg]
 
 
-def _tool_deltas(framing: Framing, output: StepOutput, splitter: ReasoningSplitter | None,
+def _tool_deltas(framing: Framing, output: StepOutput, splitter: Splitter | None,
                  tool_parser: ToolCallParser) -> list[bytes]:
     """The events of an output whose content may hold tool calls: content deltas and tool-call deltas in
     the order the model wrote them (reasoning, when split off, is never parsed for calls)."""
@@ -326,7 +351,7 @@ async def collect(generation: Generation) -> Completion:
     raise ServeError("the engine ended the request without a finish reason")
 
 
-def _split_whole(splitter: ReasoningSplitter, text: str) -> tuple[str, str]:
+def _split_whole(splitter: Splitter, text: str) -> tuple[str, str]:
     reasoning, content = splitter.feed(text)
     more_reasoning, more_content = splitter.flush()
     return reasoning + more_reasoning, content + more_content

@@ -12,6 +12,7 @@ from typing import Awaitable, Callable
 
 from serve.api.anthropic.errors import error_object as anthropic_error_object
 from serve.api.metrics import METRICS_PATH, count_error
+from serve.api.ollama.ndjson import error_object as ollama_error_object
 from serve.errors import AuthenticationError, PayloadTooLargeError, ServeError
 
 Scope = dict
@@ -23,8 +24,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # liveness probes (Docker HEALTHCHECK) carry no key; the chat page and its assets hold no data (the page asks
 # for the key and sends it with its API calls), and Ollama's probes of `/` carry none either
 OPEN_PATHS = frozenset({"/health", "/", "/ui/app.js", "/ui/style.css"})
-# Anthropic's clients read only Anthropic's error shape (an OpenAI-shaped 401 is an unreadable error to them)
+# Anthropic's and Ollama's clients read only their own error shape (an OpenAI-shaped 401 is an unreadable
+# error to them)
 ANTHROPIC_PATH_PREFIX = "/v1/messages"
+OLLAMA_PATH_PREFIX = "/api/"
 
 
 def is_anthropic_path(path: str) -> bool:
@@ -34,7 +37,12 @@ def is_anthropic_path(path: str) -> bool:
 async def send_error(send: Send, error: ServeError, extra_headers: list[tuple[bytes, bytes]] = (),
                      path: str = "") -> None:
     count_error(error.status_code, error.error_type, error.code)
-    payload = anthropic_error_object(error) if is_anthropic_path(path) else error.to_openai()
+    if is_anthropic_path(path):
+        payload = anthropic_error_object(error)
+    elif path.startswith(OLLAMA_PATH_PREFIX):
+        payload = ollama_error_object(error)
+    else:
+        payload = error.to_openai()
     body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                *extra_headers]

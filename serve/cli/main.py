@@ -26,6 +26,9 @@ def _add_up(subparsers) -> None:
                          "and output, off disables it (output is the same either way)")
     up.add_argument("--api-key", dest="api_key", help="require this bearer token on every API request")
     up.add_argument("--backend", choices=None, help="llamacpp or vllm (default: chosen by the hardware probe)")
+    up.add_argument("--pooling", choices=("mean", "cls", "last", "rank"),
+                    help="every model pools so for /v1/embeddings (rank: /v1/rerank), overriding its catalog "
+                         "entry and GGUF; a chat model then embeds too (as llama-server's --pooling)")
     up.add_argument("--catalog", type=Path, dest="catalog_file", help="a user models.toml extending the catalog")
     up.add_argument("--tensor-parallel", type=int, dest="tensor_parallel_size", help="vLLM: GPUs per model")
     up.add_argument("--pipeline-parallel", type=int, dest="pipeline_parallel_size", help="vLLM: pipeline stages")
@@ -59,7 +62,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from serve.config import resolve_config
 
     names = ("models", "host", "port", "context_length", "num_threads", "num_parallel", "max_queue",
-             "max_batch_tokens", "api_key", "backend", "catalog_file", "tensor_parallel_size",
+             "max_batch_tokens", "api_key", "backend", "catalog_file", "pooling", "tensor_parallel_size",
              "pipeline_parallel_size", "ray_address", "gpu_memory_utilization", "log_level", "max_memory",
              "max_models", "keep_alive", "pinned", "switch_window", "models_dir", "allow_pull", "max_stored_responses",
              "metrics_key", "drain_timeout", "speculative")

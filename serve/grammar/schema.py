@@ -3,7 +3,7 @@
 The conversion is llama-cpp-python's port of llama.cpp's json-schema-to-grammar (`SchemaConverter`),
 extended here where it is silently looser than the schema: integer bounds (serve/grammar/integers.py),
 nullable and multi-type schemas (it would drop every keyword beside a type list), arrays with item counts
-but no `items`. Every keyword the result would not enforce is refused before conversion, with its place
+but no `items`, oneOf (written as anyOf: accepted only when its branches are exclusive, one_of.py). Every keyword the result would not enforce is refused before conversion, with its place
 in the schema, so a request never gets a silently looser grammar. Conversions are cached per schema text.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from llama_cpp.llama_grammar import RESERVED_NAMES, BuiltinRule, SchemaConverter
 
 from serve.grammar.integers import IntegerRange, integer_gbnf
+from serve.grammar.one_of import OverlapError, check_exclusive
 
 # Keywords that describe and never constrain (or hold definitions reached through $ref).
 ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment",
@@ -97,7 +98,7 @@ def _check_typed(node: dict, keys: set[str], path: str) -> None:
                                  "declare them in properties")
 
 
-def _check_node(node: Any, path: str) -> None:
+def _check_node(node: Any, path: str, root: Any) -> None:
     """Refuse what the converter would not enforce at this node (its children are walked separately)."""
     if node is True or node == {}:
         return
@@ -113,6 +114,11 @@ def _check_node(node: Any, path: str) -> None:
             if branch == "$ref" and not str(node["$ref"]).startswith("#/"):
                 raise SchemaFeatureError(f"$ref {node['$ref']!r} {_where(path)}: only local references "
                                          "(#/$defs/...) are supported")
+            if branch == "oneOf":  # written as a choice (anyOf): exact only for exclusive branches
+                try:
+                    check_exclusive(node["oneOf"], root, _where(path))
+                except OverlapError as exc:
+                    raise SchemaFeatureError(str(exc)) from None
             return
     if "const" in keys or "enum" in keys:
         others = keys - {"const", "enum", "type", "nullable"}
@@ -141,11 +147,13 @@ def _children(node: Any, path: str):
         yield node["additionalProperties"], f"{prefix}additionalProperties"
 
 
-def check_enforceable(schema: Any, path: str = "") -> None:
-    """Raise SchemaFeatureError for the first keyword the grammar would not enforce."""
-    _check_node(schema, path)
+def check_enforceable(schema: Any, path: str = "", root: Any = None) -> None:
+    """Raise SchemaFeatureError for the first keyword the grammar would not enforce (`root`: the whole
+    schema, whose definitions local references point into)."""
+    root = schema if root is None else root
+    _check_node(schema, path, root)
     for child, child_path in _children(schema, path):
-        check_enforceable(child, child_path)
+        check_enforceable(child, child_path, root)
 
 
 def _integer_bounds(node: dict) -> IntegerRange:

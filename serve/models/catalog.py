@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from backends.base import POOLING_TYPES
 from serve.errors import ConfigError, ModelNotFoundError
 
 try:
@@ -37,7 +38,6 @@ DEFAULT_CAPABILITIES = frozenset({"chat"})  # what every entry meant before entr
 TOOL_FORMATS = ("hermes", "llama3_json", "mistral", "phi4_mini_json", "gpt_oss")
 # How a model separates its reasoning from its answer: <think>...</think>, or harmony's analysis channel.
 REASONING_FORMATS = ("think_tags", "harmony")
-POOLING_TYPES = ("mean", "cls", "last", "rank")  # llama.cpp's --pooling values (rank: a reranker's head)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TAG = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -72,6 +72,7 @@ class ModelSpec:
     tool_format: str | None = None  # one of TOOL_FORMATS when the model calls tools
     reasoning_format: str | None = None  # one of REASONING_FORMATS when the model reasons
     pooling: str | None = None  # one of POOLING_TYPES; None: what the GGUF or checkpoint declares
+    matryoshka: bool = False  # embeddings: any leading part of the vector is itself an embedding (`dimensions`)
 
     def source(self, backend: str) -> GGUFSource | VLLMSource | None:
         """Where `backend` gets the model from: the GGUF for llama.cpp, the checkpoint for vLLM."""
@@ -122,7 +123,7 @@ def _catalog_text() -> str:
 # --- schema ---------------------------------------------------------------------------------------------
 
 _ENTRY_KEYS = {"gguf", "vllm", "context_length", "num_params", "license", "download_bytes", "capabilities",
-               "tool_format", "reasoning_format", "pooling"}
+               "tool_format", "reasoning_format", "pooling", "matryoshka"}
 _GGUF_KEYS = {"repo", "file", "quant", "embedded", "quantize_to"}
 _VLLM_KEYS = {"repo", "quantization"}
 
@@ -226,6 +227,13 @@ def _parse_pooling(where: str, entry: dict, capabilities: frozenset[str]) -> str
     return _one_of(where, "pooling", entry["pooling"], POOLING_TYPES)
 
 
+def _parse_matryoshka(where: str, entry: dict, capabilities: frozenset[str]) -> bool:
+    matryoshka = _expect(where, "matryoshka", entry.get("matryoshka", False), bool)
+    if matryoshka and "embeddings" not in capabilities:
+        raise ConfigError(f"{where}: matryoshka is set but capabilities do not include embeddings")
+    return matryoshka
+
+
 def _parse_entry(alias: str, entry, origin: str = "models.toml") -> ModelSpec:
     where = f"{origin}: models.{alias}"
     _check_keys(where, entry, _ENTRY_KEYS)
@@ -247,7 +255,8 @@ def _parse_entry(alias: str, entry, origin: str = "models.toml") -> ModelSpec:
         tool_format=_parse_format(where, entry, "tool_format", "tools", TOOL_FORMATS, capabilities),
         reasoning_format=_parse_format(where, entry, "reasoning_format", "reasoning", REASONING_FORMATS,
                                        capabilities),
-        pooling=_parse_pooling(where, entry, capabilities))
+        pooling=_parse_pooling(where, entry, capabilities),
+        matryoshka=_parse_matryoshka(where, entry, capabilities))
 
 
 def parse_catalog(text: str, origin: str = "models.toml") -> Catalog:

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from backends.base import Backend, Capabilities
-from serve.errors import ContextLengthError, InvalidRequestError, ServerStoppingError
+from backends.base import Backend, Capabilities, Pooler
+from serve.errors import ContextLengthError, InvalidRequestError, OverloadedError, ServerStoppingError
 from serve.runtime import metrics
 from serve.runtime.scheduler import Scheduler
 from serve.sequence import Batch, FinishReason, Request, Sequence, StepOutput
@@ -114,10 +114,18 @@ class Engine:
     """Serves one loaded model; `submit` is called on the event loop thread."""
 
     def __init__(self, model_name: str, backend: Backend, *, max_queue: int, model_path: Path | None = None,
-                 tool_format: str | None = None):
+                 tool_format: str | None = None, reasoning_format: str | None = None,
+                 supported_tasks: frozenset[str] = frozenset({"chat"}), pooler: Pooler | None = None,
+                 matryoshka: bool = False):
         self.model_name = model_name
+        self.supported_tasks = supported_tasks  # chat, embeddings, rerank, ... (serve/models/tasks.py)
+        self.pooler = pooler  # the pooling side: embeddings or rerank scores, on a thread of its own
+        self.matryoshka = matryoshka  # embeddings: a leading part of the vector is an embedding too
+        self._num_pooling = 0  # pooling requests in flight (counted on the event loop)
+        self._max_pooling = max_queue + 1
         self.model_path = model_path  # the GGUF file or Hugging Face directory the weights came from
         self.tool_format = tool_format  # the catalog's; None: the API recognises it from the chat template
+        self.reasoning_format = reasoning_format  # the catalog's; None: the model does not reason (or is unlisted)
         self.backend = backend
         caps: Capabilities = backend.capabilities
         self.capabilities = caps
@@ -139,9 +147,9 @@ class Engine:
     def chat_template(self) -> str:
         return self.backend.chat_template
 
-    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None, **template_kwargs) -> str:
         try:
-            return self.backend.render_chat(messages, tools)
+            return self.backend.render_chat(messages, tools, **template_kwargs)
         except ValueError as exc:  # the template's raise_exception, e.g. roles out of order
             raise InvalidRequestError(str(exc), param="messages") from None
 
@@ -180,19 +188,42 @@ class Engine:
     def wake(self) -> None:
         self._wakeup.set()
 
+    async def pool(self, request_id: str, inputs: list[list[int]]) -> list[list[float]]:
+        """The pooler's output for each input (an embedding, not normalized, or a rerank score as a list of
+        one). It runs on the pooler's own thread (or vLLM engine), not on this engine's loop: see
+        backends/llamacpp_embed.py. A request cancelled before its batch starts is skipped."""
+        if self._stopping or not self._is_admitting:
+            raise ServerStoppingError("the server is shutting down; retry against another instance")
+        if self.pooler is None:
+            raise InvalidRequestError(f"model {self.model_name} does not pool (no embeddings, no rerank)")
+        if self._num_pooling >= self._max_pooling:
+            raise OverloadedError(f"{self._num_pooling} embedding or rerank requests are already running for "
+                                  f"{self.model_name}; retry shortly")
+        started = time.perf_counter()
+        self._num_pooling += 1
+        try:
+            outputs = await asyncio.wrap_future(self.pooler.pool(inputs))
+        finally:
+            self._num_pooling -= 1
+            if not self.is_busy:
+                self._on_idle()
+        log.info("%s model=%s inputs=%d tokens=%d duration=%.0fms", request_id, self.model_name, len(inputs),
+                 sum(map(len, inputs)), (time.perf_counter() - started) * 1000)
+        return outputs
+
     def stats(self) -> dict:
         """Load and capacity for /health and /metrics: each request gets the whole `context_length` (never
         a share of it split between the `num_parallel` sequences); `kv_cache_usage` is the share of the
         `num_parallel` x `context_length` KV cache that running requests hold (0 to 1)."""
         caps = self.capabilities
         num_tokens_held = sum(s.num_computed_tokens + s.num_output_tokens for s in self.scheduler.running)
-        return {"running": self.scheduler.num_running, "waiting": self.scheduler.num_waiting,
+        return {"running": self.scheduler.num_running + self._num_pooling, "waiting": self.scheduler.num_waiting,
                 "num_parallel": caps.num_parallel, "context_length": caps.context_length,
                 "kv_cache_usage": round(num_tokens_held / max(caps.num_parallel * caps.context_length, 1), 4)}
 
     @property
     def is_busy(self) -> bool:
-        return self.scheduler.has_work
+        return self.scheduler.has_work or self._num_pooling > 0
 
     def notify_when_idle(self, callback: Callable[[], None]) -> None:
         """Call `callback` on the engine thread whenever the engine runs out of work (the pool drains and
@@ -214,7 +245,7 @@ class Engine:
             except Exception as exc:  # the loop must outlive any failure, or every later request hangs
                 log.exception("engine step failed; aborting the running requests")
                 self._abort_everything(f"the engine failed: {exc}")
-        self._abort_everything("the server is shutting down")
+        self._abort_everything("the server is shutting down", is_server_stopping=True)
         self._on_idle()
 
     def _step(self) -> None:
@@ -232,7 +263,7 @@ class Engine:
         # output queued) happened before the set, so the next step sees it; later news sets it again.
         self._wakeup.clear()
 
-    def _abort_everything(self, reason: str) -> None:
+    def _abort_everything(self, reason: str, *, is_server_stopping: bool = False) -> None:
         sequences = self.scheduler.abort_all()
         try:
             self.backend.step(Batch(released=sequences))  # free their slots
@@ -242,7 +273,8 @@ class Engine:
             if sequence.is_aborted:
                 continue
             try:
-                sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=reason))
+                sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=reason,
+                                            is_server_stopping=is_server_stopping))
             except RuntimeError:  # the event loop is already closed: nobody is listening
                 pass
 
@@ -261,3 +293,5 @@ class Engine:
         self.stop()
         self._thread.join(timeout=30)
         self.backend.close()
+        if self.pooler is not None:
+            self.pooler.close()

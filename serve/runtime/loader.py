@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from backends.base import load_backend
+from backends.base import PoolingOnlyBackend, load_backend, load_pooler
 from serve.models.access import ModelAccess
 from serve.models.catalog import Catalog, ModelSpec
+from serve.models.tasks import POOLING_TASKS, ModelTasks, model_tasks, pooling_task
 from serve.config import ServerConfig
 from serve.runtime.engine import Engine
 from serve.placement.hardware import Hardware
@@ -42,7 +43,28 @@ class ModelLoader:
         for reason in chosen.reasons:
             print(f"  - {reason}", flush=True)
         model_path = ensure_model_file(spec, chosen.backend)
-        backend = load_backend(chosen.backend, replace(settings, model_path=model_path))
+        settings = replace(settings, model_path=model_path)
+        tasks = model_tasks(spec, model_path, self._config.pooling)
+        backend, pooler = _load_sides(chosen.backend, settings, tasks)
+        supported = tasks.tasks
+        if pooler is not None:  # what the pooler really computes (the GGUF's own pooling, when none was asked)
+            supported = (supported - POOLING_TASKS) | {pooling_task(pooler.pooling)}
         self._served_names[spec.name] = None
         return Engine(spec.name, backend, max_queue=self._config.max_queue, model_path=model_path,
-                      tool_format=spec.tool_format)
+                      tool_format=spec.tool_format, reasoning_format=spec.reasoning_format,
+                      supported_tasks=supported, pooler=pooler,
+                      matryoshka=spec.matryoshka)
+
+
+def _load_sides(backend_name: str, settings, tasks: ModelTasks):
+    """The generation backend (a PoolingOnlyBackend for a model that only embeds or reranks) and the
+    pooling side (None for a chat-only model). On vLLM a chat model that also embeds runs two engines."""
+    pooler = load_pooler(backend_name, settings, tasks.pooling) if tasks.can_pool else None
+    if not tasks.can_generate:
+        return PoolingOnlyBackend(backend_name, pooler), pooler
+    try:
+        return load_backend(backend_name, settings), pooler
+    except BaseException:
+        if pooler is not None:
+            pooler.close()
+        raise

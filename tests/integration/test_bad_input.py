@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -139,6 +140,15 @@ def test_api_key_is_required(guarded_server, headers, fragment):
             error = assert_openai_error(response, 401, None, (fragment,))
             assert error["type"] == "authentication_error"
         assert anonymous.get("/health").status_code == 200  # liveness probes carry no key
+
+
+def test_ollama_client_without_the_key_reads_the_401_in_ollamas_shape(guarded_server):
+    """Before the key is checked no route runs, but /api/* still answers {"error": "..."}: the Ollama client
+    shows the message (OpenAI's nested shape would reach it as a dict)."""
+    with pytest.raises(ollama.ResponseError) as refused:
+        ollama.Client(host=guarded_server.base_url).chat(model=guarded_server.model, messages=HELLO)
+    assert refused.value.status_code == 401
+    assert refused.value.error == "missing API key: send the header 'Authorization: Bearer <key>'"
 
 
 def test_openai_client_with_wrong_key_gets_authentication_error(guarded_server, guarded_http):

@@ -93,7 +93,7 @@ def one_slot_server(tmp_path_factory):
 def test_429s_are_counted(one_slot_server):
     server = one_slot_server
     key = {"Authorization": f"Bearer {METRICS_KEY}"}
-    labels = {"status": "429", "type": "rate_limit_error", "code": "queue_full"}
+    labels = {"model": server.model, "status": "429", "type": "rate_limit_error", "code": "queue_full"}
     with server.http() as http:
         before = Scrape(http, **key).value("quantserve_errors_total", **labels)
         body = {"model": server.model, "prompt": "Once upon a time", "max_tokens": 3000, "logit_bias": NO_EOS,
@@ -104,6 +104,28 @@ def test_429s_are_counted(one_slot_server):
                                                            "max_tokens": 2}).status_code for _ in range(3)]
         assert statuses == [429, 429, 429]
         assert Scrape(http, **key).value("quantserve_errors_total", **labels) == before + 3
+
+
+def test_errors_are_labelled_by_the_resolved_model_and_none_before_one_is(one_slot_server):
+    """An unknown model's 404 is counted under model="none" (a client's made-up names never become
+    labels); an error found once the model was resolved (a grammar llama.cpp refuses) is that model's
+    (tests/unit/test_metrics.py covers a stream's error event)."""
+    server = one_slot_server
+    key = {"Authorization": f"Bearer {METRICS_KEY}"}
+    not_found = {"model": "none", "status": "404", "type": "invalid_request_error", "code": "model_not_found"}
+    bad_grammar = {"model": server.model, "status": "400", "type": "invalid_request_error", "code": ""}
+    with server.http() as http:
+        before = Scrape(http, **key)
+        assert http.post("/v1/completions", json={"model": "made-up-7b", "prompt": "Hi"}).status_code == 404
+        # a grammar llama.cpp refuses: a 400 found after the model was resolved
+        refused = http.post("/v1/completions", json={"model": server.model, "prompt": "Hi", "max_tokens": 2,
+                                                     "grammar": "root ::= undefined-rule"})
+        assert refused.status_code == 400, refused.text
+        after = Scrape(http, **key)
+    errors = "quantserve_errors_total"
+    assert after.value(errors, **not_found) == before.value(errors, **not_found) + 1
+    assert not after.total(errors, model="made-up-7b")
+    assert after.value(errors, **bad_grammar) == before.value(errors, **bad_grammar) + 1
 
 
 def test_the_metrics_key_opens_metrics(one_slot_server):

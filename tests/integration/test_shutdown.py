@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 
 import httpx
@@ -94,4 +95,54 @@ def test_sigint_ends_a_stream_past_the_drain_timeout_with_an_error_event(tmp_pat
         error = json.loads(events[-2])["error"]
         assert "shutting down" in error["message"], error
         assert drain_timeout <= ended < drain_timeout + 10
+        assert wait_for_exit(server.process, EXIT_GRACE_SECONDS) == 0
+
+
+def wait_for_stats(http: httpx.Client, model: str, running: int, waiting: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = http.get("/health").json()["stats"].get(model, {})
+        if stats.get("running") == running and stats.get("waiting") == waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"expected {running} running and {waiting} waiting, got {stats}")
+
+
+def test_collected_requests_past_the_drain_timeout_get_a_503_to_retry_in_each_dialects_shape(tmp_path_factory):
+    """Non-streamed requests still in flight when --drain-timeout expires (one running, two queued behind
+    it) are answered 503 with Retry-After, in each dialect's error shape: the client may retry elsewhere."""
+    args = ["--parallel", "1", "--drain-timeout", "1s"]
+    with start_llamacpp_server(tmp_path_factory, "drain-collected", args) as server, server.http() as http:
+        model = server.model
+        requests = {
+            "openai": ("/v1/completions", {**stream_body(model, 3000), "stream": False}),
+            "ollama": ("/api/generate", {"model": model, "prompt": "Hi", "stream": False}),
+            "anthropic": ("/v1/messages", {"model": model, "max_tokens": 8,
+                                           "messages": [{"role": "user", "content": "Hi"}]}),
+        }
+        answers: dict[str, httpx.Response] = {}
+
+        def send(name: str) -> None:
+            path, body = requests[name]
+            with server.http() as own:
+                answers[name] = own.post(path, json=body)
+
+        threads = [threading.Thread(target=send, args=("openai",))]
+        threads[0].start()
+        wait_for_stats(http, model, running=1, waiting=0)  # the long one holds the only slot
+        threads += [threading.Thread(target=send, args=(name,)) for name in ("ollama", "anthropic")]
+        for thread in threads[1:]:
+            thread.start()
+        wait_for_stats(http, model, running=1, waiting=2)
+        server.process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=60)
+        for name, response in answers.items():
+            assert response.status_code == 503 and response.headers["retry-after"] == "1", (name, response.text)
+        assert answers["openai"].json()["error"]["code"] == "shutting_down"
+        assert "shutting down" in answers["openai"].json()["error"]["message"]
+        assert "shutting down" in answers["ollama"].json()["error"]  # Ollama's shape: {"error": "..."}
+        assert answers["anthropic"].json()["type"] == "error"
+        assert answers["anthropic"].json()["error"]["type"] == "overloaded_error"
+        assert len(answers) == 3
         assert wait_for_exit(server.process, EXIT_GRACE_SECONDS) == 0

@@ -213,6 +213,15 @@ def test_api_key_is_required_when_configured(keyed_client, headers, fragment):
     assert keyed_client.post(CHAT, json={}, headers=headers).status_code == 401
 
 
+def test_the_guards_answer_ollamas_routes_in_ollamas_shape(client, keyed_client):
+    """Ollama's clients read `error` as a string: a 401 or 413 on /api/* must be {"error": "..."}."""
+    refused = keyed_client.post("/api/chat", json={})
+    assert refused.status_code == 401 and refused.json() == {"error": "missing API key: send the header "
+                                                                      "'Authorization: Bearer <key>'"}
+    too_large = client.post("/api/generate", json={"prompt": "x" * (MAX_BODY_BYTES + 10)})
+    assert too_large.status_code == 413 and "the limit is" in too_large.json()["error"]
+
+
 def test_right_api_key_passes_and_health_stays_open(keyed_client):
     assert keyed_client.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
     assert keyed_client.get("/v1/models", headers={"x-api-key": API_KEY}).status_code == 200

@@ -1,6 +1,6 @@
 """Repeated benchmark runs fold into one row: medians of measurements, sums of counts."""
 from benchmarks.loadgen import median_of_runs
-from benchmarks.report import _spread
+from benchmarks.report import spread
 
 
 def _run(tok_s: float, p99_ttft: float, completed: int, failed: int = 0,
@@ -30,6 +30,6 @@ def test_counts_add_up_so_a_failure_in_any_run_shows():
     assert combined["errors"] == ["HTTP 500"]
 
 
-def test_spread_shows_the_range_of_runs_or_a_dash_for_one_run():
-    assert _spread({"output_throughput": 125.0, "runs_output_throughput": [120.4, 131.0, 125.0]}) == "120-131"
-    assert _spread({"output_throughput": 125.0}) == "-"
+def testspread_shows_the_range_of_runs_or_a_dash_for_one_run():
+    assert spread({"output_throughput": 125.0, "runs_output_throughput": [120.4, 131.0, 125.0]}) == "120-131"
+    assert spread({"output_throughput": 125.0}) == "-"

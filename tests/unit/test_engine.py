@@ -59,6 +59,7 @@ def test_stop_ends_running_and_queued_requests_with_abort_and_the_reason():
             for stream in (running, queued):
                 last = (await collect(stream))[-1]
                 assert last.finish_reason is FinishReason.ABORT and "shutting down" in last.error
+                assert last.is_server_stopping  # the API answers it 503, to be retried
             with pytest.raises(ServerStoppingError):
                 engine.submit(make_request("r3"))
             assert sorted(backend.released) == ["r1", "r2"]  # their slots are freed
@@ -74,6 +75,7 @@ def test_the_engine_survives_a_failing_step():
             backend.fail_next_step("the device fell over")
             last = (await collect(failed))[-1]
             assert last.finish_reason is FinishReason.ABORT and "the device fell over" in last.error
+            assert not last.is_server_stopping  # a failure, not a shutdown: a 500
             served = engine.submit(make_request("r2"))
             backend.finish("r2")
             assert (await collect(served))[-1].finish_reason is FinishReason.STOP

@@ -64,15 +64,20 @@ class FakeCapabilities:
 class FakeEngine:
     """One word per token; the chat template is the messages' contents joined."""
 
+    chat_template = "{{ messages | map(attribute='content') | join(' ') }} ANSWER:"  # what render_chat does
+    tool_format: str | None = None
+
     def __init__(self, outputs: list = OUTPUTS, *, fail: Exception | None = None,
-                 refuse: ServeError | None = None):
+                 refuse: ServeError | None = None, reasoning_format: str | None = None):
         self.model_name = MODEL
+        self.reasoning_format = reasoning_format
         self.capabilities = FakeCapabilities(context_length=CONTEXT_LENGTH)
         self._outputs, self._fail, self._refuse = outputs, fail, refuse
         self.requests: list[Request] = []
         self.streams: list[FakeStream] = []
 
-    def render_chat(self, messages: list[dict]) -> str:
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None, **template_kwargs) -> str:
+        self.template_kwargs = template_kwargs
         return " ".join(message["content"] for message in messages) + " ANSWER:"
 
     def tokenize(self, text: str) -> list[int]:
@@ -205,6 +210,25 @@ def test_a_server_side_abort_is_an_error_not_an_answer():
     assert "shutting down" in response.json()["error"]["message"]
     response = client.post("/api/chat", json={"model": MODEL, "messages": HELLO, "stream": False})
     assert response.status_code == 500 and "aborted: shutting down" in response.json()["error"]
+
+
+def test_a_request_ended_by_the_shutdown_is_a_503_to_retry_in_each_dialects_shape():
+    """What the drain timeout leaves running is ended by the engine with is_server_stopping: a 503 with
+    Retry-After (another instance may serve it), not a 500."""
+    stopped = [StepOutput("r", "Hel", 1), StepOutput("r", finish_reason=FinishReason.ABORT,
+                                                     error="the server is shutting down", is_server_stopping=True)]
+    client = client_for(FakeEngine(stopped))
+    openai = client.post("/v1/chat/completions", json={"messages": HELLO})
+    assert openai.status_code == 503 and openai.headers["retry-after"] == "1"
+    assert openai.json()["error"]["code"] == "shutting_down" and "shutting down" in openai.json()["error"]["message"]
+    ollama = client.post("/api/chat", json={"model": MODEL, "messages": HELLO, "stream": False})
+    assert ollama.status_code == 503 and ollama.headers["retry-after"] == "1"
+    assert "shutting down" in ollama.json()["error"]
+    anthropic = client.post("/v1/messages", json={"model": MODEL, "max_tokens": 8, "messages": HELLO})
+    assert anthropic.status_code == 503 and anthropic.headers["retry-after"] == "1"
+    assert anthropic.json()["error"]["type"] == "overloaded_error"
+    streamed = sse(client.post("/v1/chat/completions", json={"messages": HELLO, "stream": True}))
+    assert streamed[-2]["error"]["code"] == "shutting_down"
 
 
 def test_a_stream_without_a_finish_is_an_error_event():

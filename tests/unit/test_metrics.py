@@ -20,7 +20,7 @@ from serve.runtime.engine import Engine
 from serve.runtime.metrics import REGISTRY, PoolGauges
 from serve.sequence import FinishReason
 from tests.unit.fake_backend import FakeBackend, collect, make_request
-from tests.unit.test_generation import FakeEngine, FakePool
+from tests.unit.test_generation import MODEL, FakeEngine, FakePool
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 HELLO = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}
@@ -89,7 +89,7 @@ def test_metrics_are_served_with_the_pool_gauges():
 @pytest.mark.parametrize("path, body", [("/v1/chat/completions", HELLO),
                                         ("/api/chat", {**HELLO, "stream": False})])
 def test_a_full_queue_is_a_counted_429_with_retry_after(path, body):
-    labels = {"status": "429", "type": "rate_limit_error", "code": "queue_full"}
+    labels = {"model": MODEL, "status": "429", "type": "rate_limit_error", "code": "queue_full"}
     before = sample("quantserve_errors_total", **labels)
     client = app_client(FakeEngine(refuse=OverloadedError("server busy", retry_after=3)))
     response = client.post(path, json=body)
@@ -117,10 +117,26 @@ def test_health_is_503_while_draining():
 
 
 def test_an_unknown_route_is_counted_once():
-    labels = {"status": "404", "type": "invalid_request_error", "code": ""}
+    labels = {"model": "none", "status": "404", "type": "invalid_request_error", "code": ""}
     before = sample("quantserve_errors_total", **labels)
     assert app_client(FakeEngine()).get("/no/such/route").status_code == 404
     assert sample("quantserve_errors_total", **labels) == before + 1
+
+
+def test_errors_before_a_model_is_resolved_are_counted_under_none_and_after_under_the_model():
+    """A bad body never names a label (a client could grow the label set without bound); an error of the
+    generation is the resolved model's, also when it arrives as a stream's error event."""
+    client = app_client(FakeEngine([], fail=RuntimeError("the device fell over")))
+    bad = {"model": "none", "status": "400", "type": "invalid_request_error", "code": ""}
+    before = sample("quantserve_errors_total", **bad)
+    assert client.post("/v1/chat/completions", json={**HELLO, "temperature": "hot"}).status_code == 400
+    assert sample("quantserve_errors_total", **bad) == before + 1
+    failed = {"model": MODEL, "status": "500", "type": "server_error", "code": "internal_error"}
+    before = sample("quantserve_errors_total", **failed)
+    assert client.post("/v1/chat/completions", json=HELLO).status_code == 500
+    streamed = client.post("/v1/chat/completions", json={**HELLO, "stream": True})
+    assert "internal server error" in streamed.text
+    assert sample("quantserve_errors_total", **failed) == before + 2
 
 
 def test_the_metrics_key_opens_metrics_only_and_the_api_key_does_not_open_it():

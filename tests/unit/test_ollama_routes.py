@@ -140,7 +140,7 @@ def test_a_model_that_cannot_fit_is_refused_with_the_numbers(client):
 
 
 def test_other_ollama_endpoints_say_so_and_unknown_ones_are_404(client):
-    assert_ollama_error(client.post("/api/embed", json={"model": EMBEDDED, "input": "x"}), 501, "not supported")
+    assert_ollama_error(client.post("/api/create", json={"model": EMBEDDED}), 501, "not supported")
     assert_ollama_error(client.delete("/api/delete"), 501, "not supported")
     assert_ollama_error(client.get("/api/nothing-here"), 404, "no route GET /api/nothing-here")
 

@@ -1,7 +1,8 @@
 """Ollama's `think` and `thinking` through the real app over a Fake engine replaying a recorded reasoning
 answer (the 135M test model does not think): the block goes to `message.thinking` (`thinking` in
 /api/generate), streamed as it comes; think=false hides it; asking a model that does not reason to think,
-or giving a level to a model without harmony output, is a 400 in Ollama's shape."""
+or giving a level to a model without harmony output (or whose template reads no level), is a 400 in Ollama's
+shape."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from serve.api.app import create_app
 from serve.config import ServerConfig
-from serve.models.catalog import Catalog, ModelSpec, load_catalog
+from serve.models.catalog import load_catalog
 from serve.sequence import FinishReason, StepOutput
 from tests.unit.test_generation import MODEL, FakeEngine, FakePool
 
@@ -25,11 +26,9 @@ GENERATE = {"model": MODEL, "prompt": "hi"}
 
 
 def client_with(reasoning_format: str | None) -> TestClient:
-    capabilities = frozenset({"chat", "reasoning"} if reasoning_format else {"chat"})
-    catalog = Catalog({**load_catalog().models, MODEL: ModelSpec(
-        name=MODEL, capabilities=capabilities, reasoning_format=reasoning_format)})
-    app = create_app(FakePool(FakeEngine(RECORDED)), ServerConfig(), catalog)
-    return TestClient(app, raise_server_exceptions=False)
+    """The engine carries the catalog's reasoning_format (serve/runtime/loader.py)."""
+    engine = FakeEngine(RECORDED, reasoning_format=reasoning_format)
+    return TestClient(create_app(FakePool(engine), ServerConfig(), load_catalog()), raise_server_exceptions=False)
 
 
 def lines(response) -> list[dict]:
@@ -84,9 +83,7 @@ def test_a_model_that_does_not_reason_answers_as_it_is():
     (None, True, f"'{MODEL}' does not support thinking"),
     (None, "high", f"'{MODEL}' does not support thinking levels; send think true or false"),
     ("think_tags", "low", f"'{MODEL}' does not support thinking levels"),
-    ("harmony", "medium", "think 'medium': thinking levels need harmony output (gpt-oss), which this server "
-                          "does not split yet"),
-    ("harmony", True, f"'{MODEL}' does not support thinking (its harmony output is not split yet)"),
+    ("harmony", "medium", "reasoning_effort 'medium': this model's chat template has no reasoning levels"),
     ("think_tags", "hard", 'think: think must be true, false, "low", "medium" or "high", got \'hard\'')])
 def test_think_the_model_cannot_honour_is_a_400_in_ollamas_shape(reasoning_format, think, message):
     for path, body in (("/api/chat", CHAT), ("/api/generate", GENERATE)):

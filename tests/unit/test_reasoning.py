@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from serve.api.harmony import HarmonySplitter
 from serve.api.reasoning import ReasoningSplitter, opens_reasoning, reasoning_splitter
 
 # Qwen3-1.7B (thinking on): the output opens the block itself.
@@ -79,4 +80,4 @@ def test_which_requests_are_split():
     assert opens_reasoning(R1_PROMPT) and not opens_reasoning("<|im_start|>assistant\n")
     assert reasoning_splitter(None, "<|im_start|>assistant\n") is None
     assert reasoning_splitter("think_tags", "<|im_start|>assistant\n") is not None
-    assert reasoning_splitter("harmony", "<|start|>assistant") is None
+    assert isinstance(reasoning_splitter("harmony", "<|start|>assistant"), HarmonySplitter)

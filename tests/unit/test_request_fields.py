@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from serve.api.ollama.embed_protocol import EmbeddingsRequest as OllamaEmbeddings, EmbedRequest as OllamaEmbed
 from serve.api.ollama.protocol import ChatRequest as OllamaChat, GenerateRequest as OllamaGenerate, Options
+from serve.api.openai.embedding_protocol import EmbeddingRequest
 from serve.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from serve.api.rerank.protocol import RerankRequest
 from tests.unit.test_generation import MODEL, FakeEngine, client_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +49,8 @@ OPENAI_CHAT = {
     "tools": f"{TOOLS}::test_required_returns_one_valid_call",
     "tool_choice": f"{TOOLS}::test_named_choice_calls_that_tool",
     "parallel_tool_calls": f"{TOOLS}::test_parallel_calls_each_valid_with_their_own_ids",
+    "chat_template_kwargs": "tests/unit/test_thinking.py::test_enable_thinking_false_reaches_a_qwen3_template",
+    "reasoning_effort": "tests/unit/test_thinking.py::test_reasoning_effort_none_turns_thinking_off",
 }
 OPENAI_COMPLETIONS = {
     **OPENAI_SHARED, "prompt": f"{OPENAI_API}::test_completion_structure",
@@ -95,13 +100,44 @@ OPTIONS_NO_EFFECT = {"num_keep": 4, "penalize_newline": False, "numa": False, "n
                      "use_mmap": True, "use_mlock": False, "embedding_only": False, "num_thread": 2,
                      "mirostat_tau": 5.0, "mirostat_eta": 0.1}
 
+EMBEDDINGS, RERANK = "tests/integration/test_embeddings.py", "tests/integration/test_rerank.py"
+OPENAI_EMBEDDINGS = {
+    "model": f"{EMBEDDINGS}::test_an_unknown_model_is_a_404",
+    "input": f"{EMBEDDINGS}::test_a_batch_equals_its_inputs_one_by_one",
+    "encoding_format": f"{EMBEDDINGS}::test_base64_round_trips_to_the_float_vectors",
+    "dimensions": f"{RERANK}::test_an_embedding_only_model_serves_embeddings_and_matryoshka_dimensions",
+}
+RERANK_FIELDS = {
+    "model": f"{RERANK}::test_rerank_on_a_chat_or_embedding_model_is_a_400_saying_what_to_use",
+    **dict.fromkeys(("query", "documents"), f"{RERANK}::test_results_are_sorted_by_score_with_documents_and_usage"),
+    **dict.fromkeys(("top_n", "return_documents"), f"{RERANK}::test_top_n_and_return_documents"),
+}
+OLLAMA_EMBED_SHARED = {
+    "model": f"{EMBEDDINGS}::test_an_unknown_model_is_a_404",
+    "keep_alive": f"{EMBEDDINGS}::test_ollama_embed_without_input_loads_the_model",
+    "options": f"{EMBEDDINGS}::test_ollama_embed_truncates_by_default_and_refuses_when_asked_not_to",
+}
+OLLAMA_EMBED = {**OLLAMA_EMBED_SHARED, "input": f"{EMBEDDINGS}::test_ollama_embed_matches_openais_vectors",
+                "truncate": f"{EMBEDDINGS}::test_ollama_embed_truncates_by_default_and_refuses_when_asked_not_to",
+                "dimensions": f"{RERANK}::test_an_embedding_only_model_serves_embeddings_and_matryoshka_dimensions"}
+OLLAMA_EMBEDDINGS = {**OLLAMA_EMBED_SHARED,
+                     "prompt": f"{EMBEDDINGS}::test_ollama_embeddings_answers_the_models_own_vector"}
+
 CASES = [  # (model, implemented, accepted without effect, refused)
     (ChatCompletionRequest, OPENAI_CHAT, OPENAI_NO_EFFECT, OPENAI_REFUSED),
     (CompletionRequest, OPENAI_COMPLETIONS, {"user": "u-1"}, OPENAI_REFUSED),
     (OllamaChat, OLLAMA_CHAT, {}, OLLAMA_REFUSED),
     (OllamaGenerate, OLLAMA_GENERATE, {}, OLLAMA_GENERATE_REFUSED),
     (Options, OPTIONS_IMPLEMENTED, OPTIONS_NO_EFFECT, OPTIONS_REFUSED),
+    (EmbeddingRequest, OPENAI_EMBEDDINGS, {"user": "u-1"}, {}),
+    (RerankRequest, RERANK_FIELDS, {}, {}),
+    (OllamaEmbed, OLLAMA_EMBED, {}, {}),
+    (OllamaEmbeddings, OLLAMA_EMBEDDINGS, {}, {}),
 ]
+# The embedding and rerank routes refuse unknown keys before they look for a model.
+POOLING_BASES = {"/v1/embeddings": {"input": "hello"}, "/v1/rerank": {"query": "q", "documents": ["d"]},
+                 "/rerank": {"query": "q", "documents": ["d"]},
+                 "/api/embed": {"model": MODEL, "input": "hello"}, "/api/embeddings": {"model": MODEL, "prompt": "hi"}}
 BASES = {"/v1/chat/completions": {"messages": [{"role": "user", "content": "hello"}]},
          "/v1/completions": {"prompt": "hello"},
          "/api/chat": {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "stream": False},
@@ -153,6 +189,15 @@ def test_a_field_that_would_change_the_answer_is_a_400_naming_it(client, path, f
 @pytest.mark.parametrize("path", list(BASES))
 def test_an_unknown_field_is_a_400_naming_it(client, path):
     response = client.post(path, json={**BASES[path], "frobnicate": 1, "best_guess": None})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    message = error if path.startswith("/api/") else error["message"]
+    assert message.startswith("unrecognized request field(s): best_guess, frobnicate;"), message
+
+
+@pytest.mark.parametrize("path", list(POOLING_BASES))
+def test_an_unknown_field_of_an_embedding_or_rerank_request_is_a_400_naming_it(client, path):
+    response = client.post(path, json={**POOLING_BASES[path], "frobnicate": 1, "best_guess": None})
     assert response.status_code == 400
     error = response.json()["error"]
     message = error if path.startswith("/api/") else error["message"]

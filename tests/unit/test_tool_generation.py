@@ -21,6 +21,7 @@ CALL_OUTPUTS = [StepOutput("r", "Sure.\n<tool_", 1), StepOutput("r", 'call>\n{"n
 class ToolCapabilities:
     context_length: int = CONTEXT_LENGTH
     can_start_grammar_on_trigger: bool = True
+    can_start_tagged_grammar: bool = False
 
 
 class FakeToolEngine(FakeEngine):
@@ -29,14 +30,15 @@ class FakeToolEngine(FakeEngine):
     chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
     tool_format = None
 
-    def __init__(self, outputs=CALL_OUTPUTS, *, can_start_lazily: bool = True):
+    def __init__(self, outputs=CALL_OUTPUTS, *, can_start_lazily: bool = True, can_start_tagged: bool = False):
         super().__init__(outputs)
-        self.capabilities = ToolCapabilities(can_start_grammar_on_trigger=can_start_lazily)
+        self.capabilities = ToolCapabilities(can_start_grammar_on_trigger=can_start_lazily,
+                                             can_start_tagged_grammar=can_start_tagged)
         self.rendered: list[tuple[list, list | None]] = []
 
-    def render_chat(self, messages, tools=None) -> str:
+    def render_chat(self, messages, tools=None, **template_kwargs) -> str:
         self.rendered.append((messages, tools))
-        return super().render_chat(messages)
+        return super().render_chat(messages, **template_kwargs)
 
 
 def _post(engine, body):
@@ -64,6 +66,9 @@ def test_auto_is_lazy_where_the_backend_can_start_a_grammar_and_free_where_not()
     engine = FakeToolEngine(can_start_lazily=False)
     assert _post(engine, {}).json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
     assert engine.requests[0].params.constraint is None
+    engine = FakeToolEngine(can_start_lazily=False, can_start_tagged=True)  # vLLM: the generic format has a tag
+    _post(engine, {})
+    assert '"triggers": ["<tool_call>"]' in engine.requests[0].params.constraint.structural_tag
 
 
 def test_none_shows_no_tools_and_parses_nothing():

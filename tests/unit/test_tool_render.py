@@ -7,7 +7,8 @@ import json
 import pytest
 
 from backends.chat_template import ChatTemplate
-from serve.api.tools.formats import GENERIC, HERMES, LLAMA3_JSON, MISTRAL, recognise_format, tool_format
+from serve.api.tools.formats import (GENERIC, GPT_OSS, HERMES, LLAMA3_JSON, MISTRAL, PHI4_MINI_JSON, recognise_format,
+                                     tool_format)
 from serve.api.tools.render import history_tool_call, template_inputs, tool_call_arguments
 from serve.api.tools.spec import make_tool, make_tool_request
 from serve.errors import InvalidRequestError
@@ -64,8 +65,8 @@ def test_formats_recognised_from_templates():
     assert recognise_format("{{ '[AVAILABLE_TOOLS]' + tools|tojson }}[TOOL_CALLS]") is MISTRAL
     assert recognise_format("{% if tools %}<|start_header_id|>ipython<|python_tag|>{% endif %}") is LLAMA3_JSON
     assert tool_format("hermes", SMOLLM2_TEMPLATE, "m") is GENERIC  # the template cannot show the tools
-    with pytest.raises(InvalidRequestError, match="gpt_oss"):
-        tool_format("gpt_oss", HERMES_TEMPLATE, "gpt-oss-20b")
+    assert tool_format("gpt_oss", HERMES_TEMPLATE, "gpt-oss-20b") is GPT_OSS
+    assert tool_format("phi4_mini_json", HERMES_TEMPLATE, "phi-4-mini") is PHI4_MINI_JSON
 
 
 HISTORY = [{"role": "user", "content": "Weather in Paris?"},

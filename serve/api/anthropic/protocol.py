@@ -166,9 +166,9 @@ class Metadata(_Strict):
 
 class ThinkingConfig(_Strict):
     """Extended thinking. A reasoning model thinks in its own <think> block and its thinking is answered as
-    thinking blocks, unless this is `disabled` (the thinking is then left out of the answer; the model
-    decides, as its template does, whether it thinks). The budget is bounded by max_tokens, which thinking
-    and answer share, as in Anthropic's API."""
+    thinking blocks, unless this is `disabled`: the template is then asked not to think (enable_thinking
+    false, or the block it opens closed), and what thinking it cannot prevent is left out. The budget is
+    bounded by max_tokens, which thinking and answer share, as in Anthropic's API."""
 
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: Optional[int] = Field(default=None, ge=MIN_THINKING_BUDGET)

@@ -3,12 +3,16 @@
 sampling fields as SamplingParams."""
 from __future__ import annotations
 
+from dataclasses import replace
+from dataclasses import replace
 from typing import Any
 
 from serve.api.anthropic.protocol import ConversationFields, MessagesRequest, joined_text
 from serve.api.anthropic.tools import template_messages_of, tool_request
 from serve.api.engine_client import EngineClient
 from serve.api.generation import Prompt, chat_prompt
+from serve.api.reasoning import Thinking
+from serve.api.reasoning import Thinking
 from serve.sequence import SamplingParams
 
 
@@ -24,12 +28,15 @@ def template_messages(body: ConversationFields) -> list[dict[str, Any]]:
 def messages_prompt(engine: EngineClient, body: ConversationFields) -> Prompt:
     """The templated conversation with the request's tools; a prefill is written after the assistant's turn
     has opened, so the model continues it (as llama-server does: the template would close a final assistant
-    turn)."""
-    prompt = chat_prompt(engine, template_messages(body), tool_request(body))
+    turn). Thinking disabled is turned off in the template where it can be (serve/api/reasoning.py)."""
+    disabled = body.thinking is not None and body.thinking.type == "disabled"
+    thinking = Thinking(False) if disabled else Thinking()
+    prompt = chat_prompt(engine, template_messages(body), tool_request(body), thinking)
     if not body.prefill:
         return prompt
     text = prompt.text + body.prefill
-    return Prompt(text, engine.tokenize(text), prompt.messages)
+    # The prefill is the model's own text: a call begun in it is not parsed (the parser never saw its start).
+    return replace(prompt, text=text, token_ids=engine.tokenize(text), tool_use=None)
 
 
 def sampling_params(body: MessagesRequest) -> SamplingParams:

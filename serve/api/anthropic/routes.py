@@ -13,6 +13,7 @@ import uuid
 from fastapi import APIRouter, Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response
 
+from serve.api.anthropic.answers import AnthropicError, Message, TokenCount
 from serve.api.anthropic.errors import anthropic_errors
 from serve.api.anthropic.protocol import CountTokensRequest, MessagesRequest
 from serve.api.anthropic.request import messages_prompt, sampling_params
@@ -20,20 +21,19 @@ from serve.api.anthropic.sse import MessageFraming
 from serve.api.engine_client import PoolClient
 from serve.api.errors import parse_json_object, validate
 from serve.api.generation import Timings, answer, resolve_engine, submit
-from serve.api.reasoning import catalog_reasoning_format, reasoning_splitter
-from serve.models.catalog import Catalog
+from serve.api.openapi import GENERATES, LOADS_MODEL, SSE, documented
 
 
 def new_message_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
-def build_router(pool: PoolClient, catalog: Catalog | None = None) -> APIRouter:
-    """Anthropic's routes over the model pool; the catalog says which models reason (their thinking is
-    answered as thinking blocks)."""
+def build_router(pool: PoolClient) -> APIRouter:
+    """Anthropic's routes over the model pool; a reasoning model's thinking is answered as thinking blocks."""
     router = APIRouter()
 
-    @router.post("/v1/messages")
+    @router.post("/v1/messages", summary="A message, collected or streamed (Anthropic's Messages API)")
+    @documented(MessagesRequest, Message, stream=SSE, errors=GENERATES, error_shape=AnthropicError)
     @anthropic_errors
     async def messages(http_request: HTTPRequest) -> Response:
         timings = Timings(started=time.perf_counter())
@@ -41,13 +41,13 @@ def build_router(pool: PoolClient, catalog: Catalog | None = None) -> APIRouter:
         engine = await resolve_engine(pool, body.model, timings)
         prompt = messages_prompt(engine, body)
         generation = submit(engine, new_message_id(), prompt, sampling_params(body), timings)
-        generation.splitter = reasoning_splitter(catalog_reasoning_format(catalog, engine.model_name), prompt.text)
         shows_thinking = body.thinking is None or body.thinking.shows_thinking
         framing = MessageFraming(generation, body.model, shows_thinking=shows_thinking)
         return await answer(http_request, generation, can_stream=body.stream, framing=framing,
                             collected=framing.collected)
 
-    @router.post("/v1/messages/count_tokens")
+    @router.post("/v1/messages/count_tokens", summary="The prompt's tokens")
+    @documented(CountTokensRequest, TokenCount, errors=LOADS_MODEL, error_shape=AnthropicError)
     @anthropic_errors
     async def count_tokens(http_request: HTTPRequest) -> Response:
         """The prompt's tokens as this model's chat template renders the conversation."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from serve.api.ollama.protocol import ollama_model_name
 from serve.models.catalog import Catalog, ModelSpec
+from serve.models.tasks import model_tasks
 from serve.runtime.pool import ModelInfo
 from serve.errors import ConfigError
 
@@ -187,6 +188,18 @@ def _model_info(model: LocalModel, metadata: dict, num_params: int) -> dict[str,
     return info
 
 
+# Ollama's names of what a model can do, from the catalog's (a reranker has none in Ollama's list).
+_OLLAMA_CAPABILITIES = {"chat": "completion", "tools": "tools", "reasoning": "thinking", "vision": "vision",
+                        "embeddings": "embedding"}
+
+
+def ollama_capabilities(model: LocalModel) -> list[str]:
+    """What /api/show says the model can do: its catalog entry's capabilities, else what its file declares
+    (a GGUF with a pooling type embeds or reranks); Ollama clients list embedding models by "embedding"."""
+    tasks = model_tasks(model.spec or ModelSpec(name=model.name), model.path).tasks
+    return [name for task, name in _OLLAMA_CAPABILITIES.items() if task in tasks]
+
+
 def show_response(model: LocalModel) -> dict[str, Any]:
     """POST /api/show for a local model."""
     metadata, num_params = gguf_metadata(model.path)
@@ -202,7 +215,7 @@ def show_response(model: LocalModel) -> dict[str, Any]:
         "template": template if isinstance(template, str) else json.dumps(template),
         "details": details(model),
         "model_info": _model_info(model, metadata, num_params),
-        "capabilities": ["completion"],
+        "capabilities": ollama_capabilities(model),
         "modified_at": modified_at(model),
     }
 

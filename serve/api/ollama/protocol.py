@@ -89,10 +89,12 @@ _INT_OPTIONS = ("num_predict", "top_k", "seed", "num_ctx", "num_keep", "repeat_l
 class Options(_Strict):
     """Ollama's `options` (the Modelfile parameters). None means "not given": the defaults above apply."""
 
-    model_config = ConfigDict(extra="allow", strict=True)  # unknown options are kept to be named in a 400
+    # unknown options are kept to be named in a 400 (the document says none is accepted)
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"additionalProperties": False})
 
     # sampling: mapped to SamplingParams
-    num_predict: Optional[int] = None  # -1 (or any negative): until the context is full
+    # -1 (or any negative): until the context is full; 0 is refused
+    num_predict: Optional[int] = Field(default=None, json_schema_extra={"not": {"const": 0}})
     temperature: Optional[float] = Field(default=None, ge=0.0)
     top_k: Optional[int] = Field(default=None, ge=0)  # 0 disables it
     top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
@@ -105,12 +107,13 @@ class Options(_Strict):
     num_ctx: Optional[int] = Field(default=None, gt=0)  # must fit the served per-request context
     speculative: Optional[bool] = None  # quantserve's own: false opts out of speculative decoding
     # sampling we do not implement: a 400 unless left at Ollama's default
-    repeat_last_n: Optional[int] = None
-    mirostat: Optional[int] = None
+    repeat_last_n: Optional[int] = Field(default=None, json_schema_extra={"enum": [DEFAULT_REPEAT_LAST_N, None]})
+    mirostat: Optional[int] = Field(default=None, json_schema_extra={"enum": [0, None]})
     mirostat_tau: Optional[float] = None
     mirostat_eta: Optional[float] = None
-    typical_p: Optional[float] = None
-    tfs_z: Optional[float] = None  # tail-free sampling (older Ollama releases): a 400 unless 1.0
+    typical_p: Optional[float] = Field(default=None, json_schema_extra={"enum": [1.0, None]})
+    # tail-free sampling (older Ollama releases): a 400 unless 1.0
+    tfs_z: Optional[float] = Field(default=None, json_schema_extra={"enum": [1.0, None]})
     # Ollama runner knobs: type-checked and ignored (the server's plan decides these)
     num_keep: Optional[int] = None
     penalize_newline: Optional[bool] = None
@@ -187,6 +190,16 @@ def _check_images(value: Any) -> None:
 
 
 THINK_LEVELS = ("low", "medium", "high")  # gpt-oss's thinking levels (harmony)
+# What the OpenAPI document says `format` and `keep_alive` accept (their validators above decide).
+FORMAT_SCHEMA = {"anyOf": [{"enum": ["json", ""]}, {"type": "object"}, {"type": "null"}],
+                 "description": '"json", or a JSON schema the answer must follow'}
+KEEP_ALIVE_SCHEMA = {"anyOf": [{"type": "number"}, {"type": "null"},
+                               {"type": "string",
+                                "pattern": r"^-?([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$"}],
+                     "description": 'how long the model stays loaded after the request: seconds, or a duration '
+                                    '("5m", "1h30m"); 0 unloads it, negative keeps it'}
+NO_IMAGES_SCHEMA = {"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}],
+                    "description": "images are not supported (text-only models)"}
 
 
 class _GenerationFields(_Strict):
@@ -196,12 +209,12 @@ class _GenerationFields(_Strict):
 
     model: str = Field(min_length=1)
     stream: Optional[bool] = True  # Ollama streams unless told otherwise
-    format: Any = None
-    keep_alive: Any = None  # seconds after validation; see parse_keep_alive
+    format: Any = Field(default=None, json_schema_extra=FORMAT_SCHEMA)
+    keep_alive: Any = Field(default=None, json_schema_extra=KEEP_ALIVE_SCHEMA)  # seconds after validation
     options: Optional[Options] = None
     think: Optional[Union[bool, str]] = None  # None: a reasoning model thinks, as Ollama's default
-    logprobs: Optional[bool] = None
-    top_logprobs: Optional[int] = None
+    logprobs: Optional[bool] = Field(default=None, json_schema_extra={"enum": [False, None]})  # not implemented
+    top_logprobs: Optional[int] = Field(default=None, json_schema_extra={"type": "null"})
 
     @field_validator("format", mode="before")
     @classmethod
@@ -252,7 +265,7 @@ class _GenerationFields(_Strict):
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "tool"]
     content: Optional[str] = ""
-    images: Any = None
+    images: Any = Field(default=None, json_schema_extra=NO_IMAGES_SCHEMA)
     thinking: Optional[str] = None  # a previous answer's reasoning; not sent to the template
     tool_calls: Optional[list[dict[str, Any]]] = None
     tool_name: Optional[str] = None
@@ -288,7 +301,7 @@ class GenerateRequest(_GenerationFields):
     raw: Optional[bool] = False  # the prompt is sent as is, without any template
     suffix: Optional[str] = None
     context: Optional[list[int]] = None
-    images: Any = None
+    images: Any = Field(default=None, json_schema_extra=NO_IMAGES_SCHEMA)
 
     @property
     def is_load_only(self) -> bool:

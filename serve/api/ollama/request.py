@@ -10,7 +10,7 @@ from serve.api.generation import Prompt, chat_prompt, text_prompt
 from serve.api.ollama.protocol import (DEFAULT_REPEAT_PENALTY, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P,
                                        ChatRequest, GenerateRequest, Options)
 from serve.api.ollama.template import TemplateError, render_prompt_template
-from serve.api.reasoning import THINK_TAGS
+from serve.api.reasoning import HARMONY, THINK_TAGS, Thinking
 from serve.api.tools.render import wire_tool_call
 from serve.api.tools.spec import ToolRequest, make_tool, make_tool_request
 from serve.errors import ContextLengthError, InvalidRequestError
@@ -28,18 +28,16 @@ def check_fields(body: ChatRequest | GenerateRequest) -> None:
 
 def can_show_thinking(think: bool | str | None, reasoning_format: str | None, model: str) -> bool:
     """Ollama's `think` for a model whose catalog entry has `reasoning_format` (None: it does not reason):
-    True or absent shows a reasoning model's thinking in `thinking`, False hides it. Asking a model that
-    does not reason to think is a 400, as Ollama answers; a level ("low"...) only means something to
-    harmony models (gpt-oss), whose output is not split here yet."""
+    True or absent shows a reasoning model's thinking in `thinking`, False turns it off (or hides what the
+    template cannot turn off). Asking a model that does not reason to think is a 400, as Ollama answers; a
+    level ("low"...) means something only to harmony models (gpt-oss), whose template reads it."""
     if isinstance(think, str):
-        if reasoning_format == "harmony":
-            raise InvalidRequestError(f"think {think!r}: thinking levels need harmony output (gpt-oss), which this "
-                                      "server does not split yet; omit think", param="think")
-        raise InvalidRequestError(f"{model!r} does not support thinking levels; send think true or false",
-                                  param="think")
-    if think and reasoning_format != THINK_TAGS:
-        detail = "" if reasoning_format is None else " (its harmony output is not split yet)"
-        raise InvalidRequestError(f"{model!r} does not support thinking{detail}", param="think")
+        if reasoning_format != HARMONY:
+            raise InvalidRequestError(f"{model!r} does not support thinking levels; send think true or false",
+                                      param="think")
+        return True
+    if think and reasoning_format not in (THINK_TAGS, HARMONY):
+        raise InvalidRequestError(f"{model!r} does not support thinking", param="think")
     return think is not False
 
 
@@ -96,7 +94,17 @@ def request_params(engine: EngineClient, prompt: Prompt, options: Options,
 
 def chat_request_prompt(engine: EngineClient, body: ChatRequest) -> Prompt:
     """/api/chat: the conversation (and the request's tools) rendered with the model's chat template."""
-    return chat_prompt(engine, chat_messages(body), tool_request(body))
+    return chat_prompt(engine, chat_messages(body), tool_request(body), thinking(engine, body))
+
+
+def thinking(engine: EngineClient, body: ChatRequest | GenerateRequest) -> Thinking:
+    """Ollama's think: false turns thinking off in the template (where it can; otherwise it is hidden), a
+    level ("low", "medium", "high") goes to templates that read one (gpt-oss)."""
+    think = body.think
+    if isinstance(think, str):
+        can_show_thinking(think, engine.reasoning_format, body.model)  # levels only for harmony models
+        return Thinking(effort=think)
+    return Thinking(think)
 
 
 def tool_request(body: ChatRequest) -> ToolRequest | None:
@@ -129,13 +137,14 @@ def generate_request_prompt(engine: EngineClient, body: GenerateRequest) -> Prom
     """/api/generate: the prompt as it is (raw), in the request's own template, or in the model's chat
     template (then with its messages: vLLM templates those)."""
     prompt = body.prompt or ""
-    if body.raw:
-        return text_prompt(engine, prompt)
+    if body.raw:  # the caller templated it: its thinking can only be hidden (think false), not turned off
+        return text_prompt(engine, prompt, splits_reasoning=True)
     if body.template:
         try:
-            return text_prompt(engine, render_prompt_template(body.template, prompt=prompt, system=body.system))
+            return text_prompt(engine, render_prompt_template(body.template, prompt=prompt, system=body.system),
+                               splits_reasoning=True)
         except TemplateError as exc:
             raise InvalidRequestError(str(exc), param="template") from None
     messages = [{"role": "system", "content": body.system}] if body.system else []
     messages.append({"role": "user", "content": prompt})
-    return chat_prompt(engine, messages)
+    return chat_prompt(engine, messages, thinking=thinking(engine, body))

@@ -1,5 +1,5 @@
-"""Ollama's API on the same port as the OpenAI one: /api/chat, /api/generate, /api/tags, /api/ps, /api/show,
-/api/pull, /api/version (`GET /`, "Ollama is running" to non-browsers, is in serve/api/web/routes.py).
+"""Ollama's API on the same port as the OpenAI one: /api/chat, /api/generate, /api/embed, /api/embeddings,
+/api/tags, /api/ps, /api/show, /api/pull, /api/version (`GET /`, "Ollama is running" to non-browsers, is in serve/api/web/routes.py).
 
 Generation goes through the core every dialect shares (serve/api/generation.py); only the edges are Ollama's:
 the request (serve/api/ollama/request.py: prompt, num_ctx, options) and the replies (serve/api/ollama/ndjson.py),
@@ -22,13 +22,16 @@ from serve.api.engine_client import EngineClient, PoolClient
 from serve.api.errors import error_headers, errors_answered_by, parse_json_object, validate
 from serve.api.generation import Prompt, Timings, answer, errors_as_events, resolve_engine, submit
 from serve.api.ollama import models as ollama_models
+from serve.api.ollama.answers import ChatReply, GenerateReply, OllamaError, PullStatus, Ps, ShowReply, Tags, Version
+from serve.api.ollama.embed import add_embed_routes
 from serve.api.ollama.models import find_model, local_models
 from serve.api.ollama.ndjson import CHAT, GENERATE, NDJSONFraming, NDJSONResponse, ReplyShape, error_object
 from serve.api.ollama.protocol import ChatRequest, GenerateRequest, ModelRequest, normalize_model_name
 from serve.api.ollama.pull import pull_backend, pull_progress
 from serve.api.ollama.request import (can_show_thinking, chat_request_prompt, check_fields, generate_request_prompt,
                                       request_params)
-from serve.api.reasoning import THINK_TAGS, catalog_reasoning_format, opens_reasoning, reasoning_splitter
+from serve.api.openapi import GENERATES, LOADS_MODEL, NDJSON, documented
+from serve.api.reasoning import THINK_TAGS, opens_reasoning
 from serve.errors import InvalidRequestError, ModelNotFoundError, ServeError
 from serve.models.access import ModelAccess
 from serve.models.catalog import Catalog
@@ -37,8 +40,7 @@ logger = logging.getLogger("serve.api")
 
 # The Ollama API version we answer like (GET /api/version); clients gate features on it.
 OLLAMA_API_VERSION = "0.9.0"
-NOT_IMPLEMENTED = {"/api/create", "/api/copy", "/api/delete", "/api/push", "/api/embed", "/api/embeddings",
-                   "/api/blobs"}
+NOT_IMPLEMENTED = {"/api/create", "/api/copy", "/api/delete", "/api/push", "/api/blobs"}
 
 
 # --- errors ---------------------------------------------------------------------------------------------
@@ -49,6 +51,11 @@ def ollama_error(exc: ServeError) -> JSONResponse:
 
 
 ollama_errors = errors_answered_by(ollama_error)
+
+
+def ollama_documented(*args: Any, **kwargs: Any) -> Callable:
+    """`documented` with Ollama's error shape."""
+    return documented(*args, error_shape=OllamaError, **kwargs)
 
 
 # --- the router -----------------------------------------------------------------------------------------
@@ -96,18 +103,21 @@ def build_router(pool: PoolClient, catalog: Catalog, access: ModelAccess, backen
     api = OllamaAPI(pool, catalog, access, backend)
     router = APIRouter()
     _add_generation_routes(router, api)
+    add_embed_routes(router, pool, ollama_errors)
     _add_model_routes(router, api)
     _add_misc_routes(router)
     return router
 
 
 def _add_generation_routes(router: APIRouter, api: OllamaAPI) -> None:
-    @router.post("/api/chat")
+    @router.post("/api/chat", summary="A chat answer, streamed (NDJSON) unless \"stream\": false")
+    @ollama_documented(ChatRequest, ChatReply, stream=NDJSON, errors=GENERATES)
     @ollama_errors
     async def chat(http_request: HTTPRequest) -> Response:
         return await _generation(api, http_request, ChatRequest, CHAT, chat_request_prompt)
 
-    @router.post("/api/generate")
+    @router.post("/api/generate", summary="A completion, streamed (NDJSON) unless \"stream\": false")
+    @ollama_documented(GenerateRequest, GenerateReply, stream=NDJSON, errors=GENERATES)
     @ollama_errors
     async def generate(http_request: HTTPRequest) -> Response:
         return await _generation(api, http_request, GenerateRequest, GENERATE, generate_request_prompt)
@@ -125,13 +135,12 @@ async def _generation(api: OllamaAPI, http_request: HTTPRequest, request_class: 
         return await api.load_or_unload(name, body.model, body.keep_alive, shape, timings)
     engine = await resolve_engine(api.pool, name, timings, keep_alive=body.keep_alive)
     prompt = prompt_of(engine, body)
-    reasoning_format = catalog_reasoning_format(api.catalog, engine.model_name)
+    reasoning_format = engine.reasoning_format
     if reasoning_format is None and opens_reasoning(prompt.text):
         reasoning_format = THINK_TAGS  # an R1-style template opened the block: the model reasons
     show_thinking = can_show_thinking(body.think, reasoning_format, body.model)
     generation = submit(engine, f"ollama-{uuid.uuid4().hex}", prompt,
                         request_params(engine, prompt, body.sampling_options, body.format), timings)
-    generation.splitter = reasoning_splitter(reasoning_format, prompt.text)
     framing = NDJSONFraming(generation, shape, body.model, can_show_thinking=show_thinking)
     return await answer(http_request, generation, can_stream=body.can_stream, framing=framing,
                         collected=framing.collected)
@@ -144,26 +153,32 @@ def _model_name(body: ModelRequest) -> str:
 
 
 def _add_model_routes(router: APIRouter, api: OllamaAPI) -> None:
-    @router.get("/api/tags")
+    @router.get("/api/tags", summary="The local models")
+    @ollama_documented(answer=Tags)
     @ollama_errors
     async def tags() -> Response:
         models = await api.local_models()
         return JSONResponse({"models": await asyncio.to_thread(lambda: [ollama_models.tag_entry(m) for m in models])})
 
-    @router.get("/api/ps")
+    @router.get("/api/ps", summary="The loaded models")
+    @ollama_documented(answer=Ps)
     @ollama_errors
     async def ps() -> Response:
         models = [m for m in await api.local_models() if m.loaded is not None]
         return JSONResponse({"models": await asyncio.to_thread(lambda: [ollama_models.ps_entry(m) for m in models])})
 
-    @router.post("/api/show")
+    @router.post("/api/show", summary="A local model's details")
+    @ollama_documented(ModelRequest, ShowReply, errors=(404,), refuses_unknown_fields=False)
     @ollama_errors
     async def show(http_request: HTTPRequest) -> Response:
         body = validate(ModelRequest, parse_json_object(await http_request.body()))
         model = await api.model(_model_name(body))
         return JSONResponse(await asyncio.to_thread(ollama_models.show_response, model))
 
-    @router.post("/api/pull")
+    @router.post("/api/pull", summary="Download a model (with --allow-pull), progress streamed unless "
+                 "\"stream\": false")
+    @ollama_documented(ModelRequest, PullStatus, stream=NDJSON, errors=(403, 404, 502, 503),
+                       refuses_unknown_fields=False)
     @ollama_errors
     async def pull(http_request: HTTPRequest) -> Response:
         body = validate(ModelRequest, parse_json_object(await http_request.body()))
@@ -179,7 +194,8 @@ def _add_model_routes(router: APIRouter, api: OllamaAPI) -> None:
 
 
 def _add_misc_routes(router: APIRouter) -> None:
-    @router.get("/api/version")
+    @router.get("/api/version", summary="The Ollama API version this server answers like")
+    @ollama_documented(answer=Version)
     async def version() -> dict[str, str]:
         return {"version": OLLAMA_API_VERSION}
 

@@ -14,9 +14,29 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from serve.api.openapi import only_unused_values
+
 MAX_STOP_STRINGS = 4
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat's top_logprobs (and vLLM's default max_logprobs)
 CHAT_ROLES = ("system", "user", "assistant", "tool", "developer", "function")
+# OpenAI's fields this server does not implement: accepted at a value that changes nothing (clients send
+# some of them so), a 400 naming the field otherwise (serve/api/openai/request.py). name -> (the values that
+# change nothing, what to do). The OpenAPI document offers only those values.
+UNIMPLEMENTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "n": ((None, 1), "several choices per request (n > 1) are not supported; send n=1 or omit it"),
+    "best_of": ((None, 1), "best_of > 1 is not supported; send best_of=1 or omit it"),
+    "suffix": ((None, ""), "suffix (fill-in-the-middle) is not supported; omit it"),
+    "audio": ((None,), "audio output is not supported: this server serves text-only models; omit audio"),
+    "modalities": ((None, ["text"]), 'only text output is supported; send modalities ["text"] or omit it'),
+    "prediction": ((None,), "predicted outputs are not supported; omit prediction"),
+    "web_search_options": ((None,), "web search is not supported; omit web_search_options"),
+    "functions": ((None,), "functions (deprecated by OpenAI) is not supported; send tools instead"),
+    "function_call": ((None,), "function_call (deprecated by OpenAI) is not supported; send tool_choice instead"),
+    "store": ((None, False), "stored completions are not supported; omit store or send false"),
+    "metadata": ((None, {}), "metadata is kept only with stored completions, which are not supported; omit it"),
+    "verbosity": ((None,), "verbosity is not supported; omit it"),
+    "service_tier": ((None, "auto", "default"), 'service tiers are not supported; send "auto" or omit service_tier'),
+}
 
 
 def _fail(kind: str, message: str) -> PydanticCustomError:
@@ -50,7 +70,7 @@ class SamplingFields(BaseModel):
     """The generation parameters shared by /v1/chat/completions and /v1/completions."""
 
     # Unknown keys are kept (model_extra) so that check_supported can refuse them by name.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=only_unused_values(UNIMPLEMENTED_FIELDS))
 
     model: Optional[str] = None  # absent: the first loaded model (as llama-server does)
     max_tokens: Optional[int] = Field(default=None, gt=0)
@@ -173,6 +193,11 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
     parallel_tool_calls: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # needs logprobs: true
+    # Variables for the model's chat template, as vLLM and llama-server take them: enable_thinking false
+    # turns a reasoning model's thinking off (serve/api/reasoning.py).
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+    # none turns thinking off; a level goes to templates that read reasoning_effort (gpt-oss)
+    reasoning_effort: Optional[Literal["none", "low", "medium", "high"]] = None
     # Accepted, changing no answer: end-user and cache-routing identifiers.
     safety_identifier: Optional[str] = None
     prompt_cache_key: Optional[str] = None
@@ -187,7 +212,6 @@ class ChatCompletionRequest(SamplingFields):
     web_search_options: Any = None
     functions: Any = None
     function_call: Any = None
-    reasoning_effort: Any = None
     verbosity: Any = None
 
     @property

@@ -8,32 +8,12 @@ from typing import Any
 from serve.api.engine_client import EngineClient
 from serve.api.generation import Prompt, default_num_max_tokens
 from serve.api.openai.structured import output_constraint
-from serve.api.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from serve.api.openai.protocol import UNIMPLEMENTED_FIELDS, ChatCompletionRequest, CompletionRequest, SamplingFields
+from serve.api.reasoning import ENABLE_THINKING, Thinking, template_kwargs_of
 from serve.api.tools.render import wire_tool_call
 from serve.api.tools.spec import ToolRequest, make_tool, make_tool_request
 from serve.errors import InvalidRequestError
 from serve.sequence import SamplingParams
-
-
-# OpenAI's fields this server does not implement: accepted at a value that changes nothing (clients send
-# some of them so), a 400 naming the field otherwise. name -> (the values that change nothing, what to do).
-UNIMPLEMENTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "n": ((None, 1), "several choices per request (n > 1) are not supported; send n=1 or omit it"),
-    "best_of": ((None, 1), "best_of > 1 is not supported; send best_of=1 or omit it"),
-    "suffix": ((None, ""), "suffix (fill-in-the-middle) is not supported; omit it"),
-    "audio": ((None,), "audio output is not supported: this server serves text-only models; omit audio"),
-    "modalities": ((None, ["text"]), 'only text output is supported; send modalities ["text"] or omit it'),
-    "prediction": ((None,), "predicted outputs are not supported; omit prediction"),
-    "web_search_options": ((None,), "web search is not supported; omit web_search_options"),
-    "functions": ((None,), "functions (deprecated by OpenAI) is not supported; send tools instead"),
-    "function_call": ((None,), "function_call (deprecated by OpenAI) is not supported; send tool_choice instead"),
-    "store": ((None, False), "stored completions are not supported; omit store or send false"),
-    "metadata": ((None, {}), "metadata is kept only with stored completions, which are not supported; omit it"),
-    "reasoning_effort": ((None,), "reasoning_effort is not supported: a reasoning model thinks as its chat "
-                                  "template makes it; omit reasoning_effort"),
-    "verbosity": ((None,), "verbosity is not supported; omit it"),
-    "service_tier": ((None, "auto", "default"), 'service tiers are not supported; send "auto" or omit service_tier'),
-}
 
 
 def check_supported(body: SamplingFields) -> None:
@@ -118,3 +98,20 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
         messages.append(rendered)
     return messages
 
+
+
+def thinking(body: ChatCompletionRequest) -> Thinking:
+    """chat_template_kwargs (enable_thinking among them) and reasoning_effort ("none" turns thinking off, as
+    llama-server reads it; a level goes to templates that read one)."""
+    kwargs = dict(body.chat_template_kwargs or {})
+    enabled = kwargs.pop(ENABLE_THINKING, None)
+    if enabled is not None and not isinstance(enabled, bool):
+        raise InvalidRequestError(f"chat_template_kwargs.enable_thinking must be true or false, got {enabled!r}",
+                                  param="chat_template_kwargs.enable_thinking")
+    effort = body.reasoning_effort
+    if effort == "none":
+        if enabled:
+            raise InvalidRequestError("reasoning_effort \"none\" turns thinking off, but chat_template_kwargs."
+                                      "enable_thinking is true; send one of them", param="reasoning_effort")
+        enabled, effort = False, None
+    return Thinking(enabled, effort, template_kwargs_of(kwargs, "chat_template_kwargs"))

@@ -19,12 +19,11 @@ from serve.api.errors import parse_json_object, validate
 from serve.api.generation import (Completion, Generation, Prompt, Timings, answer, chat_prompt, resolve_engine,
                                   submit, text_prompt, token_prompt)
 from serve.api.openai import protocol
+from serve.api.openapi import GENERATES, SSE, documented
 from serve.api.openai.logprobs import chat_logprobs, completion_logprobs
-from serve.api.openai.request import chat_messages, check_supported, request_params, tool_request
+from serve.api.openai.request import chat_messages, check_supported, request_params, thinking, tool_request
 from serve.api.openai.sse import CHAT_CHUNK, TEXT_CHUNK, SSEFraming, StreamHeader
-from serve.api.reasoning import catalog_reasoning_format, reasoning_splitter
 from serve.errors import ModelNotFoundError
-from serve.models.catalog import Catalog
 from serve.runtime.pool import ModelInfo
 
 
@@ -101,24 +100,25 @@ def _find_card(pool: PoolClient, model_id: str | None) -> protocol.ModelCard | N
     return None
 
 
-def build_router(pool: PoolClient, catalog: Catalog | None = None) -> APIRouter:
-    """The OpenAI routes over the model pool; the catalog says which models reason."""
+def build_router(pool: PoolClient) -> APIRouter:
+    """The OpenAI routes over the model pool."""
     router = APIRouter()
 
-    @router.post("/v1/chat/completions")
+    @router.post("/v1/chat/completions", summary="A chat completion, collected or streamed")
+    @documented(protocol.ChatCompletionRequest, protocol.ChatCompletionResponse, stream=SSE, errors=GENERATES)
     async def chat_completions(http_request: HTTPRequest) -> Response:
         timings = Timings(started=time.perf_counter())
         body = validate(protocol.ChatCompletionRequest, parse_json_object(await http_request.body()))
         check_supported(body)
         messages, tools = chat_messages(body), tool_request(body)
         engine = await resolve_engine(pool, body.model, timings)
-        prompt = chat_prompt(engine, messages, tools)
+        prompt = chat_prompt(engine, messages, tools, thinking(body))
         generation = submit(engine, f"chatcmpl-{uuid.uuid4().hex}", prompt,
                             request_params(engine, prompt, body), timings)
-        generation.splitter = reasoning_splitter(catalog_reasoning_format(catalog, engine.model_name), prompt.text)
         return await _answer(http_request, generation, body, is_chat=True, prompt=prompt)
 
-    @router.post("/v1/completions")
+    @router.post("/v1/completions", summary="A text completion, collected or streamed")
+    @documented(protocol.CompletionRequest, protocol.CompletionResponse, stream=SSE, errors=GENERATES)
     async def completions(http_request: HTTPRequest) -> Response:
         timings = Timings(started=time.perf_counter())
         body = validate(protocol.CompletionRequest, parse_json_object(await http_request.body()))
@@ -130,12 +130,14 @@ def build_router(pool: PoolClient, catalog: Catalog | None = None) -> APIRouter:
                             timings)
         return await _answer(http_request, generation, body, is_chat=False, prompt=prompt)
 
-    @router.get("/v1/models")
+    @router.get("/v1/models", summary="The loaded models")
+    @documented(answer=protocol.ModelList)
     async def list_models() -> JSONResponse:
         cards = [_model_card(info) for info in pool.model_infos()]
         return JSONResponse(protocol.ModelList(data=cards).model_dump())
 
-    @router.get("/v1/models/{model_id:path}")
+    @router.get("/v1/models/{model_id:path}", summary="One loaded model")
+    @documented(answer=protocol.ModelCard, errors=(404,))
     async def get_model(model_id: str) -> JSONResponse:
         card = _find_card(pool, pool.loaded_name(model_id))
         if card is None:  # a GET must not start loading (or downloading) a model

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from serve.api.openapi import only_unused_values
+
 MAX_METADATA_KEYS = 16
 # Responses parameters that are not implemented yet: the value that means "not used" is accepted.
 NOT_IMPLEMENTED = {
@@ -210,6 +212,8 @@ class TextConfig(_Strict):
 
 
 class ResponsesRequest(_Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=only_unused_values(NOT_IMPLEMENTED))
+
     model: Optional[str] = None  # absent: the first loaded model (as /v1/chat/completions)
     input: Union[str, list[InputItem]]
     instructions: Optional[str] = None

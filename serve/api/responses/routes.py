@@ -17,13 +17,13 @@ from fastapi.responses import JSONResponse, Response
 from serve.api.engine_client import PoolClient
 from serve.api.errors import parse_json_object, validate
 from serve.api.generation import Generation, Timings, answer, chat_prompt, resolve_engine, submit
-from serve.api.reasoning import catalog_reasoning_format, reasoning_splitter
+from serve.api.openapi import GENERATES, SSE, documented
+from serve.api.responses.answers import Deleted, Response as ResponseObject
 from serve.api.responses.events import ResponseDraft, ResponseFraming
 from serve.api.responses.protocol import FunctionCallItem, ResponsesRequest
 from serve.api.responses.request import (conversation, sampling_params, template_messages, template_messages_of,
                                          tool_request)
 from serve.api.responses.store import ResponseStore, StoredResponse
-from serve.models.catalog import Catalog
 
 
 def _framing(generation: Generation, body: ResponsesRequest, messages: list[dict[str, Any]],
@@ -42,12 +42,13 @@ def _framing(generation: Generation, body: ResponsesRequest, messages: list[dict
     return ResponseFraming(draft, keep)
 
 
-def build_router(pool: PoolClient, store: ResponseStore, catalog: Catalog | None = None) -> APIRouter:
-    """The Responses routes over the model pool, with `store` keeping finished responses; the catalog says
-    which models reason (their thinking is answered as reasoning items)."""
+def build_router(pool: PoolClient, store: ResponseStore) -> APIRouter:
+    """The Responses routes over the model pool, with `store` keeping finished responses; a reasoning
+    model's thinking is answered as reasoning items."""
     router = APIRouter()
 
-    @router.post("/v1/responses")
+    @router.post("/v1/responses", summary="A response, collected or streamed (OpenAI's Responses API)")
+    @documented(ResponsesRequest, ResponseObject, stream=SSE, errors=GENERATES)
     async def create_response(http_request: HTTPRequest) -> Response:
         timings = Timings(started=time.perf_counter())
         body = validate(ResponsesRequest, parse_json_object(await http_request.body()))
@@ -56,16 +57,17 @@ def build_router(pool: PoolClient, store: ResponseStore, catalog: Catalog | None
         prompt = chat_prompt(engine, template_messages(body, messages), tool_request(body))
         generation = submit(engine, f"resp_{uuid.uuid4().hex}", prompt, sampling_params(engine, prompt, body),
                             timings)
-        generation.splitter = reasoning_splitter(catalog_reasoning_format(catalog, engine.model_name), prompt.text)
         framing = _framing(generation, body, messages, store)
         return await answer(http_request, generation, can_stream=body.stream, framing=framing,
                             collected=framing.collected)
 
-    @router.get("/v1/responses/{response_id}")
+    @router.get("/v1/responses/{response_id}", summary="A stored response")
+    @documented(answer=ResponseObject, errors=(404,))
     async def get_response(response_id: str) -> JSONResponse:
         return JSONResponse(store.get(response_id).body)
 
-    @router.delete("/v1/responses/{response_id}")
+    @router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
+    @documented(answer=Deleted, errors=(404,))
     async def delete_response(response_id: str) -> JSONResponse:
         store.delete(response_id)
         return JSONResponse({"id": response_id, "object": "response", "deleted": True})

@@ -3,8 +3,9 @@ template, how the model's output is parsed back into calls (streamed: the name f
 fragments as they are generated), and the grammar that makes `required` and named tool choices hold.
 
     spec.py       Tool, ToolChoice, ToolRequest: the request's tools, validated (400s naming the field)
-    formats.py    how a model family writes calls (hermes, llama3_json, mistral, generic), and which one a
-                  model uses: the catalog's tool_format, else recognised from its chat template
+    formats.py    how a model family writes calls (hermes, llama3_json, mistral, phi4_mini_json, gpt_oss,
+                  generic), and which one a model uses: the catalog's tool_format, else recognised from its
+                  chat template
     render.py     messages and tools as the chat template expects them (the generic format describes the
                   tools in a system message)
     json_scan.py  where a JSON value ends, read incrementally

@@ -14,7 +14,6 @@ from serve.api.tools.calls import ToolCall, ToolCallDone, ToolEvent, new_call_id
 from serve.api.tools.formats import ToolFormat
 
 Event = str | ToolEvent
-ARGS_MARKER = "[ARGS]"  # Mistral v11+: [TOOL_CALLS]name[ARGS]{...}
 
 
 def _held_suffix(text: str, markers: tuple[str, ...]) -> int:
@@ -41,7 +40,7 @@ class ToolCallParser:
         self._call: CallObject | NamedCall | None = None
         self._marker = ""  # the marker that opened the current call, given back if it is not one
         self._state = self._content
-        self._in_list = False  # inside Mistral's [{...}, ...]
+        self._in_list = False  # inside a list of calls: [{...}, ...] (Mistral, Phi-4-mini)
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -64,7 +63,7 @@ class ToolCallParser:
             self._call = None
         elif self._state == self._content and not self.calls:
             self._emit_content(self._pending, events)  # after calls, a held partial marker is a cut call
-        elif self._state == self._mistral_head:
+        elif self._state == self._head:
             self._emit_content(self._marker + self._pending, events)
         if self._held_space and not self.calls:
             events.append(self._held_space)
@@ -75,6 +74,14 @@ class ToolCallParser:
 
     def _content(self, events: list[Event]) -> bool:
         text = self._pending
+        list_end = self.format.list_end_marker
+        if list_end and self.calls and not self._has_text:  # what may close a list of calls is not content
+            stripped = text.lstrip()
+            if stripped.startswith(list_end):
+                self._pending = stripped[len(list_end):]
+                return True
+            if list_end.startswith(stripped):
+                return False
         if self.format.can_start_bare and not self._has_text:
             stripped = text.lstrip()
             if not stripped:
@@ -87,10 +94,11 @@ class ToolCallParser:
         if found:
             position, marker = min(found)
             self._emit_content(text[:position], events)
-            self._pending, self._marker = text[position + len(marker):], marker
+            # The whitespace before the marker goes with it: dropped before a call, given back if it is none.
+            self._pending, self._marker = text[position + len(marker):], self._held_space + marker
             self._held_space = ""
-            if self.format.name == "mistral":
-                self._state = self._mistral_head
+            if self.format.opens_list or self.format.args_marker:
+                self._state = self._head
             else:
                 self._start_object()
             return True
@@ -133,7 +141,7 @@ class ToolCallParser:
         return True
 
     def _separator(self, rest: str) -> str:
-        """What may follow a call: hermes' end marker, Llama 3's ';', or in Mistral's list ',' or ']'."""
+        """What may follow a call: hermes' end marker, Llama 3's ';', or in a list ',' or ']'."""
         if self.format.end_marker:
             return self.format.end_marker
         if self.format.can_start_bare:
@@ -154,21 +162,27 @@ class ToolCallParser:
             self._state = self._content
         return True
 
-    def _mistral_head(self, events: list[Event]) -> bool:
+    def _head(self, events: list[Event]) -> bool:
+        """After a marker: a list of calls, or NAME + the format's args marker + the arguments."""
         rest = self._pending.lstrip()
         if not rest:
             self._pending = ""
             return False
-        if rest[0] == "[":
+        if rest[0] == "[" and self.format.opens_list:
             self._pending, self._in_list = rest[1:], True
             self._state = self._next_object
             return True
-        position = rest.find(ARGS_MARKER)
+        args_marker = self.format.args_marker
+        position = rest.find(args_marker) if args_marker else -1
         if position < 0:
+            if not args_marker:  # not a list: the marker was text
+                self._emit_content(self._marker + self._pending, events)
+                self._pending, self._state = "", self._content
+                return True
             self._pending = rest
             return False
         name = rest[:position].strip()
-        self._pending = rest[position + len(ARGS_MARKER):]
+        self._pending = rest[position + len(args_marker):]
         self._call = NamedCall(len(self.calls), self._new_id(), name)
         self._report(self._call.opening(), events)
         self._state = self._reading_call

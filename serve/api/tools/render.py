@@ -69,6 +69,8 @@ def template_inputs(messages: list[dict[str, Any]], fmt: ToolFormat,
                     tools: ToolRequest | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """(messages, tools) for the chat template; tools is None when the template is not to see any."""
     shown = tools if tools is not None and tools.is_active else None
+    if fmt.tools_in_system_message:
+        return _with_system_tools(messages, shown), [t.as_template_dict() for t in shown.tools] if shown else None
     if fmt.uses_template_tools:
         return messages, [t.as_template_dict() for t in shown.tools] if shown else None
     rendered = _calls_as_text(messages)
@@ -118,3 +120,27 @@ def _with_description(messages: list[dict[str, Any]], tools: ToolRequest) -> lis
         system = dict(messages[0], content=f"{messages[0].get('content') or ''}\n\n{text}".lstrip())
         return [system, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
+
+
+PHI4_SYSTEM = "You are a helpful assistant with some tools."  # Microsoft's example for Phi-4-mini
+
+
+def _with_system_tools(messages: list[dict[str, Any]], tools: ToolRequest | None) -> list[dict[str, Any]]:
+    """Phi-4-mini's template: the tools as JSON text in the system message's `tools`, earlier calls written
+    into the assistant's text as the model writes them (its template renders only content)."""
+    rendered = []
+    for message in messages:
+        calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                 for c in message.get("tool_calls") or ()]
+        plain = {k: v for k, v in message.items() if k != "tool_calls"}
+        if calls:
+            written = f"<|tool_call|>{json.dumps(calls, ensure_ascii=False)}<|/tool_call|>"
+            plain["content"] = "".join(filter(None, [plain.get("content") or "", written]))
+        rendered.append(plain)
+    if tools is None:
+        return rendered
+    described = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
+                            for t in tools.tools], ensure_ascii=False)
+    if rendered and rendered[0]["role"] == "system":
+        return [{**rendered[0], "tools": described}, *rendered[1:]]
+    return [{"role": "system", "content": PHI4_SYSTEM, "tools": described}, *rendered]

@@ -34,14 +34,22 @@ class ToolUse:
         assert self.request is not None
         return ToolCallParser(self.format, max_calls=self.request.max_calls)
 
-    def constrained(self, params: SamplingParams, *, can_start_lazily: bool) -> SamplingParams:
+    def constrained(self, params: SamplingParams, *, can_start_lazily: bool,
+                    can_start_tagged: bool = False) -> SamplingParams:
         """`params` with the grammar of this request's calls: from the first token when a call is forced,
-        from the call's marker on (lazy) for auto, when the backend can start a grammar there (llama.cpp;
-        vLLM cannot, so its auto calls are parsed without a grammar, as vLLM's own server does)."""
+        from the call's marker on (lazy) for auto, when the backend can start a grammar there: llama.cpp from
+        trigger patterns, vLLM from a structural tag, which only some formats have (hermes, generic); vLLM
+        runs the auto calls of the others without a grammar (parsed, not held to their schemas), as vLLM's
+        own server does."""
         if self.request is None:
             return params
         constraint = tool_call_constraint(self.format, self.request)  # checks every tool's schema: 400s
-        if not self.is_active or not (self.request.is_forced or can_start_lazily):
+        if not self.is_active:
+            return params
+        # The parser must see the call's marker, even where the model's vocabulary makes it a special token.
+        params = replace(params, kept_special_tokens=self.format.start_markers)
+        can_start_here = can_start_lazily or (can_start_tagged and constraint.structural_tag is not None)
+        if not (self.request.is_forced or can_start_here):
             return params
         if params.constraint is not None:
             raise InvalidRequestError("response_format (or format) cannot be combined with tools yet: the "

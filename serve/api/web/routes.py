@@ -13,6 +13,9 @@ from importlib import resources
 
 from fastapi import APIRouter, Request as HTTPRequest
 from fastapi.responses import PlainTextResponse, Response
+from starlette.exceptions import HTTPException
+
+from serve.api.openapi import documented
 
 # Ollama's clients and probes check this exact body at `/`.
 OLLAMA_ROOT_TEXT = "Ollama is running"
@@ -42,16 +45,20 @@ def build_router() -> APIRouter:
     assets = {name: _read_asset(name) for name in ASSETS}
     router = APIRouter()
 
-    @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    @router.head("/", include_in_schema=False)
+    @router.get("/", summary="The chat page, or \"Ollama is running\"")
+    @documented(media={"text/html": "the chat page (for Accept: text/html)",
+                       "text/plain": f"{OLLAMA_ROOT_TEXT!r} (for everyone else: Ollama's probes)"})
     async def root(http_request: HTTPRequest) -> Response:
         if wants_html(http_request):
             return Response(page, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
         return PlainTextResponse(OLLAMA_ROOT_TEXT)
 
-    @router.get("/ui/{name}", include_in_schema=False)
+    @router.get("/ui/{name}", summary="The chat page's script and style")
+    @documented(media=dict(ASSETS), errors=(404,))
     async def asset(name: str) -> Response:
         if name not in assets:
-            return PlainTextResponse(f"no asset {name}", status_code=404)
+            raise HTTPException(404)  # the app's handler: "no route GET /ui/<name>" in OpenAI's shape
         return Response(assets[name], media_type=ASSETS[name], headers=SECURITY_HEADERS)
 
     return router
