@@ -5,7 +5,8 @@ The engine thread drives a backend with one call per step:
     outputs = backend.step(batch)
 
 `batch.prefill` holds prompt chunks to put into the KV cache, `batch.decode` the running sequences that
-need one more token, `batch.released` aborted sequences whose resources must be freed. The scheduler fills
+need one more token (or several, when the backend speculates within `batch.num_draft_tokens`),
+`batch.released` aborted sequences whose resources must be freed. The scheduler fills
 each batch within the budget the backend states in its Capabilities. A backend that batches internally
 (vLLM) states room for every prompt whole, treats a sequence's prefill chunk as "start generating", returns
 at once whatever its own scheduler produced since the last step, and calls the engine's `notify` when more
@@ -35,6 +36,8 @@ BACKEND_NAMES = ("llamacpp", "vllm")
 LLAMACPP_KV_TYPES = ("auto", "f16", "q8_0", "q4_0")
 VLLM_KV_TYPES = ("auto", "f16", "fp8", "fp8_e4m3", "fp8_e5m2")
 KV_TYPES = tuple(dict.fromkeys(LLAMACPP_KV_TYPES + VLLM_KV_TYPES))
+# llama.cpp's speculative decoding: "ngram" drafts from the sequence's own prompt and output (prompt lookup).
+SPECULATIVE_MODES = ("ngram", "off")
 POOLING_TYPES = ("mean", "cls", "last", "rank")  # llama.cpp's --pooling values (rank: a reranker's head)
 
 
@@ -54,6 +57,7 @@ class BackendSettings:
     # same choice (how K and V are stored), each backend maps it to its own type (llama.cpp's type_k and
     # type_v, vLLM's kv_cache_dtype), and the plan refuses what the chosen backend lacks.
     kv_cache_dtype: str = "auto"
+    speculative: str = "off"  # llama.cpp: one of SPECULATIVE_MODES
     # vLLM only
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
@@ -79,6 +83,9 @@ class Capabilities:
     # Lazy grammars (OutputConstraint.trigger_patterns: free text until a trigger, then the grammar), which
     # tool_choice auto uses; without them auto calls are parsed but not held to their schemas.
     can_start_grammar_on_trigger: bool = False
+    # Speculative decoding: draft tokens a step may verify besides its decode tokens and prompt chunks,
+    # from the budget they leave (Batch.num_draft_tokens); 0: the backend does not speculate.
+    max_draft_tokens_per_step: int = 0
     # The same as an xgrammar structural tag (OutputConstraint.structural_tag: vLLM), for the formats that
     # have one.
     can_start_tagged_grammar: bool = False

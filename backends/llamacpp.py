@@ -25,16 +25,18 @@ import numpy as np
 from backends.base import BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplate
 from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
+from backends.llamacpp_sampler import make_sampler
+from backends.llamacpp_vocab import Vocabulary
+from backends.speculative import Speculation, accepted_run, share_budget
 from backends.llamacpp_tokens import special_token_pieces
 from backends.logprobs import log_softmax, token_logprob
 from backends.slot_choice import SlotState, choose_slot
 from backends.text_output import TextOutput
 from serve.errors import ConfigError, ModelLoadError
-from serve.sequence import Batch, FinishReason, PrefillChunk, SamplingParams, Sequence, StepOutput
+from serve.sequence import Batch, FinishReason, PrefillChunk, Sequence, StepOutput
 
 log = logging.getLogger(__name__)
 
-PENALTY_LAST_N = 64  # tokens the repetition/frequency/presence penalties look back on (llama.cpp default)
 # llama_decode splits a step into micro-batches of this many tokens: llama-server's default, which bounds
 # the compute buffers while a step may carry up to max_batch_tokens.
 MICRO_BATCH_TOKENS = 512
@@ -42,6 +44,10 @@ MICRO_BATCH_TOKENS = 512
 # bounded inter-token latency when a long prompt arrives (about 0.6 s for a 135M model on 2 cores).
 # With nothing decoding, the whole step budget goes to prompts: a burst of requests starts together.
 PREFILL_TOKENS_WHILE_DECODING = 256
+# Speculative decoding: draft tokens one step verifies at most, over all sequences. A verified token costs
+# almost as much as a decoded one on a CPU (the batch's matrix products grow with it), so drafts stay a
+# minority of a busy step.
+MAX_DRAFT_TOKENS_PER_STEP = 32
 
 
 @dataclass
@@ -56,6 +62,7 @@ class _Slot:
     pending_token: int | None = None  # sampled, not yet decoded
     num_generated: int = 0
     prompt_logprobs: list | None = None  # of the prompt tokens scored so far (echo), until the first output
+    speculation: Speculation | None = None  # drafts and their record, for a request that speculates
     kept_pieces: dict[int, bytes] = field(default_factory=dict)  # special tokens shown as text (a call marker)
     last_used: int = 0
 
@@ -72,7 +79,9 @@ class LlamaCppBackend:
         llama_cpp._logger.set_verbose(log.isEnabledFor(logging.DEBUG))
         ll.llama_backend_init()
         self._model = self._load_model(settings)
-        self._vocab = ll.llama_model_get_vocab(self._model)
+        vocabulary = Vocabulary(self._model)
+        self._vocab, self._num_vocab, self._eog_tokens = vocabulary.handle, vocabulary.num_tokens, vocabulary.eog_tokens
+        self._piece, self._vocabulary = vocabulary.piece, vocabulary
         n_ctx_train = ll.llama_model_n_ctx_train(self._model)
         self._context_length = min(settings.context_length, n_ctx_train) if n_ctx_train > 0 else settings.context_length
         if self._context_length < settings.context_length:
@@ -86,19 +95,18 @@ class LlamaCppBackend:
         self._slot_of: dict[str, _Slot] = {}
         self._num_admitted = 0
         self._prompts_to_score: list[tuple[_Slot, PrefillChunk, int]] = []  # (slot, chunk, first batch index)
-        self._num_vocab = ll.llama_vocab_n_tokens(self._vocab)
-        # Looked up once: the per-token check then needs no call into llama.cpp (each releases the GIL).
-        self._eog_tokens = frozenset(t for t in range(self._num_vocab) if ll.llama_vocab_is_eog(self._vocab, t))
-        self._piece_cache: dict[int, bytes] = {}
         self._grammars = GrammarSampling(self._vocab, self._num_vocab)
-        self._bos_text, self._add_bos = self._bos()
-        self._chat_template = self._load_chat_template()
+        self._chat_template = self._load_chat_template(vocabulary)
+        # Dropping a rejected draft cuts a sequence's cache partially, which recurrent state cannot undo.
+        self._speculative = settings.speculative == "ngram" and not (
+            ll.llama_model_is_recurrent(self._model) or ll.llama_model_is_hybrid(self._model))
         self.capabilities = Capabilities(
             name="llamacpp", context_length=self._context_length, num_parallel=settings.num_parallel,
             # Room for every sequence's decode token and at least one prompt token (within _batch_capacity).
             max_batch_tokens=max(settings.max_batch_tokens, settings.num_parallel + 1),
             max_prefill_tokens_while_decoding=PREFILL_TOKENS_WHILE_DECODING, vocab_size=self._num_vocab,
-            can_start_grammar_on_trigger=True)
+            can_start_grammar_on_trigger=True,
+            max_draft_tokens_per_step=MAX_DRAFT_TOKENS_PER_STEP if self._speculative else 0)
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -129,34 +137,17 @@ class LlamaCppBackend:
                                  f"({settings.num_parallel} x {self._context_length}); lower --ctx or --parallel")
         return ctx
 
-    def _bos(self) -> tuple[str, bool]:
-        bos = ll.llama_vocab_bos(self._vocab)
-        if bos < 0:
-            return "", False
-        return ll.llama_vocab_get_text(self._vocab, bos).decode("utf-8", "replace"), bool(
-            ll.llama_vocab_get_add_bos(self._vocab))
-
-    def _load_chat_template(self) -> ChatTemplate:
+    def _load_chat_template(self, vocabulary: Vocabulary) -> ChatTemplate:
         source = ll.llama_model_chat_template(self._model, None)
-        eos = ll.llama_vocab_eos(self._vocab)
-        eos_text = ll.llama_vocab_get_text(self._vocab, eos).decode("utf-8", "replace") if eos >= 0 else ""
         if not source:
             log.warning("the model has no chat template; using ChatML")
-        return ChatTemplate(source.decode("utf-8") if source else CHATML_TEMPLATE, self._bos_text, eos_text)
+        return ChatTemplate(source.decode("utf-8") if source else CHATML_TEMPLATE, vocabulary.bos_text,
+                            vocabulary.eos_text)
 
     # -- text ------------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        data = text.encode("utf-8")
-        # Templates often write the BOS themselves; adding another would double it.
-        add_special = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
-        capacity = len(data) + 2
-        while True:
-            buffer = (ll.llama_token * capacity)()
-            count = ll.llama_tokenize(self._vocab, data, len(data), buffer, capacity, add_special, True)
-            if count >= 0:
-                return list(buffer[:count])
-            capacity = -count
+        return self._vocabulary.tokenize(text)
 
     @property
     def chat_template(self) -> str:
@@ -165,15 +156,6 @@ class LlamaCppBackend:
     def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                     **template_kwargs: Any) -> str:
         return self._chat_template.render(messages, tools=tools, **template_kwargs)
-
-    def _piece(self, token: int) -> bytes:
-        piece = self._piece_cache.get(token)
-        if piece is None:
-            buffer = ctypes.create_string_buffer(256)
-            count = ll.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
-            piece = buffer.raw[:max(count, 0)]
-            self._piece_cache[token] = piece
-        return piece
 
     # -- sequences -------------------------------------------------------------------------------
 
@@ -187,12 +169,13 @@ class LlamaCppBackend:
         slot, num_cached = self._take_slot(prompt if not scores_prompt else [])
         self._num_admitted += 1
         slot.sequence, slot.last_used = sequence, self._num_admitted
-        slot.sampler = self._make_sampler(sequence.request.params)
+        slot.sampler = make_sampler(sequence.request.params, self._num_vocab, self._eog_tokens)
         slot.grammar, slot.error = self._grammars.create(sequence.request.params.constraint)
         slot.text = TextOutput(sequence.request.params.stop)
         slot.kept_pieces = special_token_pieces(self._vocab, sequence.request.params.kept_special_tokens)
         slot.pending_token, slot.num_generated = None, 0
         slot.prompt_logprobs = [None] if scores_prompt else None  # the first prompt token has no logprob
+        slot.speculation = Speculation(prompt) if self._speculative and sequence.request.params.speculative else None
         self._slot_of[sequence.request_id] = slot
         return num_cached
 
@@ -225,32 +208,6 @@ class LlamaCppBackend:
         target.cached_tokens = list(source.cached_tokens)
         return True
 
-    def _make_sampler(self, params: SamplingParams):
-        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        biases = dict(params.logit_bias)
-        if params.ignore_eos:
-            biases.update({token: float("-inf") for token in self._eog_tokens})
-        if biases:
-            array = (ll.llama_logit_bias * len(biases))(*(ll.llama_logit_bias(t, b) for t, b in biases.items()))
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(self._num_vocab, len(biases), array))
-        if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_penalties(
-                self._num_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty,
-                params.presence_penalty))
-        if params.is_greedy:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
-            return chain
-        if params.top_k > 0:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(params.top_k))
-        if params.top_p < 1.0:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(params.top_p, 1))
-        if params.min_p > 0.0:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(params.min_p, 1))
-        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(params.temperature))
-        seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
-        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
-        return chain
-
     def _release(self, slot: _Slot) -> None:
         if slot.sampler is not None:
             ll.llama_sampler_free(slot.sampler)
@@ -260,7 +217,7 @@ class LlamaCppBackend:
             self._slot_of.pop(slot.sequence.request_id, None)
         # The KV cache (cached_tokens) stays for prefix reuse by a later request.
         slot.sequence, slot.sampler, slot.text, slot.pending_token = None, None, None, None
-        slot.grammar, slot.error = None, None
+        slot.grammar, slot.error, slot.speculation = None, None, None
 
     # -- the step ----------------------------------------------------------------------------------
 
@@ -276,10 +233,11 @@ class LlamaCppBackend:
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
         self._score_prompts()
-        return [self._sample(slot, index) for slot, index in to_sample]
+        return [self._sample(slot, index, drafts) for slot, index, drafts in to_sample]
 
-    def _fill_batch(self, batch: Batch) -> list[tuple[_Slot, int]]:
-        """Write decode tokens and prompt chunks into the llama_batch; return (slot, logits index) pairs.
+    def _fill_batch(self, batch: Batch) -> list[tuple[_Slot, int, list[int]]]:
+        """Write decode tokens (each followed by its sequence's draft, if any) and prompt chunks into the
+        llama_batch; return (slot, logits index, draft) for the positions to sample.
 
         Sequences go in ascending id order. With one KV stream per sequence, llama.cpp puts only
         consecutive sequence ids into one micro-batch: any other order (or a gap) splits the step into
@@ -288,15 +246,31 @@ class LlamaCppBackend:
         self._batch.n_tokens = 0
         work = [(self._slot_of[s.request_id], None) for s in batch.decode]
         work += [(self._slot_of[chunk.sequence.request_id], chunk) for chunk in batch.prefill]
+        drafts = self._drafts([slot for slot, chunk in work if chunk is None], batch.num_draft_tokens)
         to_sample = []
         for slot, chunk in sorted(work, key=lambda item: item[0].seq_id):
             if chunk is None:
-                to_sample.append((slot, self._add_token(slot, slot.pending_token, wants_logits=True)))
+                draft = drafts.get(slot.seq_id, [])
+                to_sample.append((slot, self._add_token(slot, slot.pending_token, wants_logits=True), draft))
+                for token in draft:  # verified in this same decode: logits at every drafted position
+                    self._add_token(slot, token, wants_logits=True)
             elif chunk.is_last:
-                to_sample.append((slot, self._add_prompt_chunk(slot, chunk)))
+                to_sample.append((slot, self._add_prompt_chunk(slot, chunk), []))
             else:
                 self._add_prompt_chunk(slot, chunk)
         return to_sample
+
+    def _drafts(self, decoding: list[_Slot], budget: int) -> dict[int, list[int]]:
+        """Each speculating sequence's draft (seq id -> tokens after its pending one), within the step's
+        draft budget and the room its request and context have left."""
+        proposals = {}
+        for slot in decoding:
+            if slot.speculation is not None:
+                room = min(slot.sequence.request.params.max_tokens - slot.num_generated,
+                           self._context_length - len(slot.cached_tokens) - 1) - 1
+                proposals[slot.seq_id] = slot.speculation.propose(room)
+        grants = share_budget({seq_id: len(tokens) for seq_id, tokens in proposals.items()}, budget)
+        return {seq_id: tokens[:grants[seq_id]] for seq_id, tokens in proposals.items() if grants[seq_id]}
 
     def _add_prompt_chunk(self, slot: _Slot, chunk: PrefillChunk) -> int:
         """Add the chunk's prompt tokens; logits only for the prompt's last one. Returns its index."""
@@ -338,36 +312,60 @@ class LlamaCppBackend:
         slot.cached_tokens.append(token)
         return i
 
-    def _sample(self, slot: _Slot, index: int) -> StepOutput:
-        sequence = slot.sequence
-        params = sequence.request.params
-        # Before sampling: the sampler chain may rewrite the logits (penalties, grammar).
-        logprobs = self._logprobs_at(index) if params.num_logprobs is not None else None
-        try:
-            token = self._next_token(slot, index)
-        except GrammarRejectedError as exc:
-            self._release(slot)
-            return StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=str(exc))
-        slot.num_generated += 1
-        finish, text, stop_string = None, "", None
-        if token in self._eog_tokens and not params.ignore_eos:
-            finish, text = FinishReason.STOP, slot.text.flush()
-        else:
-            text, hit_stop = slot.text.feed(slot.kept_pieces.get(token) or self._piece(token))
-            slot.pending_token = token
-            if hit_stop:
-                finish, stop_string = FinishReason.STOP, slot.text.matched_stop
-            elif slot.num_generated >= params.max_tokens or len(slot.cached_tokens) + 1 >= self._context_length:
-                finish, text = FinishReason.LENGTH, text + slot.text.flush()
-        output = StepOutput(sequence.request_id, text=text, num_new_tokens=1, finish_reason=finish,
-                            stop_string=stop_string)
-        if logprobs is not None and not (token in self._eog_tokens and not params.ignore_eos):
-            output.logprobs = [token_logprob(logprobs, token, params.num_logprobs, self._piece)]
+    def _sample(self, slot: _Slot, index: int, draft: list[int]) -> StepOutput:
+        """Sample the position at `index`, then each drafted position after it while the sampled token
+        equals the drafted one (backends/speculative.py says why this keeps the output unchanged); emit
+        what was sampled and drop the KV cells of the rejected draft."""
+        output = StepOutput(slot.sequence.request_id)
+        num_in_cache = len(slot.cached_tokens) - len(draft)  # up to and with the token decoded at `index`
+        emitted: list[int] = []
+        for offset in range(len(draft) + 1):
+            try:
+                emitted.append(self._emit(slot, index + offset, num_in_cache + offset, output))
+            except GrammarRejectedError as exc:
+                output.finish_reason, output.error = FinishReason.ABORT, str(exc)
+            if output.finish_reason is not None or offset == len(draft) or emitted[-1] != draft[offset]:
+                break
+        if slot.speculation is not None:
+            output.num_drafted_tokens = len(draft)
+            output.num_accepted_tokens = slot.speculation.record(draft, emitted)
+        self._drop_cached_after(slot, num_in_cache + accepted_run(draft, emitted))
         if slot.prompt_logprobs is not None:
             output.prompt_logprobs, slot.prompt_logprobs = slot.prompt_logprobs, None
-        if finish is not None:
+        if output.finish_reason is not None:
             self._release(slot)
         return output
+
+    def _emit(self, slot: _Slot, index: int, num_in_cache: int, output: StepOutput) -> int:
+        """Sample one token from the logits at `index` and add it to the output; `num_in_cache` tokens
+        precede it in the sequence. Sets the output's finish reason when the sequence ends with it."""
+        params = slot.sequence.request.params
+        # Before sampling: the sampler chain may rewrite the logits (penalties, grammar).
+        logprobs = self._logprobs_at(index) if params.num_logprobs is not None else None
+        token = self._next_token(slot, index)
+        slot.num_generated += 1
+        output.num_new_tokens += 1
+        if token in self._eog_tokens and not params.ignore_eos:
+            output.finish_reason, output.text = FinishReason.STOP, output.text + slot.text.flush()
+            return token
+        text, hit_stop = slot.text.feed(slot.kept_pieces.get(token) or self._piece(token))
+        output.text += text
+        slot.pending_token = token
+        if logprobs is not None:
+            output.logprobs = (output.logprobs or []) + [token_logprob(logprobs, token, params.num_logprobs,
+                                                                         self._piece)]
+        if hit_stop:
+            output.finish_reason, output.stop_string = FinishReason.STOP, slot.text.matched_stop
+        elif slot.num_generated >= params.max_tokens or num_in_cache + 1 >= self._context_length:
+            output.finish_reason, output.text = FinishReason.LENGTH, output.text + slot.text.flush()
+        return token
+
+    def _drop_cached_after(self, slot: _Slot, num_kept: int) -> None:
+        """Remove the KV cells from position `num_kept` on (a rejected draft)."""
+        if num_kept < len(slot.cached_tokens):
+            if not ll.llama_memory_seq_rm(self._memory, slot.seq_id, num_kept, -1):
+                raise RuntimeError(f"llama.cpp could not drop the rejected draft of sequence {slot.seq_id}")
+            del slot.cached_tokens[num_kept:]
 
     def _next_token(self, slot: _Slot, index: int) -> int:
         if slot.error is not None:

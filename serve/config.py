@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
-from backends.base import BACKEND_NAMES, KV_TYPES, POOLING_TYPES
+from backends.base import BACKEND_NAMES, KV_TYPES, POOLING_TYPES, SPECULATIVE_MODES
 from serve.duration import parse_duration
 from serve.errors import ConfigError
 
@@ -39,10 +39,13 @@ class PlanChoices:
     pipeline_parallel_size: int | None = None
     ray_address: str | None = None
     gpu_memory_utilization: float | None = None
+    speculative: str | None = None  # llama.cpp's speculative decoding: one of SPECULATIVE_MODES
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKEND_NAMES:
             raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
+        if self.speculative is not None and self.speculative not in SPECULATIVE_MODES:
+            raise ConfigError(f"unknown --speculative {self.speculative!r}; choose one of {', '.join(SPECULATIVE_MODES)}")
         for name in ("context_length", "num_threads", "num_parallel", "max_batch_tokens",
                      "tensor_parallel_size", "pipeline_parallel_size"):
             value = getattr(self, name)

@@ -64,6 +64,8 @@ class SamplingParams:
     num_logprobs: int | None = None
     # The same for every prompt token (OpenAI completions' echo); the first prompt token has none.
     num_prompt_logprobs: int | None = None
+    # Speculative decoding where the server runs it (the output is the same either way); False opts out.
+    speculative: bool = True
     # Special tokens whose text must appear in the output when the model writes them (a tool-call marker
     # like Mistral's `[TOOL_CALLS]` is a control token, which backends otherwise leave out of the text).
     # Text that is not one special token of the model's vocabulary appears anyway: nothing to keep.
@@ -121,6 +123,10 @@ class StepOutput:
     logprobs: list[TokenLogprob] | None = None
     # Every prompt token's (None for the first), on the request's first output, when asked.
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    # Speculative decoding: tokens drafted for this step, and how many of them the model confirmed (they
+    # are among num_new_tokens, which is then more than one).
+    num_drafted_tokens: int = 0
+    num_accepted_tokens: int = 0
 
 
 @dataclass
@@ -178,6 +184,9 @@ class Batch:
     prefill: list[PrefillChunk] = field(default_factory=list)
     decode: list[Sequence] = field(default_factory=list)  # one new token each
     released: list[Sequence] = field(default_factory=list)  # aborted: free their KV and sampler
+    # Tokens the backend may add to verify drafts of the decoding sequences (speculative decoding): the
+    # step budget the decode tokens and prompt chunks left over, within the backend's own cap.
+    num_draft_tokens: int = 0
 
     @property
     def is_empty(self) -> bool:

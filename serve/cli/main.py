@@ -25,6 +25,9 @@ def _add_up(subparsers) -> None:
     up.add_argument("--max-queue", type=int, dest="max_queue", help="waiting requests before HTTP 429 (default 64)")
     up.add_argument("--batch-tokens", type=int, dest="max_batch_tokens", help="token budget of one step")
     up.add_argument("--kv-type", dest="kv_type", help=KV_TYPE_HELP)
+    up.add_argument("--speculative", choices=["ngram", "off"], dest="speculative",
+                    help="llama.cpp: speculative decoding; ngram (default) drafts from the request's own prompt "
+                         "and output, off disables it (output is the same either way)")
     up.add_argument("--api-key", dest="api_key", help="require this bearer token on every API request")
     up.add_argument("--backend", choices=None, help="llamacpp or vllm (default: chosen by the hardware probe)")
     up.add_argument("--pooling", choices=("mean", "cls", "last", "rank"),
@@ -66,7 +69,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
              "max_batch_tokens", "kv_type", "api_key", "backend", "catalog_file", "pooling", "tensor_parallel_size",
              "pipeline_parallel_size", "ray_address", "gpu_memory_utilization", "log_level", "max_memory",
              "max_models", "keep_alive", "pinned", "switch_window", "models_dir", "allow_pull", "max_stored_responses",
-             "metrics_key", "drain_timeout")
+             "metrics_key", "drain_timeout", "speculative")
     config = resolve_config({name: getattr(args, name) for name in names})
     logging.getLogger().setLevel(config.log_level.upper())
     server.run(config)

@@ -29,6 +29,9 @@ GPU_BATCH_TOKENS = 2048  # llama-server's and vLLM's API-server default
 BIG_GPU_BATCH_TOKENS, BIG_GPU_PARALLEL = 8192, 1024  # vLLM's defaults on >= 70 GiB GPUs other than A100
 VLLM_GPU_PARALLEL = 256  # vLLM pages its KV cache: many short sequences share it
 SMALL_MODEL_PARAMS = 3_000_000_000
+# Prompt lookup costs nothing when it finds no match and stops drafting when drafts fail (its adaptive
+# length), so it is on by default: it pays where output repeats its input (quoting, editing, code).
+DEFAULT_SPECULATIVE = "ngram"
 SMALL_MODEL_PARALLEL, LARGE_MODEL_PARALLEL = 8, 4
 KV_RAM_SHARE = 0.5  # defaults leave half the RAM beyond the weights to the OS and other programs
 LLAMA_OVERHEAD_BYTES = 512 * MiB  # compute buffers (and the CUDA context, per GPU)
@@ -249,8 +252,12 @@ def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str |
         reasons.append(f"the weights ({gib(fp.weights_bytes)}) exceed the {gib(hw.memory.available_bytes)} of "
                        "free RAM: expect paging")
     batch = _batch_tokens(asked, CPU_BATCH_TOKENS if where.device == "cpu" else GPU_BATCH_TOKENS, num_parallel)
+    speculative = asked.speculative or DEFAULT_SPECULATIVE
+    reasons.append("speculative decoding: drafts from each request's own prompt and output (n-gram lookup), "
+                   "only where they keep being accepted" if speculative == "ngram" else "speculative decoding off")
     settings = BackendSettings(num_threads=threads, n_gpu_layers=where.n_gpu_layers, context_length=context,
-                               num_parallel=num_parallel, max_batch_tokens=batch, kv_cache_dtype=kv_type)
+                               num_parallel=num_parallel, max_batch_tokens=batch, kv_cache_dtype=kv_type,
+                               speculative=speculative)
     return Plan(backend="llamacpp", reasons=tuple(reasons), device=where.device, settings=settings, model=spec.name,
                 weights_bytes=fp.weights_bytes, kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel)
 

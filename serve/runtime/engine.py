@@ -41,6 +41,7 @@ class RequestStream:
         self._first_token_at: float | None = None
         self._last_token_at = 0.0
         self._num_output_tokens = 0  # delivered to the client: what its usage reports
+        self._num_drafted_tokens = self._num_accepted_tokens = 0  # speculative decoding
         self._observe_inter_token = metrics.inter_token_latency(engine.model_name)
         self._done = False
 
@@ -72,6 +73,8 @@ class RequestStream:
                 self._observe_inter_token(now - self._last_token_at)
             self._last_token_at = now
             self._num_output_tokens += output.num_new_tokens
+            self._num_drafted_tokens += output.num_drafted_tokens
+            self._num_accepted_tokens += output.num_accepted_tokens
         if output.finish_reason is not None:
             self._done = True
             self._finished(output.finish_reason)
@@ -93,11 +96,18 @@ class RequestStream:
             self._engine.model_name, finish_reason=reason.value, num_prompt_tokens=self.num_prompt_tokens,
             num_cached_tokens=self.num_cached_tokens, num_output_tokens=self._num_output_tokens,
             queue_seconds=None if admitted_at is None else admitted_at - self._submitted_at,
-            ttft_seconds=ttft, e2e_seconds=now - self._submitted_at)
-        log.info("%s model=%s prompt=%d cached=%d output=%d ttft=%s duration=%.0fms finish=%s",
+            ttft_seconds=ttft, e2e_seconds=now - self._submitted_at, num_drafted_tokens=self._num_drafted_tokens,
+            num_accepted_tokens=self._num_accepted_tokens)
+        log.info("%s model=%s prompt=%d cached=%d output=%d ttft=%s duration=%.0fms finish=%s%s",
                  self.request_id, self._sequence.request.model, self.num_prompt_tokens,
                  self.num_cached_tokens, self._sequence.num_output_tokens,
-                 "-" if ttft is None else f"{ttft * 1000:.0f}ms", (now - self._submitted_at) * 1000, reason.value)
+                 "-" if ttft is None else f"{ttft * 1000:.0f}ms", (now - self._submitted_at) * 1000, reason.value,
+                 self._speculation_words())
+
+    def _speculation_words(self) -> str:
+        """The request's draft acceptance for its log line (nothing when it drafted nothing)."""
+        drafted, accepted = self._num_drafted_tokens, self._num_accepted_tokens
+        return f" drafted={drafted} accepted={accepted} ({accepted / drafted:.0%})" if drafted else ""
 
 
 class Engine:
@@ -121,7 +131,8 @@ class Engine:
         self.capabilities = caps
         self.scheduler = Scheduler(
             num_parallel=caps.num_parallel, max_waiting=max_queue, max_batch_tokens=caps.max_batch_tokens,
-            max_prefill_tokens_while_decoding=caps.max_prefill_tokens_while_decoding, admit=self._admit)
+            max_prefill_tokens_while_decoding=caps.max_prefill_tokens_while_decoding, admit=self._admit,
+            max_draft_tokens_per_step=caps.max_draft_tokens_per_step)
         self._wakeup = threading.Event()
         self._stopping = False
         self._is_admitting = True

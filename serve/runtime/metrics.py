@@ -88,6 +88,10 @@ PREFIX_CACHE_MISSES = _counter("prefix_cache_misses",
 GENERATION_TOKENS = _counter("generation_tokens", "Generated tokens delivered to the requests")
 REQUEST_SUCCESS = _counter("request_success", "Requests that ended, by finish reason (stop, length, abort)",
                            ("model", "finished_reason"))
+SPEC_DRAFT_TOKENS = _counter("spec_decode_num_draft_tokens",
+                             "Speculative decoding: draft tokens verified by the model")
+SPEC_ACCEPTED_TOKENS = _counter("spec_decode_num_accepted_tokens",
+                                "Speculative decoding: of the draft tokens, those the model confirmed (emitted)")
 MODEL_LOADS = _counter("model_loads", "Models loaded (at start-up or on demand)")
 MODEL_LOAD_TIME = _histogram("model_load_seconds", "Time to load a model's weights and start its engine",
                              _LOAD_BUCKETS)
@@ -98,7 +102,7 @@ MODEL_UNLOADS = _counter("model_unloads", "Models unloaded, by reason: evicted (
 
 def record_request(model: str, *, finish_reason: str, num_prompt_tokens: int, num_cached_tokens: int,
                    num_output_tokens: int, queue_seconds: float | None, ttft_seconds: float | None,
-                   e2e_seconds: float) -> None:
+                   e2e_seconds: float, num_drafted_tokens: int = 0, num_accepted_tokens: int = 0) -> None:
     """One ended request; the prompt counts only when it was admitted (its prompt was computed)."""
     if queue_seconds is not None:
         QUEUE_TIME.labels(model).observe(queue_seconds)
@@ -110,6 +114,9 @@ def record_request(model: str, *, finish_reason: str, num_prompt_tokens: int, nu
     GENERATION_TOKENS.labels(model).inc(num_output_tokens)
     E2E_LATENCY.labels(model).observe(e2e_seconds)
     REQUEST_SUCCESS.labels(model, finish_reason).inc()
+    if num_drafted_tokens:
+        SPEC_DRAFT_TOKENS.labels(model).inc(num_drafted_tokens)
+        SPEC_ACCEPTED_TOKENS.labels(model).inc(num_accepted_tokens)
 
 
 def inter_token_latency(model: str) -> Callable[[float], None]:

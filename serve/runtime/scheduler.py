@@ -9,6 +9,8 @@
   only admits and hands each prompt over in one piece.
 - Fairness: the prefill budget is split evenly between all prefilling sequences (water-filling), so a
   long prompt advances alongside short ones instead of taking the whole budget as llama-server does.
+- Speculative decoding: a backend that speculates (Capabilities.max_draft_tokens_per_step) may add draft
+  tokens for its decoding sequences, within what the decode tokens and prompt chunks leave of the budget.
 - Abort: a sequence whose client left is dropped from the queue, or released by the backend at the next
   step.
 
@@ -29,11 +31,13 @@ log = logging.getLogger("serve.runtime.scheduler")
 
 class Scheduler:
     def __init__(self, *, num_parallel: int, max_waiting: int, max_batch_tokens: int,
-                 max_prefill_tokens_while_decoding: int, admit: Callable[[Sequence], int]):
+                 max_prefill_tokens_while_decoding: int, admit: Callable[[Sequence], int],
+                 max_draft_tokens_per_step: int = 0):
         self._num_parallel = num_parallel
         self._max_waiting = max_waiting
         self._max_batch_tokens = max_batch_tokens
         self._max_prefill_tokens_while_decoding = max_prefill_tokens_while_decoding
+        self._max_draft_tokens_per_step = max_draft_tokens_per_step
         self._admit = admit
         self._lock = threading.Lock()  # guards `waiting`, shared with the event loop thread
         self.waiting: collections.deque[Sequence] = collections.deque()
@@ -75,6 +79,7 @@ class Scheduler:
         batch.decode = [s for s in self.running if not s.is_prefilling]
         prefilling = [s for s in self.running if s.is_prefilling]
         batch.prefill = self._prefill_chunks(prefilling, self._prefill_budget(len(batch.decode)))
+        batch.num_draft_tokens = self._draft_budget(batch)
         return batch
 
     def _drop_aborted(self, batch: Batch) -> None:
@@ -104,6 +109,14 @@ class Scheduler:
         if num_decoding:
             budget = min(budget, self._max_prefill_tokens_while_decoding)
         return max(budget, 0)
+
+    def _draft_budget(self, batch: Batch) -> int:
+        """Speculative drafts get only what decode tokens and prompt chunks leave of the step budget:
+        prompts come first (time to first token), drafts are a bonus for the running streams."""
+        if not batch.decode:
+            return 0
+        used = len(batch.decode) + sum(chunk.num_tokens for chunk in batch.prefill)
+        return max(min(self._max_draft_tokens_per_step, self._max_batch_tokens - used), 0)
 
     @staticmethod
     def _prefill_chunks(prefilling: list[Sequence], budget: int) -> list[PrefillChunk]:

@@ -49,7 +49,8 @@ def test_plan_choices_keep_their_top_level_names(tmp_path):
 @pytest.mark.parametrize("values, fragment", [
     ({"backend": "tensorrt"}, "unknown backend 'tensorrt'; choose one of llamacpp, vllm"),
     ({"num_parallel": 0}, "num_parallel must be positive"),
-    ({"gpu_memory_utilization": 1.5}, "gpu-memory-utilization must be in")])
+    ({"gpu_memory_utilization": 1.5}, "gpu-memory-utilization must be in"),
+    ({"speculative": "eagle"}, "unknown --speculative 'eagle'; choose one of ngram, off")])
 def test_bad_plan_choices_are_refused_once_at_start_up(values, fragment):
     with pytest.raises(ConfigError, match=fragment):
         PlanChoices(**values)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OPENAI_API, OLLAMA_API = "tests/integration/test_openai_api.py", "tests/integration/test_ollama_api.py"
 STRUCTURED, LOGPROBS = "tests/integration/test_structured_output.py", "tests/integration/test_logprobs.py"
 TOOLS, OLLAMA_UNIT = "tests/integration/test_tools.py", "tests/unit/test_ollama_protocol.py"
+SPECULATIVE = "tests/integration/test_speculative.py"
 SAMPLING = f"{OPENAI_API}::test_sampling_parameters_are_accepted"
 OLLAMA_OPTIONS = f"{OLLAMA_API}::test_options_reach_the_sampler"
 
@@ -38,6 +39,7 @@ OPENAI_SHARED = {
     "response_format": f"{STRUCTURED}::test_json_object",
     "json_schema": f"{STRUCTURED}::test_completions_with_json_schema_and_grammar",
     "grammar": f"{STRUCTURED}::test_completions_with_json_schema_and_grammar",
+    "speculative": f"{SPECULATIVE}::test_speculative_false_drafts_nothing",
 }
 OPENAI_CHAT = {
     **OPENAI_SHARED, "messages": f"{OPENAI_API}::test_multi_turn_and_text_parts",
@@ -89,6 +91,7 @@ OPTIONS_IMPLEMENTED = {
     **dict.fromkeys(("num_predict", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "repeat_penalty",
                      "presence_penalty", "frequency_penalty"), f"{OLLAMA_UNIT}::test_given_options_map_one_to_one"),
     "num_ctx": f"{OLLAMA_API}::test_errors_have_ollamas_shape_and_the_server_keeps_serving",
+    "speculative": f"{SPECULATIVE}::test_ollama_option_speculative_false_drafts_nothing",
 }
 OPTIONS_REFUSED = {"mirostat": 2, "typical_p": 0.5, "repeat_last_n": 128, "tfs_z": 0.5}
 # Ollama's runner knobs (the server's plan decides these) and mirostat's own settings (mirostat is refused).

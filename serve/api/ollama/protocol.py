@@ -105,6 +105,7 @@ class Options(_Strict):
     presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     num_ctx: Optional[int] = Field(default=None, gt=0)  # must fit the served per-request context
+    speculative: Optional[bool] = None  # quantserve's own: false opts out of speculative decoding
     # sampling we do not implement: a 400 unless left at Ollama's default
     repeat_last_n: Optional[int] = Field(default=None, json_schema_extra={"enum": [DEFAULT_REPEAT_LAST_N, None]})
     mirostat: Optional[int] = Field(default=None, json_schema_extra={"enum": [0, None]})

@@ -52,7 +52,7 @@ def sampling_params(options: Options, num_max_tokens: int) -> SamplingParams:
         min_p=given(options.min_p, 0.0), seed=options.seed if options.seed is not None and options.seed >= 0 else None,
         presence_penalty=given(options.presence_penalty, 0.0), frequency_penalty=given(options.frequency_penalty, 0.0),
         repeat_penalty=given(options.repeat_penalty, DEFAULT_REPEAT_PENALTY),
-        stop=tuple(s for s in options.stop or () if s))
+        stop=tuple(s for s in options.stop or () if s), speculative=options.speculative is not False)
 
 
 def _context_limit(engine: EngineClient, options: Options) -> int:

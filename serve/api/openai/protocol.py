@@ -92,6 +92,8 @@ class SamplingFields(BaseModel):
     response_format: Optional[ResponseFormat] = None
     json_schema: Optional[dict[str, Any]] = None  # llama-server's extension: JSON valid under this schema
     grammar: Optional[str] = None  # llama-server's extension: text matching this GBNF grammar
+    # quantserve's extension: false opts out of speculative decoding (the output is the same either way)
+    speculative: Optional[bool] = None
 
     @field_validator("stop", mode="before")
     @classmethod

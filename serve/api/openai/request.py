@@ -48,6 +48,7 @@ def sampling_params(body: SamplingFields, num_max_tokens: int) -> SamplingParams
         logit_bias={int(token): bias for token, bias in (body.logit_bias or {}).items()},
         stop=body.stop,
         constraint=output_constraint(body),
+        speculative=body.speculative is not False,
     )
 
 
