@@ -65,7 +65,9 @@ def test_concurrent_greedy_outputs_equal_sequential_ones(batching_server):
     sequential = asyncio.run(run(False))
     concurrent = asyncio.run(run(True))
     for one, many in zip(sequential, concurrent):
-        assert one["usage"] == many["usage"]
+        # The second round reuses the first round's cached prompts, so only the cached share may differ.
+        counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+        assert [one["usage"][k] for k in counts] == [many["usage"][k] for k in counts]
         text_one = one["choices"][0]["message"]["content"]
         text_many = many["choices"][0]["message"]["content"]
         assert text_many.split()[:8] == text_one.split()[:8]
