@@ -33,6 +33,7 @@ import llama_cpp.llama_cpp as ll
 import numpy as np
 
 from backends.base import BackendSettings
+from backends.llamacpp_vocab import tokenize
 from serve.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -104,14 +105,7 @@ class LlamaCppPooler:
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         """Token ids of `text` with the model's own special tokens (BOS, or BERT's [CLS] ... [SEP])."""
-        data = text.encode("utf-8")
-        capacity = len(data) + 4
-        while True:
-            buffer = (ll.llama_token * capacity)()
-            count = ll.llama_tokenize(self._vocab, data, len(data), buffer, capacity, add_special, True)
-            if count >= 0:
-                return list(buffer[:count])
-            capacity = -count
+        return tokenize(self._vocab, text, add_special=add_special)
 
     def pair_tokens(self, query: str, document: str) -> list[int]:
         """A query and a document as a reranker reads them: the GGUF's own rerank template when it has one

@@ -23,16 +23,9 @@ class Vocabulary:
         return ll.llama_vocab_get_text(self.handle, token).decode("utf-8", "replace") if token >= 0 else ""
 
     def tokenize(self, text: str) -> list[int]:
-        data = text.encode("utf-8")
         # Templates often write the BOS themselves; adding another would double it.
         add_special = self.adds_bos and not (self.bos_text and text.startswith(self.bos_text))
-        capacity = len(data) + 2
-        while True:
-            buffer = (ll.llama_token * capacity)()
-            count = ll.llama_tokenize(self.handle, data, len(data), buffer, capacity, add_special, True)
-            if count >= 0:
-                return list(buffer[:count])
-            capacity = -count
+        return tokenize(self.handle, text, add_special=add_special)
 
     def piece(self, token: int) -> bytes:
         """The token's bytes as they appear in the text (cached: called for every generated token)."""
@@ -43,3 +36,16 @@ class Vocabulary:
             piece = buffer.raw[:max(count, 0)]
             self._pieces[token] = piece
         return piece
+
+
+def tokenize(vocab, text: str, *, add_special: bool) -> list[int]:
+    """Token ids of `text` in llama.cpp's vocabulary `vocab`, special tokens in the text parsed as such;
+    `add_special` adds the model's own (BOS, or BERT's [CLS] ... [SEP])."""
+    data = text.encode("utf-8")
+    capacity = len(data) + 4
+    while True:
+        buffer = (ll.llama_token * capacity)()
+        count = ll.llama_tokenize(vocab, data, len(data), buffer, capacity, add_special, True)
+        if count >= 0:
+            return list(buffer[:count])
+        capacity = -count  # too small: llama.cpp says how many it needs

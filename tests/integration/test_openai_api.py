@@ -155,7 +155,7 @@ def test_multi_turn_and_text_parts(server, http):
 
 def test_repeated_prompt_reports_cached_tokens(server, client):
     """A second request with the same long system prompt reuses its KV (prefix reuse) and says so in
-    usage.prompt_tokens_details.cached_tokens, as OpenAI does; the first one computes everything."""
+    usage.prompt_tokens_details.cached_tokens, as OpenAI does; the first one computes (nearly) everything."""
     system = "You are a careful assistant for a museum. " + " ".join(
         f"Rule {i}: answer about exhibit {i} in one short sentence." for i in range(40))
     messages = [{"role": "system", "content": system}, {"role": "user", "content": "Which rule is first?"}]
@@ -168,7 +168,8 @@ def test_repeated_prompt_reports_cached_tokens(server, client):
     first_cached, num_prompt = cached_and_prompt_tokens()
     second_cached, _ = cached_and_prompt_tokens()
     assert num_prompt > 400
-    assert first_cached == 0
+    # Any shared prefix is reused, so the first may reuse the template's opening from earlier requests.
+    assert first_cached < num_prompt // 10
     assert num_prompt // 2 <= second_cached < num_prompt  # vLLM caches whole blocks; llama.cpp all but one token
 
 
