@@ -91,6 +91,9 @@ def _shape(message) -> tuple:
 
 
 def test_auto_is_text_or_valid_calls_and_deterministic(chat):
+    # Compared with the prompt cache in the same state: a prompt computed whole and one reused from the
+    # cache differ in the last bits of their logits, which may move a near tie (llama-server's cache too).
+    chat(tool_choice="auto", temperature=0, max_tokens=1)
     first, second = (chat(tool_choice="auto", temperature=0, max_tokens=60).choices[0] for _ in range(2))
     assert _shape(first.message) == _shape(second.message)
     if first.message.tool_calls:
