@@ -29,9 +29,10 @@ GPU_BATCH_TOKENS = 2048  # llama-server's and vLLM's API-server default
 BIG_GPU_BATCH_TOKENS, BIG_GPU_PARALLEL = 8192, 1024  # vLLM's defaults on >= 70 GiB GPUs other than A100
 VLLM_GPU_PARALLEL = 256  # vLLM pages its KV cache: many short sequences share it
 SMALL_MODEL_PARAMS = 3_000_000_000
-# Prompt lookup costs nothing when it finds no match and stops drafting when drafts fail (its adaptive
-# length), so it is on by default: it pays where output repeats its input (quoting, editing, code).
-DEFAULT_SPECULATIVE = "ngram"
+# Off by default: on this repository's 2-core CPU, verifying drafts is not free while several streams
+# decode (repeated short prompts, 8 and 16 clients: 149 and 163 tok/s with ngram drafts against 204 and
+# 227 without, benchmarks/prompt_reuse_check.py). Opt in with --speculative ngram where output copies input.
+DEFAULT_SPECULATIVE = "off"
 SMALL_MODEL_PARALLEL, LARGE_MODEL_PARALLEL = 8, 4
 KV_RAM_SHARE = 0.5  # defaults leave half the RAM beyond the weights to the OS and other programs
 LLAMA_OVERHEAD_BYTES = 512 * MiB  # compute buffers (and the CUDA context, per GPU)

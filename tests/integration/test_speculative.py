@@ -1,4 +1,4 @@
-"""Prompt-lookup speculative decoding through the real server (on by default for llama.cpp): the output
+"""Prompt-lookup speculative decoding through the real server (`--speculative ngram`): the output
 is the same as without it (greedy, seeded sampling, grammar, penalties, logprobs), steps carry several
 tokens (streamed too), max_tokens and stop strings cut exactly, `"speculative": false` (OpenAI) and
 `options.speculative: false` (Ollama) opt out, and drafted/accepted tokens are counted.
@@ -42,7 +42,7 @@ DRAFTED, ACCEPTED = "quantserve_spec_decode_num_draft_tokens_total", "quantserve
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with start_llamacpp_server(tmp_path_factory, "speculative", ["--parallel", "1", "--ctx", "2048"]) as running:
+    with start_llamacpp_server(tmp_path_factory, "speculative", ["--parallel", "1", "--ctx", "2048", "--speculative", "ngram"]) as running:
         yield running
 
 
