@@ -77,15 +77,7 @@ def _build_split(src: Path, stem: Path, num_shards: int) -> list[Path]:
     tmp_dir.mkdir()
     writer = gguf.GGUFWriter(tmp_dir / (stem.name + ".gguf"), _arch(reader), split_max_tensors=per_shard)
     _copy_metadata(reader, writer, {})
-    for tensor in reader.tensors:
-        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
-                               tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for tensor in reader.tensors:
-        writer.write_tensor_data(tensor.data)
-    writer.close()
+    _write_tensors(reader, writer)
     shards = sorted(tmp_dir.glob("*.gguf"))
     final = [stem.parent / shard.name for shard in shards]
     for shard, target in zip(shards, final):
@@ -135,15 +127,7 @@ def _build_mistral_marked(src: Path, dst: Path) -> None:
     tmp = dst.with_suffix(".tmp")
     writer = gguf.GGUFWriter(tmp, _arch(reader))
     _copy_metadata(reader, writer, {"tokenizer.ggml.tokens": tokens, gguf.Keys.Tokenizer.CHAT_TEMPLATE: MISTRAL_TEMPLATE})
-    for tensor in reader.tensors:
-        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
-                               tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for tensor in reader.tensors:
-        writer.write_tensor_data(tensor.data)
-    writer.close()
+    _write_tensors(reader, writer)
     tmp.replace(dst)
 
 
@@ -153,3 +137,16 @@ def mistral_marked_gguf() -> Path:
     if not dst.exists():
         _build_mistral_marked(embedded_model_path(), dst)
     return dst
+
+
+def _write_tensors(reader, writer) -> None:
+    """Every tensor of `reader`, unchanged, after the metadata already given to `writer`; closes it."""
+    for tensor in reader.tensors:
+        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                               tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in reader.tensors:
+        writer.write_tensor_data(tensor.data)
+    writer.close()
