@@ -1,7 +1,8 @@
 """The llama.cpp backend's slot choice (backends/slot_choice.py), a pure function: no model needed."""
 import pytest
 
-from backends.slot_choice import SlotChoice, SlotState, choose_slot, is_copy_worth_it, num_runs, reusable_prefix
+from backends.slot_choice import (SlotChoice, SlotState, can_reuse_in_place, choose_slot, is_copy_worth_it, num_runs,
+                                  reusable_prefix)
 
 PROMPT = [1, 10, 11, 12, 13, 14]
 
@@ -76,6 +77,48 @@ def test_a_copy_must_pay_for_the_cells_it_moves():
     assert not is_copy_worth_it(0, 10)
     assert not is_copy_worth_it(2, 4096)  # a whole long conversation serialized to gain two tokens
     assert is_copy_worth_it(64, 4096)
+
+
+def test_an_exact_repeat_keeps_its_slot_however_long_the_answer_cached_after_it():
+    slots = _slots(([], False, 0), (PROMPT + list(range(100, 164)), False, 4))
+    assert choose_slot(slots, PROMPT) == SlotChoice(1, len(PROMPT) - 1)
+
+
+def test_a_prompt_sharing_only_a_template_header_leaves_the_other_prompts_cache_alone():
+    # Slot 0 holds another short chat prompt and its answer; they share [1, 10] (`<|im_start|>user`).
+    # Cutting slot 0 after two tokens would destroy its cache: the prompt goes to the empty slot, and
+    # the two shared tokens are copied there.
+    other = [1, 10, 20, 21, 22, 23, 24, 25, 26, 27]
+    slots = _slots((other, False, 5), ([], False, 0))
+    assert not can_reuse_in_place(slots[0], PROMPT)
+    assert choose_slot(slots, PROMPT) == SlotChoice(1, 2, copy_from=0)
+
+
+def test_in_place_reuse_needs_half_of_the_prompt_or_half_of_the_cache():
+    assert can_reuse_in_place(SlotState(0, [1, 10, 11, 99], False, 0), PROMPT)  # half of the prompt
+    assert can_reuse_in_place(SlotState(0, [1, 10], False, 0), PROMPT)  # the whole cache: nothing lost
+    assert not can_reuse_in_place(SlotState(0, [1, 10, 20, 21, 22], False, 0), PROMPT)
+    assert not can_reuse_in_place(SlotState(0, [], False, 0), PROMPT)
+
+
+def test_prompts_sent_in_turn_each_keep_a_slot_of_their_own():
+    # One client cycling through three short chat prompts (the same first two tokens) with four slots:
+    # after the first round every request is an exact repeat of its own slot's prompt.
+    prompts = [[1, 10, 30 + i, 40 + i, 50 + i] for i in range(3)]
+    cached: list[list[int]] = [[] for _ in range(4)]
+    last_used = [0] * 4
+    for turn in range(9):
+        prompt = prompts[turn % 3]
+        choice = choose_slot([SlotState(i, cached[i], False, last_used[i]) for i in range(4)], prompt)
+        if turn >= 3:
+            assert choice == SlotChoice(choice.seq_id, len(prompt) - 1)
+        cached[choice.seq_id] = prompt + [90, 91, 92, 93, 94, 95]  # the prompt and its answer
+        last_used[choice.seq_id] = turn + 1
+
+
+def test_with_every_slot_holding_other_prompts_the_least_recently_used_is_replaced():
+    slots = _slots(([1, 10, 20, 21, 22], False, 7), ([1, 10, 30, 31, 32], False, 2), ([1, 10, 40, 41, 42], False, 5))
+    assert choose_slot(slots, PROMPT) == SlotChoice(1, 2)  # its own two shared tokens: no copy needed
 
 
 def test_every_slot_busy_is_a_scheduler_bug():
