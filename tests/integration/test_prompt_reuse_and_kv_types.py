@@ -2,7 +2,8 @@
 
 - A short prompt sent again reuses its cached prefix (all but its last token: that one's logits give the
   first output token) and answers exactly as the first time, greedy; a concurrent burst of one prompt
-  reuses it too.
+  reuses it too; a few short prompts sent in turn by one client each keep their own cache (one does not
+  overwrite another because both start with `<|im_start|>user`).
 - `--kv-type q8_0` and `--kv-type q4_0` servers load and answer; the greedy outputs of a fixed prompt set
   under q8_0 are compared with f16 (the share of identical tokens is printed; a quantized cache may move
   a near tie between two tokens, so only a loose floor is asserted).
@@ -58,6 +59,24 @@ def test_a_burst_of_one_prompt_reuses_it_and_answers_alike(server, llamacpp_http
     assert len({a["choices"][0]["message"]["content"] for a in answers}) == 1
     assert all(a["usage"]["prompt_tokens_details"]["cached_tokens"] == a["usage"]["prompt_tokens"] - 1
                for a in answers)
+
+
+def _completion(http, model: str, prompt: str) -> dict:
+    body = {"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0, "logit_bias": NO_EOS}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_short_prompts_sent_in_turn_each_keep_their_cache(server, llamacpp_http):
+    prompts = PROMPTS[:3]  # chat prompts sharing their first tokens (`<|im_start|>user`)
+    assert llamacpp_http.get("/health").json()["stats"][server.model]["num_parallel"] >= len(prompts)
+    first_round = [_completion(llamacpp_http, server.model, prompt) for prompt in prompts]
+    second_round = [_completion(llamacpp_http, server.model, prompt) for prompt in prompts]
+    for first, again in zip(first_round, second_round):
+        num_prompt = again["usage"]["prompt_tokens"]
+        assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == num_prompt - 1
+        assert again["choices"][0]["text"] == first["choices"][0]["text"]
 
 
 def greedy_tokens(http, model: str, prompt: str) -> list[str]:
