@@ -5,7 +5,7 @@
 Inputs are tokenized by the model's pooler, with its own special tokens (BOS, or BERT's [CLS] ... [SEP]);
 token arrays are taken as they are. An input longer than the model's pooling context is a 400, unless the
 client asked to truncate (Ollama's `truncate`, true by default there): then its tokens are cut to fit, keeping
-the special tokens that close it (BERT's [SEP], a final EOS), as llama-server does.
+the special tokens that close it (BERT's [SEP], a final EOS), as Hugging Face tokenizers do.
 Embeddings are L2-normalised, as OpenAI's are; `dimensions` keeps the leading part of a Matryoshka model's
 vector and normalises it again (as Ollama and vLLM do), and is a 400 for any other model unless it asks for
 the full size. Rerank scores are the model's relevance (0..1) of each query-document pair.
@@ -69,7 +69,8 @@ def embedding_inputs(engine: EngineClient, inputs: list[str] | list[list[int]], 
 
 def _truncated(pooler: PoolingSide, ids: list[int], limit: int) -> list[int]:
     """The first `limit` tokens of a tokenized text, keeping the special tokens the tokenizer closes every
-    input with (BERT's [SEP], an EOS that last pooling reads) at the end, as llama-server truncates."""
+    input with (BERT's [SEP], an EOS that last pooling reads) at the end, as a Hugging Face tokenizer's
+    truncation does (sentence-transformers); the vendored llama-server refuses a long input instead."""
     suffix = _closing_tokens(pooler)
     if suffix and ids[-len(suffix):] == suffix and len(suffix) < limit:
         return ids[:limit - len(suffix)] + suffix
