@@ -40,6 +40,7 @@ class PlanChoices:
     ray_address: str | None = None
     gpu_memory_utilization: float | None = None
     speculative: str | None = None  # llama.cpp's speculative decoding: one of SPECULATIVE_MODES
+    draft_model: str | None = None  # llama.cpp: the model that drafts (any model spec), for every model served
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKEND_NAMES:
