@@ -10,9 +10,14 @@ import subprocess
 import sys
 
 import httpx
+import llama_cpp.llama_cpp as ll
 import pytest
 
+from backends.base import BackendSettings
+from backends.llamacpp import LlamaCppBackend
 from serve.models.catalog import embedded_model_path
+from serve.runtime.scheduler import Scheduler
+from serve.sequence import Request, SamplingParams, Sequence
 from tests.fixtures_gguf import f16_gguf, mistral_marked_gguf
 from tests.integration.conftest import start_llamacpp_server
 from tests.integration.server import REPO_ROOT, free_port
@@ -116,3 +121,43 @@ def test_serve_probe_names_the_draft_model():
     assert done.returncode == 0, done.stderr
     assert f"speculative draft (draft model {embedded_model_path()})" in done.stdout
     assert "chosen because --draft-model names a draft model" in done.stdout
+
+
+def _run_backend(speculative: str, prompts: list[str], check_caches: bool = False) -> dict[str, str]:
+    """Two sequences through the real backend and scheduler; the answers by request id. With
+    `check_caches`, after every step each sequence's KV cells end where its token list does, in the
+    model's context and in the draft's (rejected drafts leave nothing behind in either)."""
+    settings = BackendSettings(model_path=f16_gguf(), context_length=1024, num_parallel=2, num_threads=2,
+                               speculative=speculative, draft_model_path=embedded_model_path())
+    backend = LlamaCppBackend(settings)
+    caps = backend.capabilities
+    scheduler = Scheduler(num_parallel=2, max_waiting=4, max_batch_tokens=caps.max_batch_tokens,
+                          max_prefill_tokens_while_decoding=caps.max_prefill_tokens_while_decoding,
+                          admit=backend.admit, max_draft_tokens_per_step=caps.max_draft_tokens_per_step)
+    outputs = []
+    try:
+        for i, prompt in enumerate(prompts):
+            text = backend.render_chat([{"role": "user", "content": prompt}])
+            request = Request(f"r{i}", "m", text, backend.tokenize(text), SamplingParams(max_tokens=24, temperature=0))
+            scheduler.add(Sequence(request, deliver=outputs.append))
+        while scheduler.has_work:
+            batch = scheduler.schedule()
+            scheduler.postprocess(batch, backend.step(batch))
+            draft = backend._draft_model
+            for slot in backend._slots if check_caches else ():
+                assert ll.llama_memory_seq_pos_max(backend._memory, slot.seq_id) + 1 == len(slot.cached_tokens)
+                cached = draft._cached[slot.seq_id]
+                assert ll.llama_memory_seq_pos_max(draft._memory, slot.seq_id) + 1 == len(cached)
+    finally:
+        backend.close()
+    if check_caches:
+        assert sum(output.num_accepted_tokens for output in outputs) > 0
+    answers: dict[str, str] = {}
+    for output in outputs:
+        answers[output.request_id] = answers.get(output.request_id, "") + output.text
+    return answers
+
+
+def test_two_sequences_draft_together_and_both_caches_hold_exactly_their_tokens():
+    prompts = [COPY_PROMPTS[0], OPEN_PROMPTS[1]]
+    assert _run_backend("draft", prompts, check_caches=True) == _run_backend("off", prompts)
