@@ -7,7 +7,7 @@ in both contexts. Before a step's target decode, `DraftModel.drafts` brings ever
 draft cache in step with the target's tokens (the cells after their common prefix, i.e. the drafts the
 target rejected, are dropped; the tokens the target accepted or emitted since are fed, the pending one
 last), then drafts greedily for all of them together, one batched draft decode per drafted position, as
-llama.cpp's draft-simple does: up to DRAFT_MAX_TOKENS tokens, stopping a sequence's draft before a token
+llama.cpp's draft-simple does: up to `--draft-max` tokens (8), stopping a sequence's draft before a token
 whose probability under the draft falls below DRAFT_MIN_PROBABILITY (llama.cpp's p_min), or after an
 end-of-generation token. The target verifies the drafts in its ordinary batched decode and samples each
 position in turn (backends/speculative.py), so the output is the same with or without a draft model.
@@ -23,7 +23,7 @@ from pathlib import Path
 import llama_cpp.llama_cpp as ll
 import numpy as np
 
-from backends.base import BackendSettings
+from backends.base import DRAFT_MAX_TOKENS, BackendSettings
 from backends.llamacpp_context import ContextShape, create_context, load_model
 from backends.llamacpp_vocab import Vocabulary
 from backends.speculative import DraftLength, accepted_run, share_budget
@@ -31,7 +31,6 @@ from serve.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DRAFT_MAX_TOKENS = 8  # tokens one sequence drafts in one step at most (each costs a draft decode)
 # A draft stops before a token the draft model gives less than this probability: such a token is likely
 # rejected, and every drafted token costs a draft decode and a verified position (llama.cpp's p_min).
 DRAFT_MIN_PROBABILITY = 0.5
@@ -65,14 +64,15 @@ class DraftedSequence:
     """One sequence's record of draft-model speculation: how long it drafts next and how its drafts fared
     (the counterpart of backends/speculative.py's Speculation, whose drafts come from a lookup)."""
 
-    def __init__(self) -> None:
-        self._length = DraftLength(current=DRAFT_MAX_TOKENS)
+    def __init__(self, max_tokens: int) -> None:
+        self._max_tokens = max_tokens
+        self._length = DraftLength(current=max_tokens)
         self.num_drafted = 0
         self.num_accepted = 0
 
     def wanted(self, room: int) -> int:
         """Tokens to draft this step (call once per step): 0 while drafts keep failing (DraftLength)."""
-        return max(min(self._length.next_length(), DRAFT_MAX_TOKENS, room), 0)
+        return max(min(self._length.next_length(), self._max_tokens, room), 0)
 
     def record(self, drafted: list[int], emitted: list[int]) -> int:
         """The step's outcome; returns how many drafted tokens were accepted."""
@@ -93,10 +93,12 @@ class DraftModel:
         if settings.draft_model_path is None:
             raise ConfigError("--speculative draft needs a draft model: give --draft-model MODEL")
         return cls(settings.draft_model_path, target_model, shape, settings.n_gpu_layers,
-                   target_name=settings.model_path.name if settings.model_path else "the model")
+                   target_name=settings.model_path.name if settings.model_path else "the model",
+                   max_tokens=settings.draft_max_tokens)
 
     def __init__(self, path: Path, target_model, shape: ContextShape, n_gpu_layers: int = 0,
-                 target_name: str = "the model"):
+                 target_name: str = "the model", max_tokens: int = DRAFT_MAX_TOKENS):
+        self.max_tokens = max_tokens
         self._model = load_model(path, n_gpu_layers, "draft model")
         self._ctx = self._batch = None
         try:
@@ -115,6 +117,9 @@ class DraftModel:
         vocabulary = Vocabulary(self._model)
         self._num_vocab, self._eog_tokens = vocabulary.num_tokens, vocabulary.eog_tokens
         self._cached: list[list[int]] = [[] for _ in range(shape.num_parallel)]  # per sequence id
+
+    def new_sequence(self) -> DraftedSequence:
+        return DraftedSequence(self.max_tokens)
 
     def drafts(self, sequences: dict[int, tuple[list[int], int]], budget: int) -> dict[int, list[int]]:
         """Drafts for sequences given as seq id -> (every token so far, the last being the one the target

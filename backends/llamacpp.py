@@ -24,7 +24,7 @@ import numpy as np
 
 from backends.base import BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplate
-from backends.draft_model import DraftedSequence, DraftModel
+from backends.draft_model import DraftModel
 from backends.llamacpp_context import ContextShape, create_context, load_model, trained_context
 from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
 from backends.llamacpp_sampler import make_sampler
@@ -147,7 +147,7 @@ class LlamaCppBackend:
         slot.kept_pieces = special_token_pieces(self._vocab, sequence.request.params.kept_special_tokens)
         slot.pending_token, slot.num_generated = None, 0
         slot.prompt_logprobs = [None] if scores_prompt else None  # the first prompt token has no logprob
-        slot.speculation = ((DraftedSequence() if self._draft_model else Speculation(prompt))
+        slot.speculation = ((self._draft_model.new_sequence() if self._draft_model else Speculation(prompt))
                             if self._speculative and sequence.request.params.speculative else None)
         self._slot_of[sequence.request_id] = slot
         return num_cached

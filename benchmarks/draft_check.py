@@ -51,13 +51,15 @@ FREE_PROMPTS = (
 FREE_OUTPUT_LENGTHS = (128, 192, 256, 160)
 
 
-def _server_flags(name: str, draft_path: str) -> tuple[str, tuple[str, ...]]:
+def _server_flags(name: str, draft_path: str, draft_max: int | None) -> tuple[str, tuple[str, ...]]:
     """(peer, extra flags) of a server name."""
+    draft_max_flags = ("--draft-max", str(draft_max)) if draft_max else ()
     return {"target": ("quantserve", ("--speculative", "off")),
-            "target+draft": ("quantserve", ("--draft-model", draft_path)),
+            "target+draft": ("quantserve", ("--draft-model", draft_path, *draft_max_flags)),
             "target+ngram": ("quantserve", ("--speculative", "ngram")),
             "llama-server": ("llama-server", ()),
-            "llama-server+draft": ("llama-server", ("--spec-draft-model", draft_path))}[name]
+            "llama-server+draft": ("llama-server", ("--spec-draft-model", draft_path, *(
+                ("--spec-draft-n-max", str(draft_max)) if draft_max else ())))}[name]
 
 
 def target_model(kind: str) -> str:
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-prompts", type=int, default=6, help="prompts per set")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, help="cap every prompt's output length (a short check)")
+    parser.add_argument("--draft-max", type=int, help="target+draft's --draft-max (default: the server's, 8)")
     parser.add_argument("--quiet-wait-s", type=float, default=120.0, help="wait this long for an idle machine")
     parser.add_argument("--name", default="draft", help="results benchmarks/results/<name>.json and .png")
     args = parser.parse_args(argv)
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = ServerSettings(model_path=target_path, num_threads=args.threads, num_parallel=1,
                                   ctx_per_sequence=4096)
         for name in names:
-            servers[name] = _start(name, *_server_flags(name, draft_path), settings)
+            servers[name] = _start(name, *_server_flags(name, draft_path, args.draft_max), settings)
         for round_index in range(args.rounds):
             order = names[round_index % len(names):] + names[:round_index % len(names)]
             for set_name, workload in workloads.items():
@@ -199,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     machine = describe_machine()
     result = {"machine": machine, "target": target_path, "draft": draft_path, "threads": args.threads,
+              "draft_max": args.draft_max,
               "summary": summary, "rounds": rounds}
     (RESULTS_DIR / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     title = (f"target {Path(target_path).name}, draft {Path(draft_path).name}, {args.threads} threads, "

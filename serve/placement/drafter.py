@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backends.base import DRAFT_MAX_TOKENS
 from serve.config import PlanChoices
 from serve.errors import ConfigError
 from serve.models.catalog import ModelSpec
@@ -16,6 +17,7 @@ from serve.models.catalog import ModelSpec
 class DraftChoice:
     mode: str  # the speculative mode: "draft"
     draft_model: str  # the draft's model spec (alias, hf://, path), resolved by the loader
+    max_tokens: int  # tokens a request drafts in one step at most
     reason: str
 
 
@@ -33,6 +35,8 @@ def draft_choice(asked: PlanChoices, spec: ModelSpec) -> DraftChoice | None:
                               f"{asked.speculative}: drop one of them")
         return None  # the catalog's draft stays unused, as asked
     why = "as asked" if asked.speculative == "draft" else f"chosen because {source} names a draft model"
-    return DraftChoice("draft", named, f"speculative decoding: the draft model {named} (from {source}) drafts "
-                                       f"tokens for each request in its own context, verified in the model's "
-                                       f"batched decode ({why})")
+    max_tokens = asked.draft_max_tokens or DRAFT_MAX_TOKENS
+    return DraftChoice("draft", named, max_tokens,
+                       f"speculative decoding: the draft model {named} (from {source}) drafts up to {max_tokens} "
+                       f"tokens a step for each request in its own context, verified in the model's batched decode "
+                       f"({why})")

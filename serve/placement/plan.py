@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from backends.base import LLAMACPP_KV_TYPES, VLLM_KV_TYPES, BackendSettings
+from backends.base import DRAFT_MAX_TOKENS, LLAMACPP_KV_TYPES, VLLM_KV_TYPES, BackendSettings
 from serve.config import PlanChoices
 from serve.models.catalog import ModelSpec
 from serve.placement.drafter import draft_choice
@@ -262,7 +262,8 @@ def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str |
                    "only where they keep being accepted" if speculative == "ngram" else "speculative decoding off")
     settings = BackendSettings(num_threads=threads, n_gpu_layers=where.n_gpu_layers, context_length=context,
                                num_parallel=num_parallel, max_batch_tokens=batch, kv_cache_dtype=kv_type,
-                               speculative=speculative)
+                               speculative=speculative,
+                               draft_max_tokens=draft.max_tokens if draft else DRAFT_MAX_TOKENS)
     return Plan(backend="llamacpp", reasons=tuple(reasons), device=where.device, settings=settings, model=spec.name,
                 weights_bytes=fp.weights_bytes, kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel,
                 draft_model=draft.draft_model if draft else None)

@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 from machines import load_machine
 
-from backends.draft_model import DRAFT_MAX_TOKENS, DraftedSequence
+from backends.base import DRAFT_MAX_TOKENS
+from backends.draft_model import DraftedSequence
 from serve.config import PlanChoices
 from serve.errors import ConfigError
 from serve.models.catalog import load_catalog, parse_catalog, resolve_model
@@ -43,6 +44,11 @@ def test_a_draft_model_chooses_draft_speculation_and_says_why(machine, smollm2):
     text = format_report(hardware_report(machine, plan))
     assert "speculative draft (draft model small.gguf)" in text
     assert hardware_report(machine, plan)["plan"]["draft_model"] == "small.gguf"
+    assert plan.settings.draft_max_tokens == DRAFT_MAX_TOKENS and "drafts up to 8 tokens a step" in text
+    longer = make_plan(machine, smollm2, PlanChoices(draft_model="small.gguf", draft_max_tokens=16))
+    assert longer.settings.draft_max_tokens == 16
+    with pytest.raises(ConfigError, match="draft_max_tokens must be positive"):
+        PlanChoices(draft_max_tokens=0)
 
 
 def test_a_catalog_entry_may_name_its_draft(machine, smollm2):
@@ -71,7 +77,7 @@ def test_the_catalog_draft_key_is_checked():
 
 
 def test_a_drafted_sequence_counts_and_backs_off_after_failing_drafts():
-    sequence = DraftedSequence()
+    sequence = DraftedSequence(DRAFT_MAX_TOKENS)
     assert sequence.wanted(room=100) == DRAFT_MAX_TOKENS and sequence.wanted(room=3) == 3
     assert sequence.wanted(room=-1) == 0
     assert sequence.record([5, 6, 7], [5, 6, 9]) == 2
