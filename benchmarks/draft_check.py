@@ -58,7 +58,7 @@ def _server_flags(name: str, draft_path: str, draft_max: int | None) -> tuple[st
             "target+draft": ("quantserve", ("--draft-model", draft_path, *draft_max_flags)),
             "target+ngram": ("quantserve", ("--speculative", "ngram")),
             "llama-server": ("llama-server", ()),
-            "llama-server+draft": ("llama-server", ("--spec-draft-model", draft_path, *(
+            "llama-server+draft": ("llama-server", ("--spec-type", "draft-simple", "--spec-draft-model", draft_path, *(
                 ("--spec-draft-n-max", str(draft_max)) if draft_max else ())))}[name]
 
 
