@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import functools
 import logging
 import math
 import queue
@@ -80,6 +81,11 @@ class LlamaCppPooler:
                                else ll.llama_model_n_embd_out(self._model))
         self._memory = ll.llama_get_memory(self._ctx)  # None for encoder-only models (BERT): nothing to clear
         self._batch = ll.llama_batch_init(self.context_length, 0, 1)
+        template = ll.llama_model_chat_template(self._model, b"rerank")
+        self._rerank_template = template.decode("utf-8") if template else None
+        # A rerank request pairs one query with many documents: tokenize the query once, not per document.
+        self._query_tokens = functools.lru_cache(maxsize=16)(
+            lambda query: tuple(self.tokenize(query, add_special=False)))
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="llamacpp-pooling", daemon=True)
         self._thread.start()
@@ -110,15 +116,14 @@ class LlamaCppPooler:
     def pair_tokens(self, query: str, document: str) -> list[int]:
         """A query and a document as a reranker reads them: the GGUF's own rerank template when it has one
         (Qwen3-Reranker), else [BOS] query [EOS] [SEP] document [EOS], as llama-server formats them."""
-        template = ll.llama_model_chat_template(self._model, b"rerank")
-        if template:
-            prompt = template.decode("utf-8").replace("{query}", query).replace("{document}", document)
+        if self._rerank_template:
+            prompt = self._rerank_template.replace("{query}", query).replace("{document}", document)
             return self.tokenize(prompt, add_special=False)
         eos = ll.llama_vocab_eos(self._vocab)
         if eos < 0:
             eos = ll.llama_vocab_sep(self._vocab)
         tokens = [ll.llama_vocab_bos(self._vocab)] if ll.llama_vocab_get_add_bos(self._vocab) else []
-        tokens += self.tokenize(query, add_special=False)
+        tokens += self._query_tokens(query)
         if ll.llama_vocab_get_add_eos(self._vocab):
             tokens.append(eos)
         if ll.llama_vocab_get_add_sep(self._vocab):
@@ -195,8 +200,8 @@ class LlamaCppPooler:
                 batch.seq_id[i][0] = seq_id
                 batch.logits[i] = 1  # pooling reads every token's output
                 batch.n_tokens = i + 1
-        if self._memory:
-            ll.llama_memory_clear(self._memory, True)
+        if self._memory:  # forget the last decode's cells; their data need not be zeroed (llama-server neither)
+            ll.llama_memory_clear(self._memory, False)
         status = ll.llama_decode(self._ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")

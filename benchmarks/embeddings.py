@@ -14,6 +14,11 @@ the largest request has inputs, so it too can put every input of a request into 
 tests/fixtures_reranker.py (it measures the serving overhead, not a real model's compute). Before timing, the
 first inputs' vectors of both servers are compared (cosine), so both really compute the same embedding.
 
+The servers of a task run side by side and take turns: each workload runs on one, then on the other, in
+--rounds rounds (the order reversed every other round), and a workload's figure is its median round. On a
+machine that other work shares, both servers then see the same background, and the ratio stays meaningful
+where the absolute figures do not.
+
 Results go to benchmarks/results/<name>.json (and <name>.png when matplotlib is installed).
 """
 from __future__ import annotations
@@ -107,43 +112,63 @@ def sample_vectors(server: RunningServer, texts: list[str]) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def bench_embeddings(name: str, args: argparse.Namespace, texts: list[str]) -> tuple[list[dict], np.ndarray]:
-    server = start(name, args.model, "embeddings", args)
-    try:
-        model = _model_id(server)
-        check = sample_vectors(server, texts[:8])
-        rows = []
-        for batch_size in args.batch_sizes:
-            for concurrency in args.concurrency:
-                chunks = [texts[i:i + batch_size] for i in range(0, args.inputs, batch_size)]
-                bodies = [{"model": model, "input": chunk[0] if batch_size == 1 else chunk} for chunk in chunks]
-                asyncio.run(closed_loop(server.base_url, "/v1/embeddings", bodies[:concurrency], concurrency))  # warm
-                duration = asyncio.run(closed_loop(server.base_url, "/v1/embeddings", bodies, concurrency))
-                rows.append({"server": name, "task": "embeddings", "batch": batch_size, "concurrency": concurrency,
-                             "num_inputs": args.inputs, "duration_s": duration, "per_s": args.inputs / duration})
-                print(_row(rows[-1]), flush=True)
-        return rows, check
-    finally:
-        server.stop()
+def _workloads(task: str, args: argparse.Namespace, texts: list[str]) -> list[tuple[int, int, list[dict]]]:
+    """(inputs per request, concurrency, request bodies without the model) of every workload of `task`."""
+    if task == "rerank":
+        bodies = [{"query": texts[i], "documents": texts[i + 1:i + 1 + args.documents]}
+                  for i in range(0, args.inputs, args.documents)]
+        return [(args.documents, concurrency, bodies) for concurrency in args.concurrency]
+    workloads = []
+    for batch_size in args.batch_sizes:
+        chunks = [texts[i:i + batch_size] for i in range(0, args.inputs, batch_size)]
+        bodies = [{"input": chunk[0] if batch_size == 1 else chunk} for chunk in chunks]
+        workloads += [(batch_size, concurrency, bodies) for concurrency in args.concurrency]
+    return workloads
 
 
-def bench_rerank(name: str, args: argparse.Namespace, texts: list[str]) -> list[dict]:
-    server = start(name, args.reranker, "rerank", args)
+def _num_inputs(body: dict[str, Any]) -> int:
+    if "documents" in body:
+        return len(body["documents"])
+    return len(body["input"]) if isinstance(body["input"], list) else 1
+
+
+def bench_task(task: str, names: list[str], args: argparse.Namespace,
+               texts: list[str]) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """All servers of `task` up at once, each workload run on each in turn, `args.rounds` times (the order
+    reversed every other round), so a machine that gets busier or quieter meanwhile slows all of them alike;
+    a workload's figure is its median round."""
+    model_path = args.model if task == "embeddings" else args.reranker
+    path = "/v1/embeddings" if task == "embeddings" else "/v1/rerank"
+    servers = []
     try:
-        model = _model_id(server)
+        for name in names:
+            servers.append(start(name, model_path, task, args))
+        models = {server.name: _model_id(server) for server in servers}
+        samples = ({server.name: sample_vectors(server, texts[:8]) for server in servers}
+                   if task == "embeddings" else {})
+        workloads = _workloads(task, args, texts)
+        durations: dict[tuple[str, int, int], list[float]] = {}
+        for round_index in range(args.rounds):
+            order = servers if round_index % 2 == 0 else servers[::-1]
+            for batch_size, concurrency, bodies in workloads:
+                for server in order:
+                    sent = [{"model": models[server.name], **body} for body in bodies]
+                    if round_index == 0:
+                        asyncio.run(closed_loop(server.base_url, path, sent[:concurrency], concurrency))  # warm
+                    duration = asyncio.run(closed_loop(server.base_url, path, sent, concurrency))
+                    durations.setdefault((server.name, batch_size, concurrency), []).append(duration)
         rows = []
-        for concurrency in args.concurrency:
-            bodies = [{"model": model, "query": texts[i], "documents": texts[i + 1:i + 1 + args.documents]}
-                      for i in range(0, args.inputs, args.documents)]
-            asyncio.run(closed_loop(server.base_url, "/v1/rerank", bodies[:concurrency], concurrency))
-            duration = asyncio.run(closed_loop(server.base_url, "/v1/rerank", bodies, concurrency))
-            num_documents = len(bodies) * args.documents
-            rows.append({"server": name, "task": "rerank", "batch": args.documents, "concurrency": concurrency,
-                         "num_inputs": num_documents, "duration_s": duration, "per_s": num_documents / duration})
+        for (name, batch_size, concurrency), times in durations.items():
+            bodies = next(b for size, c, b in workloads if (size, c) == (batch_size, concurrency))
+            count = sum(map(_num_inputs, bodies))
+            median = float(np.median(times))
+            rows.append({"server": name, "task": task, "batch": batch_size, "concurrency": concurrency,
+                         "num_inputs": count, "rounds": len(times), "duration_s": median, "per_s": count / median})
             print(_row(rows[-1]), flush=True)
-        return rows
+        return rows, samples
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
 def _row(row: dict[str, Any]) -> str:
@@ -196,6 +221,8 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=32, help="documents per rerank request")
     parser.add_argument("--batch-tokens", type=int, default=512, help="tokens per micro-batch (and per input)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times each workload runs on each server, interleaved; the median counts")
     parser.add_argument("--name", default="embeddings")
     args = parser.parse_args()
     if args.reranker is None:
@@ -205,10 +232,10 @@ def main() -> None:
         args.reranker = str(reranker_gguf())
     texts = sentences(args.inputs + args.documents + 1)
     print("| server | task | inputs/request | concurrency | throughput | wall |\n|---|---|---|---|---|---|")
-    rows, samples = [], {}
-    for name in args.servers.split(","):
-        embedding_rows, samples[name] = bench_embeddings(name, args, texts)
-        rows += embedding_rows + bench_rerank(name, args, texts)
+    names = args.servers.split(",")
+    embedding_rows, samples = bench_task("embeddings", names, args, texts)
+    rerank_rows, _ = bench_task("rerank", names, args, texts)
+    rows = embedding_rows + rerank_rows
     document: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items()}, "rows": rows,
                                 "ratios": ratios(rows)}
     if len(samples) == 2:

@@ -4,7 +4,8 @@
 
 Inputs are tokenized by the model's pooler, with its own special tokens (BOS, or BERT's [CLS] ... [SEP]);
 token arrays are taken as they are. An input longer than the model's pooling context is a 400, unless the
-client asked to truncate (Ollama's `truncate`, true by default there): then its tokens are cut to fit.
+client asked to truncate (Ollama's `truncate`, true by default there): then its tokens are cut to fit, keeping
+the special tokens that close it (BERT's [SEP], a final EOS), as Hugging Face tokenizers do.
 Embeddings are L2-normalised, as OpenAI's are; `dimensions` keeps the leading part of a Matryoshka model's
 vector and normalises it again (as Ollama and vLLM do), and is a 400 for any other model unless it asks for
 the full size. Rerank scores are the model's relevance (0..1) of each query-document pair.
@@ -61,9 +62,29 @@ def embedding_inputs(engine: EngineClient, inputs: list[str] | list[list[int]], 
                 raise ContextLengthError(
                     f"{where} has {len(ids)} tokens, but {engine.model_name} embeds at most {limit} tokens per input; "
                     "shorten it, split it, or ask to truncate (Ollama: \"truncate\": true)", param=where)
-            ids = ids[:limit]
+            ids = _truncated(pooler, ids, limit) if isinstance(item, str) else ids[:limit]
         token_ids.append(ids)
     return PoolingInputs(token_ids)
+
+
+def _truncated(pooler: PoolingSide, ids: list[int], limit: int) -> list[int]:
+    """The first `limit` tokens of a tokenized text, keeping the special tokens the tokenizer closes every
+    input with (BERT's [SEP], an EOS that last pooling reads) at the end, as a Hugging Face tokenizer's
+    truncation does (sentence-transformers); the vendored llama-server refuses a long input instead."""
+    suffix = _closing_tokens(pooler)
+    if suffix and ids[-len(suffix):] == suffix and len(suffix) < limit:
+        return ids[:limit - len(suffix)] + suffix
+    return ids[:limit]
+
+
+def _closing_tokens(pooler: PoolingSide) -> list[int]:
+    """The special tokens after a text: what the empty text and a one-word text both end with ([SEP] of
+    [CLS] [SEP] and [CLS] a [SEP]; nothing of a lone BOS, which "a" does not end with)."""
+    empty, word = pooler.tokenize(""), pooler.tokenize("a")
+    size = 0
+    while size < min(len(empty), len(word) - 1) and empty[-1 - size] == word[-1 - size]:
+        size += 1
+    return empty[len(empty) - size:]
 
 
 def _checked_ids(engine: EngineClient, ids: list[int], where: str) -> list[int]:

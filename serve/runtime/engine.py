@@ -207,8 +207,12 @@ class Engine:
             self._num_pooling -= 1
             if not self.is_busy:
                 self._on_idle()
+        seconds, num_tokens = time.perf_counter() - started, sum(map(len, inputs))
+        task = "rerank" if self.pooler.pooling == "rank" else "embeddings"
+        metrics.record_pooling(self.model_name, task=task, num_inputs=len(inputs), num_tokens=num_tokens,
+                               seconds=seconds)
         log.info("%s model=%s inputs=%d tokens=%d duration=%.0fms", request_id, self.model_name, len(inputs),
-                 sum(map(len, inputs)), (time.perf_counter() - started) * 1000)
+                 num_tokens, seconds * 1000)
         return outputs
 
     def stats(self) -> dict:

@@ -92,6 +92,14 @@ SPEC_DRAFT_TOKENS = _counter("spec_decode_num_draft_tokens",
                              "Speculative decoding: draft tokens verified by the model")
 SPEC_ACCEPTED_TOKENS = _counter("spec_decode_num_accepted_tokens",
                                 "Speculative decoding: of the draft tokens, those the model confirmed (emitted)")
+POOLING_REQUESTS = _counter("pooling_requests", "Embedding and rerank requests computed, by task (embeddings, rerank)",
+                            ("model", "task"))
+POOLING_INPUTS = _counter("pooling_inputs", "Inputs of those requests (texts embedded, documents scored), by task",
+                          ("model", "task"))
+POOLING_TOKENS = _counter("pooling_tokens", "Tokens of those inputs (a rerank input: the query and one document)",
+                          ("model", "task"))
+POOLING_LATENCY = _histogram("pooling_request_latency_seconds",
+                             "Time an embedding or rerank request waited for and spent in its model", _REQUEST_BUCKETS)
 MODEL_LOADS = _counter("model_loads", "Models loaded (at start-up or on demand)")
 MODEL_LOAD_TIME = _histogram("model_load_seconds", "Time to load a model's weights and start its engine",
                              _LOAD_BUCKETS)
@@ -117,6 +125,14 @@ def record_request(model: str, *, finish_reason: str, num_prompt_tokens: int, nu
     if num_drafted_tokens:
         SPEC_DRAFT_TOKENS.labels(model).inc(num_drafted_tokens)
         SPEC_ACCEPTED_TOKENS.labels(model).inc(num_accepted_tokens)
+
+
+def record_pooling(model: str, *, task: str, num_inputs: int, num_tokens: int, seconds: float) -> None:
+    """One embedding or rerank request whose inputs were pooled."""
+    POOLING_REQUESTS.labels(model, task).inc()
+    POOLING_INPUTS.labels(model, task).inc(num_inputs)
+    POOLING_TOKENS.labels(model, task).inc(num_tokens)
+    POOLING_LATENCY.labels(model).observe(seconds)
 
 
 def inter_token_latency(model: str) -> Callable[[float], None]:

@@ -222,3 +222,55 @@ def test_concurrent_requests_each_get_their_own_vectors(server, client):
     with concurrent.futures.ThreadPoolExecutor(len(TEXTS)) as pool:
         results = list(pool.map(one, range(len(TEXTS))))
     assert np.abs(np.array(results) - expected).max() < TOLERANCE
+
+
+def _metric(server, name: str, labels: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=30).raise_for_status().text
+    line = next((line for line in text.splitlines() if line.startswith(f"{name}{{{labels}}}")), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_metrics_count_embedding_requests_inputs_and_tokens(server, client):
+    labels = f'model="{MODEL}",task="embeddings"'
+    before = {name: _metric(server, name, labels) for name in
+              ("quantserve_pooling_requests_total", "quantserve_pooling_inputs_total", "quantserve_pooling_tokens_total")}
+    response = client.embeddings.create(model=MODEL, input=TEXTS[:3], encoding_format="float")
+    assert _metric(server, "quantserve_pooling_requests_total", labels) == before["quantserve_pooling_requests_total"] + 1
+    assert _metric(server, "quantserve_pooling_inputs_total", labels) == before["quantserve_pooling_inputs_total"] + 3
+    assert (_metric(server, "quantserve_pooling_tokens_total", labels)
+            == before["quantserve_pooling_tokens_total"] + response.usage.prompt_tokens)
+    assert _metric(server, "quantserve_pooling_request_latency_seconds_count", f'model="{MODEL}"') >= 1
+
+
+@pytest.fixture(scope="module")
+def bert_server(tmp_path_factory):
+    """The tests' tiny BERT (a reranker GGUF) made to embed with --pooling mean: its inputs end in [SEP]."""
+    from tests.fixtures_reranker import reranker_gguf
+
+    args = ["--model", str(reranker_gguf()), "--pooling", "mean", "--ctx", str(CONTEXT), "--parallel", "1"]
+    with start_llamacpp_server(tmp_path_factory, "embeddings-bert", args) as running:
+        yield running
+
+
+def test_ollama_truncate_keeps_berts_closing_sep(bert_server):
+    from backends.base import BackendSettings
+    from backends.llamacpp_embed import LlamaCppPooler
+    from tests.fixtures_reranker import reranker_gguf
+
+    pooler = LlamaCppPooler(BackendSettings(model_path=reranker_gguf(), context_length=CONTEXT, num_parallel=1,
+                                            num_threads=1), "mean")
+    try:
+        long_text = "paris is the capital of france. " * 40
+        tokens = pooler.tokenize(long_text)
+        sep = pooler.tokenize("")[-1]
+    finally:
+        pooler.close()
+    assert tokens[-1] == sep and len(tokens) > 32
+    model = reranker_gguf().stem
+    truncated = ollama.Client(host=bert_server.base_url).embed(model=model, input=long_text, options={"num_ctx": 32})
+    assert truncated.prompt_eval_count == 32
+    with bert_server.openai() as client:
+        kept, cut = (np.array(client.embeddings.create(model=model, input=[ids], encoding_format="float")
+                              .data[0].embedding) for ids in (tokens[:31] + [sep], tokens[:32]))
+    assert np.abs(np.array(truncated.embeddings[0]) - kept).max() < TOLERANCE
+    assert np.abs(np.array(truncated.embeddings[0]) - cut).max() > TOLERANCE

@@ -164,3 +164,17 @@ def test_ollama_show_lists_embedding_models_by_their_capability(server):
         shown = {name: http.post("/api/show", json={"model": name}).json()["capabilities"]
                  for name in (EMBEDDER, CHAT, RERANKER)}
     assert shown == {EMBEDDER: ["embedding"], CHAT: ["completion"], RERANKER: []}
+
+
+def test_metrics_count_rerank_requests_documents_and_tokens(server):
+    def metric(name: str) -> float:
+        with server.http() as http:
+            text = http.get("/metrics").raise_for_status().text
+        prefix = f'{name}{{model="{RERANKER}",task="rerank"}}'
+        return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+    names = ("quantserve_pooling_requests_total", "quantserve_pooling_inputs_total", "quantserve_pooling_tokens_total")
+    before = [metric(name) for name in names]
+    usage = _rerank(server).raise_for_status().json()["usage"]
+    assert [metric(name) for name in names] == [before[0] + 1, before[1] + len(DOCUMENTS),
+                                                 before[2] + usage["prompt_tokens"]]
