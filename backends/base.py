@@ -36,8 +36,10 @@ BACKEND_NAMES = ("llamacpp", "vllm")
 LLAMACPP_KV_TYPES = ("auto", "f16", "q8_0", "q4_0")
 VLLM_KV_TYPES = ("auto", "f16", "fp8", "fp8_e4m3", "fp8_e5m2")
 KV_TYPES = tuple(dict.fromkeys(LLAMACPP_KV_TYPES + VLLM_KV_TYPES))
-# llama.cpp's speculative decoding: "ngram" drafts from the sequence's own prompt and output (prompt lookup).
-SPECULATIVE_MODES = ("ngram", "off")
+# llama.cpp's speculative decoding: "ngram" drafts from the sequence's own prompt and output (prompt lookup),
+# "draft" from a draft model (BackendSettings.draft_model_path: backends/draft_model.py).
+SPECULATIVE_MODES = ("ngram", "draft", "off")
+DRAFT_MAX_TOKENS = 8  # the default of --draft-max: each drafted token costs a decode of the draft model
 POOLING_TYPES = ("mean", "cls", "last", "rank")  # llama.cpp's --pooling values (rank: a reranker's head)
 
 
@@ -58,6 +60,8 @@ class BackendSettings:
     # type_v, vLLM's kv_cache_dtype), and the plan refuses what the chosen backend lacks.
     kv_cache_dtype: str = "auto"
     speculative: str = "off"  # llama.cpp: one of SPECULATIVE_MODES
+    draft_model_path: Path | None = None  # speculative "draft": the draft model's GGUF (left to the loader)
+    draft_max_tokens: int = DRAFT_MAX_TOKENS  # speculative "draft": tokens a sequence drafts in one step at most
     # vLLM only
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1

@@ -24,6 +24,8 @@ import numpy as np
 
 from backends.base import BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplate
+from backends.draft_model import DraftModel
+from backends.llamacpp_context import ContextShape, create_context, load_model, trained_context
 from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
 from backends.llamacpp_sampler import make_sampler
 from backends.llamacpp_vocab import Vocabulary
@@ -32,14 +34,10 @@ from backends.llamacpp_tokens import special_token_pieces
 from backends.logprobs import log_softmax, token_logprob
 from backends.slot_choice import SlotState, choose_slot
 from backends.text_output import TextOutput
-from serve.errors import ConfigError, ModelLoadError
 from serve.sequence import Batch, FinishReason, PrefillChunk, Sequence, StepOutput
 
 log = logging.getLogger(__name__)
 
-# llama_decode splits a step into micro-batches of this many tokens: llama-server's default, which bounds
-# the compute buffers while a step may carry up to max_batch_tokens.
-MICRO_BATCH_TOKENS = 512
 # While sequences are decoding, a step carries at most this many prompt tokens, so running streams see a
 # bounded inter-token latency when a long prompt arrives (about 0.6 s for a 135M model on 2 cores).
 # With nothing decoding, the whole step budget goes to prompts: a burst of requests starts together.
@@ -67,28 +65,22 @@ class _Slot:
     last_used: int = 0
 
 
-def _kv_ggml_type(kv_type: str) -> int:
-    types = {"auto": ll.GGML_TYPE_F16, "f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
-    if kv_type not in types:
-        raise ConfigError(f"llama.cpp has no {kv_type} KV cache; choose one of f16, q8_0, q4_0")
-    return types[kv_type]
-
-
 class LlamaCppBackend:
     def __init__(self, settings: BackendSettings):
         llama_cpp._logger.set_verbose(log.isEnabledFor(logging.DEBUG))
         ll.llama_backend_init()
-        self._model = self._load_model(settings)
+        self._model = load_model(settings.model_path, settings.n_gpu_layers)
         vocabulary = Vocabulary(self._model)
         self._vocab, self._num_vocab, self._eog_tokens = vocabulary.handle, vocabulary.num_tokens, vocabulary.eog_tokens
         self._piece, self._vocabulary = vocabulary.piece, vocabulary
-        n_ctx_train = ll.llama_model_n_ctx_train(self._model)
-        self._context_length = min(settings.context_length, n_ctx_train) if n_ctx_train > 0 else settings.context_length
+        self._context_length = trained_context(self._model, settings.context_length)
         if self._context_length < settings.context_length:
             log.warning("context %d exceeds the model's training context; using %d",
                         settings.context_length, self._context_length)
         self._batch_capacity = settings.max_batch_tokens + settings.num_parallel
-        self._ctx = self._create_context(settings)
+        shape = ContextShape(self._context_length, settings.num_parallel, self._batch_capacity,
+                             settings.kv_cache_dtype, settings.num_threads)
+        self._ctx = create_context(self._model, shape)
         self._memory = ll.llama_get_memory(self._ctx)
         self._batch = ll.llama_batch_init(self._batch_capacity, 0, 1)
         self._slots = [_Slot(seq_id=i) for i in range(settings.num_parallel)]
@@ -98,8 +90,15 @@ class LlamaCppBackend:
         self._grammars = GrammarSampling(self._vocab, self._num_vocab)
         self._chat_template = self._load_chat_template(vocabulary)
         # Dropping a rejected draft cuts a sequence's cache partially, which recurrent state cannot undo.
-        self._speculative = settings.speculative == "ngram" and not (
+        self._speculative = settings.speculative in ("ngram", "draft") and not (
             ll.llama_model_is_recurrent(self._model) or ll.llama_model_is_hybrid(self._model))
+        self._draft_model = None
+        if self._speculative and settings.speculative == "draft":
+            try:
+                self._draft_model = DraftModel.for_target(settings, self._model, shape)
+            except BaseException:
+                self.close()
+                raise
         self.capabilities = Capabilities(
             name="llamacpp", context_length=self._context_length, num_parallel=settings.num_parallel,
             # Room for every sequence's decode token and at least one prompt token (within _batch_capacity).
@@ -109,33 +108,6 @@ class LlamaCppBackend:
             max_draft_tokens_per_step=MAX_DRAFT_TOKENS_PER_STEP if self._speculative else 0)
 
     # -- loading ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def _load_model(settings: BackendSettings):
-        params = ll.llama_model_default_params()
-        params.n_gpu_layers = settings.n_gpu_layers
-        model = ll.llama_model_load_from_file(str(settings.model_path).encode(), params)
-        if not model:
-            raise ModelLoadError(f"llama.cpp could not load {settings.model_path}: not a valid GGUF model file?")
-        return model
-
-    def _create_context(self, settings: BackendSettings):
-        params = ll.llama_context_default_params()
-        params.n_ctx = self._context_length * settings.num_parallel
-        params.n_batch = self._batch_capacity
-        params.n_ubatch = min(self._batch_capacity, MICRO_BATCH_TOKENS)
-        params.n_seq_max = settings.num_parallel
-        params.kv_unified = False  # one KV stream per sequence: each attends only to its own cells
-        params.type_k = params.type_v = _kv_ggml_type(settings.kv_cache_dtype)
-        if params.type_v != ll.GGML_TYPE_F16:  # llama.cpp reads a quantized V cache only in flash attention
-            params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        if settings.num_threads > 0:
-            params.n_threads = params.n_threads_batch = settings.num_threads
-        ctx = ll.llama_init_from_model(self._model, params)
-        if not ctx:
-            raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens "
-                                 f"({settings.num_parallel} x {self._context_length}); lower --ctx or --parallel")
-        return ctx
 
     def _load_chat_template(self, vocabulary: Vocabulary) -> ChatTemplate:
         source = ll.llama_model_chat_template(self._model, None)
@@ -175,7 +147,8 @@ class LlamaCppBackend:
         slot.kept_pieces = special_token_pieces(self._vocab, sequence.request.params.kept_special_tokens)
         slot.pending_token, slot.num_generated = None, 0
         slot.prompt_logprobs = [None] if scores_prompt else None  # the first prompt token has no logprob
-        slot.speculation = Speculation(prompt) if self._speculative and sequence.request.params.speculative else None
+        slot.speculation = ((self._draft_model.new_sequence() if self._draft_model else Speculation(prompt))
+                            if self._speculative and sequence.request.params.speculative else None)
         self._slot_of[sequence.request_id] = slot
         return num_cached
 
@@ -263,12 +236,17 @@ class LlamaCppBackend:
     def _drafts(self, decoding: list[_Slot], budget: int) -> dict[int, list[int]]:
         """Each speculating sequence's draft (seq id -> tokens after its pending one), within the step's
         draft budget and the room its request and context have left."""
-        proposals = {}
+        proposals, wanted = {}, {}
         for slot in decoding:
             if slot.speculation is not None:
                 room = min(slot.sequence.request.params.max_tokens - slot.num_generated,
                            self._context_length - len(slot.cached_tokens) - 1) - 1
-                proposals[slot.seq_id] = slot.speculation.propose(room)
+                if self._draft_model is not None:  # drafted together below (backends/draft_model.py)
+                    wanted[slot.seq_id] = (slot.cached_tokens + [slot.pending_token], slot.speculation.wanted(room))
+                else:
+                    proposals[slot.seq_id] = slot.speculation.propose(room)
+        if self._draft_model is not None:
+            return self._draft_model.drafts(wanted, budget)
         grants = share_budget({seq_id: len(tokens) for seq_id, tokens in proposals.items()}, budget)
         return {seq_id: tokens[:grants[seq_id]] for seq_id, tokens in proposals.items() if grants[seq_id]}
 
@@ -380,6 +358,9 @@ class LlamaCppBackend:
         if self._batch is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None
+        if self._draft_model is not None:
+            self._draft_model.close()
+            self._draft_model = None
         if self._ctx:
             ll.llama_free(self._ctx)
             self._ctx = None

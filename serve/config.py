@@ -40,13 +40,15 @@ class PlanChoices:
     ray_address: str | None = None
     gpu_memory_utilization: float | None = None
     speculative: str | None = None  # llama.cpp's speculative decoding: one of SPECULATIVE_MODES
+    draft_model: str | None = None  # llama.cpp: the model that drafts (any model spec), for every model served
+    draft_max_tokens: int | None = None  # llama.cpp: tokens a request drafts with the draft model in one step
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKEND_NAMES:
             raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
         if self.speculative is not None and self.speculative not in SPECULATIVE_MODES:
             raise ConfigError(f"unknown --speculative {self.speculative!r}; choose one of {', '.join(SPECULATIVE_MODES)}")
-        for name in ("context_length", "num_threads", "num_parallel", "max_batch_tokens",
+        for name in ("context_length", "num_threads", "num_parallel", "max_batch_tokens", "draft_max_tokens",
                      "tensor_parallel_size", "pipeline_parallel_size"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -9,6 +9,13 @@ from pathlib import Path
 
 from serve.errors import ServeError
 
+SPECULATIVE_CHOICES = ("ngram", "draft", "off")
+SPECULATIVE_HELP = ("llama.cpp: speculative decoding; ngram drafts from the request's own prompt and output, draft "
+                    "from a draft model (the default when one is given), off (the default otherwise) disables it; "
+                    "the output is the same either way")
+DRAFT_MODEL_HELP = ("llama.cpp: a smaller or more quantized sibling of the model (same tokenizer) that drafts "
+                    "tokens for it to verify: catalog alias, hf://org/repo:QUANT, or a local path")
+DRAFT_MAX_HELP = "llama.cpp: tokens a request drafts with the draft model in one step at most (default 8)"
 KV_TYPE_HELP = ("KV cache type: f16 (default), q8_0 or q4_0 on llama.cpp (about half / a quarter of the "
                 "memory, so more parallel sequences); f16 or fp8 on vLLM")
 
@@ -25,9 +32,9 @@ def _add_up(subparsers) -> None:
     up.add_argument("--max-queue", type=int, dest="max_queue", help="waiting requests before HTTP 429 (default 64)")
     up.add_argument("--batch-tokens", type=int, dest="max_batch_tokens", help="token budget of one step")
     up.add_argument("--kv-type", dest="kv_type", help=KV_TYPE_HELP)
-    up.add_argument("--speculative", choices=["ngram", "off"], dest="speculative",
-                    help="llama.cpp: speculative decoding; ngram drafts from the request's own prompt "
-                         "and output, off (default) disables it (output is the same either way)")
+    up.add_argument("--speculative", choices=SPECULATIVE_CHOICES, dest="speculative", help=SPECULATIVE_HELP)
+    up.add_argument("--draft-model", dest="draft_model", help=DRAFT_MODEL_HELP)
+    up.add_argument("--draft-max", type=int, dest="draft_max_tokens", help=DRAFT_MAX_HELP)
     up.add_argument("--api-key", dest="api_key", help="require this bearer token on every API request")
     up.add_argument("--backend", choices=None, help="llamacpp or vllm (default: chosen by the hardware probe)")
     up.add_argument("--pooling", choices=("mean", "cls", "last", "rank"),
@@ -69,7 +76,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
              "max_batch_tokens", "kv_type", "api_key", "backend", "catalog_file", "pooling", "tensor_parallel_size",
              "pipeline_parallel_size", "ray_address", "gpu_memory_utilization", "log_level", "max_memory",
              "max_models", "keep_alive", "pinned", "switch_window", "models_dir", "allow_pull", "max_stored_responses",
-             "metrics_key", "drain_timeout", "speculative")
+             "metrics_key", "drain_timeout", "speculative", "draft_model", "draft_max_tokens")
     config = resolve_config({name: getattr(args, name) for name in names})
     logging.getLogger().setLevel(config.log_level.upper())
     server.run(config)
@@ -81,6 +88,9 @@ def _add_probe(subparsers) -> None:
     probe.add_argument("--model", "-m", help="model to plan for (default: the embedded SmolLM2-135M)")
     probe.add_argument("--backend", help="force llamacpp or vllm")
     probe.add_argument("--kv-type", dest="kv_type", help=KV_TYPE_HELP)
+    probe.add_argument("--speculative", choices=SPECULATIVE_CHOICES, dest="speculative", help=SPECULATIVE_HELP)
+    probe.add_argument("--draft-model", dest="draft_model", help=DRAFT_MODEL_HELP)
+    probe.add_argument("--draft-max", type=int, dest="draft_max_tokens", help=DRAFT_MAX_HELP)
     probe.add_argument("--catalog", type=Path, dest="catalog_file")
     probe.add_argument("--json", action="store_true", help="print one JSON object")
     probe.set_defaults(func=_cmd_probe)
@@ -96,7 +106,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     hw = probe()
     try:
         spec = resolve_model(args.model, load_catalog(args.catalog_file or USER_CATALOG_FILE))
-        choices = PlanChoices(backend=args.backend, kv_type=args.kv_type.lower() if args.kv_type else None)
+        choices = PlanChoices(backend=args.backend, kv_type=args.kv_type.lower() if args.kv_type else None,
+                              speculative=args.speculative, draft_model=args.draft_model,
+                              draft_max_tokens=args.draft_max_tokens)
         report = hardware_report(hw, make_plan(hw, spec, choices))
     except ServeError as exc:  # still show the hardware, with why there is no plan
         report = hardware_report(hw, None, error=exc.message)

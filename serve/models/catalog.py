@@ -73,6 +73,7 @@ class ModelSpec:
     reasoning_format: str | None = None  # one of REASONING_FORMATS when the model reasons
     pooling: str | None = None  # one of POOLING_TYPES; None: what the GGUF or checkpoint declares
     matryoshka: bool = False  # embeddings: any leading part of the vector is itself an embedding (`dimensions`)
+    draft: str | None = None  # llama.cpp: the model spec that drafts for this one (speculative decoding)
 
     def source(self, backend: str) -> GGUFSource | VLLMSource | None:
         """Where `backend` gets the model from: the GGUF for llama.cpp, the checkpoint for vLLM."""
@@ -123,7 +124,7 @@ def _catalog_text() -> str:
 # --- schema ---------------------------------------------------------------------------------------------
 
 _ENTRY_KEYS = {"gguf", "vllm", "context_length", "num_params", "license", "download_bytes", "capabilities",
-               "tool_format", "reasoning_format", "pooling", "matryoshka"}
+               "tool_format", "reasoning_format", "pooling", "matryoshka", "draft"}
 _GGUF_KEYS = {"repo", "file", "quant", "embedded", "quantize_to"}
 _VLLM_KEYS = {"repo", "quantization"}
 
@@ -234,6 +235,16 @@ def _parse_matryoshka(where: str, entry: dict, capabilities: frozenset[str]) -> 
     return matryoshka
 
 
+def _parse_draft(where: str, alias: str, entry: dict) -> str | None:
+    if "draft" not in entry:
+        return None
+    draft = _expect(where, "draft", entry["draft"], str)
+    if draft == alias or "gguf" not in entry:
+        raise ConfigError(f"{where}: draft names the model that drafts for this one's GGUF: another model with "
+                          f"the same tokenizer, not {'itself' if draft == alias else 'a model without a gguf source'}")
+    return draft
+
+
 def _parse_entry(alias: str, entry, origin: str = "models.toml") -> ModelSpec:
     where = f"{origin}: models.{alias}"
     _check_keys(where, entry, _ENTRY_KEYS)
@@ -256,7 +267,8 @@ def _parse_entry(alias: str, entry, origin: str = "models.toml") -> ModelSpec:
         reasoning_format=_parse_format(where, entry, "reasoning_format", "reasoning", REASONING_FORMATS,
                                        capabilities),
         pooling=_parse_pooling(where, entry, capabilities),
-        matryoshka=_parse_matryoshka(where, entry, capabilities))
+        matryoshka=_parse_matryoshka(where, entry, capabilities),
+        draft=_parse_draft(where, alias, entry))
 
 
 def parse_catalog(text: str, origin: str = "models.toml") -> Catalog:

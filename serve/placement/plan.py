@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from backends.base import LLAMACPP_KV_TYPES, VLLM_KV_TYPES, BackendSettings
+from backends.base import DRAFT_MAX_TOKENS, LLAMACPP_KV_TYPES, VLLM_KV_TYPES, BackendSettings
 from serve.config import PlanChoices
 from serve.models.catalog import ModelSpec
+from serve.placement.drafter import draft_choice
 from serve.placement.cuda_fit import MIN_CONTEXT, VLLM_GPU_UTILIZATION, NoFit, choose_quantization, fit_cuda, told_quantization
 from serve.errors import ConfigError
 from serve.placement.footprint import (KV_TYPE_BITS, Footprint, checkpoint_quantization, fitting_context, gguf_footprint,
@@ -54,6 +55,7 @@ class Plan:
     model: str = ""
     weights_bytes: int = 0  # estimates behind the plan, for the report and the pool's memory budget
     kv_cache_bytes: int = 0
+    draft_model: str | None = None  # llama.cpp's speculative "draft": the draft's model spec, for the loader
 
 
 def make_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices = PlanChoices()) -> Plan:
@@ -253,14 +255,18 @@ def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str |
         reasons.append(f"the weights ({gib(fp.weights_bytes)}) exceed the {gib(hw.memory.available_bytes)} of "
                        "free RAM: expect paging")
     batch = _batch_tokens(asked, CPU_BATCH_TOKENS if where.device == "cpu" else GPU_BATCH_TOKENS, num_parallel)
-    speculative = asked.speculative or DEFAULT_SPECULATIVE
-    reasons.append("speculative decoding: drafts from each request's own prompt and output (n-gram lookup), "
+    draft = draft_choice(asked, spec)  # a draft model, when one is named (serve/placement/drafter.py)
+    speculative = draft.mode if draft else asked.speculative or DEFAULT_SPECULATIVE
+    reasons.append(draft.reason if draft else
+                   "speculative decoding: drafts from each request's own prompt and output (n-gram lookup), "
                    "only where they keep being accepted" if speculative == "ngram" else "speculative decoding off")
     settings = BackendSettings(num_threads=threads, n_gpu_layers=where.n_gpu_layers, context_length=context,
                                num_parallel=num_parallel, max_batch_tokens=batch, kv_cache_dtype=kv_type,
-                               speculative=speculative)
+                               speculative=speculative,
+                               draft_max_tokens=draft.max_tokens if draft else DRAFT_MAX_TOKENS)
     return Plan(backend="llamacpp", reasons=tuple(reasons), device=where.device, settings=settings, model=spec.name,
-                weights_bytes=fp.weights_bytes, kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel)
+                weights_bytes=fp.weights_bytes, kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel,
+                draft_model=draft.draft_model if draft else None)
 
 
 # ---- vLLM ----------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def hardware_report(hw: Hardware, plan: Plan | None = None, *, error: str | None
 
 
 # The settings the plan does not choose: the weights file comes later, the rest are fixed defaults.
-_UNPLANNED_SETTINGS = ("model_path", "seed", "enable_prefix_caching")
+_UNPLANNED_SETTINGS = ("model_path", "draft_model_path", "seed", "enable_prefix_caching")
 
 
 def _plan_report(plan: Plan) -> dict:
@@ -43,7 +43,8 @@ def _plan_report(plan: Plan) -> dict:
     for name in _UNPLANNED_SETTINGS:
         del settings[name]
     return {"backend": plan.backend, "reasons": list(plan.reasons), "device": plan.device, **settings,
-            "model": plan.model, "weights_bytes": plan.weights_bytes, "kv_cache_bytes": plan.kv_cache_bytes}
+            "model": plan.model, "weights_bytes": plan.weights_bytes, "kv_cache_bytes": plan.kv_cache_bytes,
+            "draft_model": plan.draft_model}
 
 
 def _gib(num_bytes: int) -> str:
@@ -87,6 +88,8 @@ def _plan_lines(plan: dict) -> list[str]:
     settings.append(f"KV cache {plan['kv_cache_dtype']}")
     if plan["backend"] == "llamacpp":
         settings.append(f"GPU layers {'all' if plan['n_gpu_layers'] == -1 else plan['n_gpu_layers']}")
+        drafter = f" (draft model {plan['draft_model']})" if plan.get("draft_model") else ""
+        settings.append(f"speculative {plan['speculative']}{drafter}")
     else:
         settings += [f"gpu_memory_utilization {plan['gpu_memory_utilization']}",
                      f"tensor parallel {plan['tensor_parallel_size']}",

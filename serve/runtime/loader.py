@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from backends.base import PoolingOnlyBackend, load_backend, load_pooler
 from serve.models.access import ModelAccess
-from serve.models.catalog import Catalog, ModelSpec
+from serve.models.catalog import Catalog, ModelSpec, resolve_model
 from serve.models.tasks import POOLING_TASKS, ModelTasks, model_tasks, pooling_task
 from serve.config import ServerConfig
 from serve.runtime.engine import Engine
@@ -20,6 +20,7 @@ log = logging.getLogger("serve.runtime.loader")
 class ModelLoader:
     def __init__(self, config: ServerConfig, catalog: Catalog, hw: Hardware):
         self._config = config
+        self._catalog = catalog
         self._access = ModelAccess.from_config(config, catalog)
         self._hw = hw
         self._served_names: dict[str, None] = {}  # what this loader loaded: requests may ask for it again
@@ -44,6 +45,9 @@ class ModelLoader:
             print(f"  - {reason}", flush=True)
         model_path = ensure_model_file(spec, chosen.backend)
         settings = replace(settings, model_path=model_path)
+        if chosen.draft_model:  # named on the command line or in the catalog: any spec, like --model
+            settings = replace(settings, draft_model_path=ensure_model_file(
+                resolve_model(chosen.draft_model, self._catalog), chosen.backend))
         tasks = model_tasks(spec, model_path, self._config.pooling)
         backend, pooler = _load_sides(chosen.backend, settings, tasks)
         supported = tasks.tasks

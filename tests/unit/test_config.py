@@ -50,7 +50,7 @@ def test_plan_choices_keep_their_top_level_names(tmp_path):
     ({"backend": "tensorrt"}, "unknown backend 'tensorrt'; choose one of llamacpp, vllm"),
     ({"num_parallel": 0}, "num_parallel must be positive"),
     ({"gpu_memory_utilization": 1.5}, "gpu-memory-utilization must be in"),
-    ({"speculative": "eagle"}, "unknown --speculative 'eagle'; choose one of ngram, off")])
+    ({"speculative": "eagle"}, "unknown --speculative 'eagle'; choose one of ngram, draft, off")])
 def test_bad_plan_choices_are_refused_once_at_start_up(values, fragment):
     with pytest.raises(ConfigError, match=fragment):
         PlanChoices(**values)

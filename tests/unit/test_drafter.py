@@ -1,0 +1,88 @@
+"""Draft-model speculative decoding without a model: which drafter the plan chooses and why
+(serve/placement/drafter.py), the catalog's `draft` key, the per-sequence record (backends/draft_model.py),
+and the `serve probe` text that names the draft."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from machines import load_machine
+
+from backends.base import DRAFT_MAX_TOKENS
+from backends.draft_model import DraftedSequence
+from serve.config import PlanChoices
+from serve.errors import ConfigError
+from serve.models.catalog import load_catalog, parse_catalog, resolve_model
+from serve.placement.plan import make_plan
+from serve.placement.report import format_report, hardware_report
+
+ENTRY = """
+[models.big]
+gguf = { repo = "org/big-GGUF", quant = "F16" }
+context_length = 8192
+num_params = 1000
+license = "apache-2.0"
+download_bytes = 1000
+"""
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return resolve_model(None, load_catalog())
+
+
+@pytest.fixture(scope="module")
+def machine():
+    return load_machine("avx512-amx-m7i", has_vllm=True)
+
+
+def test_a_draft_model_chooses_draft_speculation_and_says_why(machine, smollm2):
+    plan = make_plan(machine, smollm2, PlanChoices(draft_model="small.gguf"))
+    assert plan.settings.speculative == "draft" and plan.draft_model == "small.gguf"
+    assert any("the draft model small.gguf (from --draft-model)" in r and "chosen because --draft-model" in r
+               for r in plan.reasons)
+    text = format_report(hardware_report(machine, plan))
+    assert "speculative draft (draft model small.gguf)" in text
+    assert hardware_report(machine, plan)["plan"]["draft_model"] == "small.gguf"
+    assert plan.settings.draft_max_tokens == DRAFT_MAX_TOKENS and "drafts up to 8 tokens a step" in text
+    longer = make_plan(machine, smollm2, PlanChoices(draft_model="small.gguf", draft_max_tokens=16))
+    assert longer.settings.draft_max_tokens == 16
+    with pytest.raises(ConfigError, match="draft_max_tokens must be positive"):
+        PlanChoices(draft_max_tokens=0)
+
+
+def test_a_catalog_entry_may_name_its_draft(machine, smollm2):
+    plan = make_plan(machine, replace(smollm2, draft="tiny-q4"))
+    assert plan.settings.speculative == "draft" and plan.draft_model == "tiny-q4"
+    assert any("(from its catalog entry)" in reason for reason in plan.reasons)
+    # --speculative ngram or off wins over the catalog's draft; --draft-model wins over the catalog's
+    assert make_plan(machine, replace(smollm2, draft="tiny-q4"), PlanChoices(speculative="off")).draft_model is None
+    asked = make_plan(machine, replace(smollm2, draft="tiny-q4"), PlanChoices(draft_model="other.gguf"))
+    assert asked.draft_model == "other.gguf"
+
+
+def test_contradictory_choices_are_refused_in_one_line(machine, smollm2):
+    with pytest.raises(ConfigError, match="--speculative draft needs a draft model: give --draft-model MODEL"):
+        make_plan(machine, smollm2, PlanChoices(speculative="draft"))
+    with pytest.raises(ConfigError, match="--draft-model is used only with --speculative draft"):
+        make_plan(machine, smollm2, PlanChoices(speculative="ngram", draft_model="small.gguf"))
+
+
+def test_the_catalog_draft_key_is_checked():
+    assert parse_catalog(ENTRY + 'draft = "small"\n').get("big").draft == "small"
+    assert parse_catalog(ENTRY).get("big").draft is None
+    for bad, message in (('draft = 3\n', "draft must be a string"), ('draft = "big"\n', "not itself")):
+        with pytest.raises(ConfigError, match=message):
+            parse_catalog(ENTRY + bad, "user.toml")
+
+
+def test_a_drafted_sequence_counts_and_backs_off_after_failing_drafts():
+    sequence = DraftedSequence(DRAFT_MAX_TOKENS)
+    assert sequence.wanted(room=100) == DRAFT_MAX_TOKENS and sequence.wanted(room=3) == 3
+    assert sequence.wanted(room=-1) == 0
+    assert sequence.record([5, 6, 7], [5, 6, 9]) == 2
+    assert (sequence.num_drafted, sequence.num_accepted) == (3, 2)
+    assert sequence.wanted(room=100) == 3  # one more than was accepted
+    for _ in range(2):
+        sequence.record([1], [2])  # nothing accepted, twice: drafting pauses
+    assert sequence.wanted(room=100) == 0
