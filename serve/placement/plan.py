@@ -88,7 +88,22 @@ def _why_not_vllm(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> str | No
         return f"{spec.name} has no vLLM checkpoint in the catalog"
     if asked.kv_type is not None and asked.kv_type not in VLLM_KV_TYPES:
         return f"--kv-type {asked.kv_type} is llama.cpp's (vLLM's 8-bit KV cache is fp8)"
+    return _llamacpp_only_speculation(asked)
+
+
+def _llamacpp_only_speculation(asked: PlanChoices) -> str | None:
+    """Why vLLM cannot honour the speculation asked for: quantserve's drafters live in the llama.cpp backend."""
+    if asked.draft_model or asked.draft_max_tokens:
+        return "--draft-model and --draft-max are llama.cpp's (quantserve runs no draft model on vLLM)"
+    if asked.speculative in ("ngram", "draft"):
+        return f"--speculative {asked.speculative} is llama.cpp's (quantserve's vLLM backend does not speculate)"
     return None
+
+
+def _refuse_llamacpp_only(asked: PlanChoices) -> None:
+    why = _llamacpp_only_speculation(asked)
+    if why is not None:
+        raise ConfigError(f"{why}: drop it, or use --backend llamacpp")
 
 
 def _auto_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> Plan:
@@ -101,6 +116,7 @@ def _auto_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> Plan:
     if spec.gguf is not None:
         return _llamacpp_plan(hw, spec, asked, why)
     if spec.vllm is not None and not hw.gpus:
+        _refuse_llamacpp_only(asked)
         if not hw.has_vllm:
             raise ConfigError(f"{spec.name} has only a vLLM checkpoint, and {VLLM_INSTALL_HINT}")
         return _vllm_cpu_plan(hw, spec, asked, [f"{spec.name} has only a vLLM checkpoint and {why}: vLLM on the CPU"])
@@ -108,6 +124,7 @@ def _auto_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> Plan:
 
 
 def _forced_vllm_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> Plan:
+    _refuse_llamacpp_only(asked)
     if not hw.has_vllm:
         raise ConfigError(VLLM_INSTALL_HINT)
     if spec.vllm is None:

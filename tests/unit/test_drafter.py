@@ -68,6 +68,24 @@ def test_contradictory_choices_are_refused_in_one_line(machine, smollm2):
         make_plan(machine, smollm2, PlanChoices(speculative="ngram", draft_model="small.gguf"))
 
 
+@pytest.mark.parametrize("asked, flag", [
+    (PlanChoices(backend="vllm", speculative="ngram"), "--speculative ngram is llama.cpp's"),
+    (PlanChoices(backend="vllm", draft_model="small.gguf"), "--draft-model and --draft-max are llama.cpp's"),
+    (PlanChoices(backend="vllm", draft_max_tokens=4), "--draft-model and --draft-max are llama.cpp's")])
+def test_speculation_asked_of_vllm_is_refused_not_ignored(machine, smollm2, asked, flag):
+    with pytest.raises(ConfigError, match=f"{flag}.*use --backend llamacpp"):
+        make_plan(machine, smollm2, asked)
+    assert make_plan(machine, smollm2, PlanChoices(backend="vllm", speculative="off")).backend == "vllm"
+
+
+def test_speculation_asked_for_leaves_the_auto_plan_on_llamacpp(smollm2):
+    from test_plan import MISTRAL_7B_AWQ, _cuda_box, _mentions
+
+    chosen = make_plan(_cuda_box(), MISTRAL_7B_AWQ, PlanChoices(speculative="ngram"))
+    assert chosen.backend == "llamacpp" and _mentions(chosen, "--speculative ngram is llama.cpp's")
+    assert make_plan(_cuda_box(), MISTRAL_7B_AWQ).backend == "vllm"
+
+
 def test_the_catalog_draft_key_is_checked():
     assert parse_catalog(ENTRY + 'draft = "small"\n').get("big").draft == "small"
     assert parse_catalog(ENTRY).get("big").draft is None
