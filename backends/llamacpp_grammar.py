@@ -3,9 +3,11 @@
 Two engines, one grammar (the GBNF of the request's OutputConstraint):
 
 - llguidance (`GuidanceGrammar`), for every grammar that holds from the first token: it computes the
-  set of allowed tokens in tens of microseconds (a lexer over a token trie), the disallowed logits become
-  -inf, and the chain samples as usual. The GBNF goes over through llguidance's own GBNF -> Lark
-  converter, so exactly the grammar the API checked is enforced.
+  set of allowed tokens in tens of microseconds (a lexer over a token trie), and the chain samples among
+  them as it would over the whole vocabulary with the others at -inf (`Candidates.fill_allowed`: only
+  the allowed tokens where they are few). The GBNF goes over through llguidance's own GBNF -> Lark
+  converter, so exactly the grammar the API checked is enforced. Its tokenizer is built while the model
+  loads (backends/llguidance_tokenizer.py).
 - llama.cpp's grammar sampler (`LlamaGrammar`), for lazy grammars (trigger patterns: llguidance has no
   such start) and any GBNF llguidance's converter cannot take, used as llama-server uses it
   (common/sampling.cpp, `common_sampler_sample`): the chain's pick is checked against the grammar; only
