@@ -355,6 +355,7 @@ class LlamaCppBackend:
     def close(self) -> None:
         for slot in self._slots:
             self._release(slot)
+        self._grammars.close()  # before the vocabulary it reads goes with the model
         if self._batch is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None

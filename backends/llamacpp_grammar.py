@@ -3,9 +3,11 @@
 Two engines, one grammar (the GBNF of the request's OutputConstraint):
 
 - llguidance (`GuidanceGrammar`), for every grammar that holds from the first token: it computes the
-  set of allowed tokens in tens of microseconds (a lexer over a token trie), the disallowed logits become
-  -inf, and the chain samples as usual. The GBNF goes over through llguidance's own GBNF -> Lark
-  converter, so exactly the grammar the API checked is enforced.
+  set of allowed tokens in tens of microseconds (a lexer over a token trie), and the chain samples among
+  them as it would over the whole vocabulary with the others at -inf (`Candidates.fill_allowed`: only
+  the allowed tokens where they are few). The GBNF goes over through llguidance's own GBNF -> Lark
+  converter, so exactly the grammar the API checked is enforced. Its tokenizer is built while the model
+  loads (backends/llguidance_tokenizer.py).
 - llama.cpp's grammar sampler (`LlamaGrammar`), for lazy grammars (trigger patterns: llguidance has no
   such start) and any GBNF llguidance's converter cannot take, used as llama-server uses it
   (common/sampling.cpp, `common_sampler_sample`): the chain's pick is checked against the grammar; only
@@ -29,11 +31,15 @@ import logging
 import llama_cpp.llama_cpp as ll
 import numpy as np
 
+from backends.llguidance_tokenizer import TokenizerBuild
 from serve.sequence import OutputConstraint
 
 log = logging.getLogger(__name__)
 
 GRAMMAR_ROOT = b"root"
+# Above this many tokens allowed (by the 32-token words of llguidance's mask that have any), a masked copy
+# of the whole vocabulary is cheaper to write than the list of allowed tokens.
+COMPACT_MAX_TOKENS = 8192
 MAX_CACHED_MATCHERS = 64  # compiled llguidance grammars kept per backend (a deep copy serves each sequence)
 
 
@@ -72,6 +78,7 @@ class Candidates:
         self._data = (ll.llama_token_data * num_vocab)()
         self._view = np.ctypeslib.as_array(self._data)
         self._token_ids = np.arange(num_vocab, dtype=np.int32)
+        self._bit_offsets = np.arange(32, dtype=np.int32)
         self.array = ll.llama_token_data_array(
             data=ctypes.cast(self._data, ctypes.POINTER(ll.llama_token_data)), size=num_vocab, selected=-1,
             sorted=False)
@@ -87,6 +94,32 @@ class Candidates:
         self._view["logit"] = logits if allowed is None else np.where(allowed, logits, -np.inf)
         self._view["p"] = 0.0
         self.array.size, self.array.selected, self.array.sorted = self._num_vocab, -1, False
+        return ctypes.byref(self.array)
+
+    def fill_allowed(self, ctx, index: int, bitmask: np.ndarray) -> ctypes.c_void_p:
+        """Only the tokens `bitmask` allows (llguidance's mask: bit t of word t // 32), in ascending id order.
+
+        Where a grammar allows few tokens (JSON's punctuation, keys, digits: most tokens of a JSON answer),
+        this skips writing ~50k candidates and the chain's softmax over them: about 0.4 ms per token on
+        SmolLM2's vocabulary. The pick is the same as over the whole vocabulary with the rest at -inf:
+        llama.cpp's samplers give -inf a probability of exactly 0 and keep the others' order, so the
+        softmax sums, the cumulative sums and the random draw are the same (only an exact tie of logits
+        in a sorting sampler, top-k or top-p, might order differently). Where it allows many (inside a
+        string), compacting costs more than masking: the whole vocabulary is written."""
+        words = np.flatnonzero(bitmask)
+        if len(words) * 32 > COMPACT_MAX_TOKENS:
+            allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[:self._num_vocab]
+            return self.fill(ctx, index, allowed)
+        bits = np.unpackbits(bitmask[words].view(np.uint8), bitorder="little").reshape(len(words), 32)
+        token_ids = (words[:, None] * 32 + self._bit_offsets)[bits.astype(bool)]
+        token_ids = token_ids[token_ids < self._num_vocab]
+        logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), shape=(self._num_vocab,))
+        count = len(token_ids)
+        view = self._view[:count]
+        view["id"] = token_ids
+        view["logit"] = logits[token_ids]
+        view["p"] = 0.0
+        self.array.size, self.array.selected, self.array.sorted = count, -1, False
         return ctypes.byref(self.array)
 
     def selected(self) -> int:
@@ -146,11 +179,10 @@ class GuidanceGrammar:
             self._fill_mask(self._matcher, self._bitmask, 0)
         except Exception as exc:  # llguidance raises on a matcher in error: fail this request only
             raise GrammarRejectedError(f"the grammar failed: {exc}") from None
-        allowed = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")[:self._num_vocab]
-        pointer = self._candidates.fill(ctx, index, allowed)
-        ll.llama_sampler_apply(chain, pointer)
+        mask = self._bitmask[0]
+        ll.llama_sampler_apply(chain, self._candidates.fill_allowed(ctx, index, mask))
         token = self._candidates.selected() if self._candidates.array.selected >= 0 else -1
-        if token < 0 or not allowed[token] or not self._matcher.consume_token(token):
+        if token < 0 or not _is_set(mask, token) or not self._matcher.consume_token(token):
             raise GrammarRejectedError("no token the grammar allows could be sampled "
                                        "(does logit_bias exclude all of them?)")
         ll.llama_sampler_accept(chain, token)
@@ -158,6 +190,10 @@ class GuidanceGrammar:
 
     def free(self) -> None:
         pass
+
+
+def _is_set(mask: np.ndarray, token: int) -> bool:
+    return bool((int(mask[token // 32]) >> (token % 32)) & 1)
 
 
 @functools.lru_cache(maxsize=MAX_CACHED_MATCHERS)
@@ -168,15 +204,15 @@ def _lark(gbnf: str) -> str:
 
 
 class GrammarSampling:
-    """The backend's constrained sampling: a grammar per constrained sequence, and what they share (the
-    candidate buffer, llguidance's tokenizer, compiled matchers), all built with the first constrained
-    request: unconstrained serving allocates nothing."""
+    """The backend's constrained sampling: a grammar per constrained sequence, and what they share: the
+    candidate buffer and compiled matchers, built with the first constrained request, and llguidance's
+    tokenizer, built in the background from the start (backends/llguidance_tokenizer.py)."""
 
     def __init__(self, vocab, num_vocab: int):
         self._vocab = vocab
         self._num_vocab = num_vocab
         self._candidates: Candidates | None = None
-        self._tokenizer = None
+        self._tokenizer_build = TokenizerBuild(vocab)
         self._matchers: dict[str, Any] = {}  # gbnf -> compiled matcher, least recently used first
 
     def create(self, constraint: OutputConstraint | None) -> tuple[Any, str | None]:
@@ -200,13 +236,10 @@ class GrammarSampling:
     def _matcher(self, gbnf: str):
         """A fresh matcher for the grammar: a copy of the compiled one (compiling takes milliseconds)."""
         import llguidance
-        import llguidance.llamacpp
 
-        if self._tokenizer is None:  # reads the whole vocabulary once (~0.5 s)
-            self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(self._vocab)
         compiled = self._matchers.pop(gbnf, None)
         if compiled is None:
-            compiled = llguidance.LLMatcher(self._tokenizer, llguidance.LLMatcher.grammar_from_lark(_lark(gbnf)),
+            compiled = llguidance.LLMatcher(self._tokenizer_build.result(), llguidance.LLMatcher.grammar_from_lark(_lark(gbnf)),
                                             log_level=0)
             if compiled.is_error():
                 raise ValueError(f"llguidance could not compile the grammar: {compiled.get_error()}")
@@ -222,3 +255,7 @@ class GrammarSampling:
     @staticmethod
     def free(grammar) -> None:
         grammar.free()
+
+    def close(self) -> None:
+        """Before the model (and its vocabulary) is freed."""
+        self._tokenizer_build.cancel()
