@@ -59,6 +59,8 @@ def _prefill(backend, sequence: Sequence) -> int:
     return sequence.num_prompt_tokens - num_cached - 1
 
 
+# llguidance's own loop calls llama-cpp-python's deprecated llama_token_get_attr once per token (ours does not).
+@pytest.mark.filterwarnings("ignore:llama_token_get_attr is deprecated:DeprecationWarning")
 def test_the_background_tokenizer_equals_llguidances_own(backend):
     import llguidance.llamacpp
 
