@@ -27,6 +27,7 @@ from backends.chat_template import CHATML_TEMPLATE, ChatTemplate
 from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
 from backends.llamacpp_sampler import make_sampler
 from backends.llamacpp_vocab import Vocabulary
+from backends.draft_policy import token_cost
 from backends.speculative import Speculation, accepted_run, share_budget
 from backends.llamacpp_tokens import special_token_pieces
 from backends.logprobs import log_softmax, token_logprob
@@ -262,13 +263,13 @@ class LlamaCppBackend:
 
     def _drafts(self, decoding: list[_Slot], budget: int) -> dict[int, list[int]]:
         """Each speculating sequence's draft (seq id -> tokens after its pending one), within the step's
-        draft budget and the room its request and context have left."""
-        proposals = {}
+        draft budget, the room its request and context have left, and what pays at this load."""
+        proposals, cost = {}, token_cost(len(decoding))
         for slot in decoding:
             if slot.speculation is not None:
                 room = min(slot.sequence.request.params.max_tokens - slot.num_generated,
                            self._context_length - len(slot.cached_tokens) - 1) - 1
-                proposals[slot.seq_id] = slot.speculation.propose(room)
+                proposals[slot.seq_id] = slot.speculation.propose(room, cost)
         grants = share_budget({seq_id: len(tokens) for seq_id, tokens in proposals.items()}, budget)
         return {seq_id: tokens[:grants[seq_id]] for seq_id, tokens in proposals.items() if grants[seq_id]}
 

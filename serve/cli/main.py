@@ -26,8 +26,9 @@ def _add_up(subparsers) -> None:
     up.add_argument("--batch-tokens", type=int, dest="max_batch_tokens", help="token budget of one step")
     up.add_argument("--kv-type", dest="kv_type", help=KV_TYPE_HELP)
     up.add_argument("--speculative", choices=["ngram", "off"], dest="speculative",
-                    help="llama.cpp: speculative decoding; ngram drafts from the request's own prompt "
-                         "and output, off (default) disables it (output is the same either way)")
+                    help="llama.cpp: speculative decoding; ngram (default) drafts from the request's own "
+                         "prompt and output where that pays at the load, off disables it (output is the same "
+                         "either way)")
     up.add_argument("--api-key", dest="api_key", help="require this bearer token on every API request")
     up.add_argument("--backend", choices=None, help="llamacpp or vllm (default: chosen by the hardware probe)")
     up.add_argument("--pooling", choices=("mean", "cls", "last", "rank"),

@@ -1,0 +1,77 @@
+"""When a draft pays: how many tokens a sequence may draft in a step, from what verifying costs at the
+step's load and how often the sequence's drafts are accepted.
+
+The cost. Verifying a draft token means computing it, with logits, in the step's llama_decode, and
+sampling it. An accepted token saves producing it later, which costs the step's time per decoded
+token, T(n, 0) / n with n sequences decoding. So a draft token is worth its cost when the probability
+that it is accepted exceeds
+
+    cost(n) = (T(n, 1 more token) - T(n, 0)) / (T(n, 0) / n)        (in decode tokens)
+
+At one stream a decode step is bound by reading the weights, and an extra token costs a fraction of one;
+with many streams the step is compute bound and an extra token costs nearly a whole decoded one (on a
+2-core CPU; on a GPU the step stays memory bound far longer). `MEASURED_TOKEN_COST` is that cost from
+benchmarks/draft_step_cost.py on this repository's 2-core machine (SmolLM2-135M Q4_1, 2 threads).
+
+The gain. Drafted tokens are accepted in a run: the k-th is accepted only if the k-1 before it were. With
+`rate` the chance that a drafted token is accepted after its predecessor was, the k-th is accepted with
+probability rate**k, so the draft pays up to the largest k with rate**k > cost(n) (vLLM's and llama.cpp's
+n-gram drafters use a fixed length instead; llama-server drafts per slot whenever the room left allows
+at least n_min tokens, whatever the load). `Acceptance` estimates a sequence's rate from its own
+drafts, the latest weighing most, starting from a prior.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# (sequences decoding in the step, cost of one more verified token in decode tokens of that step),
+# benchmarks/draft_step_cost.py, median of the rounds. Between two rows the cost is interpolated,
+# beyond the last it stays.
+MEASURED_TOKEN_COST = ((1, 0.30), (2, 0.45), (4, 0.65), (8, 0.85), (16, 0.95))
+# A new sequence's acceptance rate until its own drafts say more: drafting is tried where it is cheap
+# (few streams) and not where a failing draft would cost most of a decoded token.
+PRIOR_RATE, PRIOR_WEIGHT = 0.7, 2.0
+# How fast a sequence's estimate forgets: each drafted token's weight decays by this factor per later
+# draft token (about the last ten count), so a sequence that stops copying soon stops drafting.
+DECAY = 0.9
+
+
+def token_cost(num_decoding: int, table: tuple[tuple[int, float], ...] = MEASURED_TOKEN_COST) -> float:
+    """What verifying one more draft token costs a step with `num_decoding` sequences, in decode tokens."""
+    if num_decoding <= table[0][0]:
+        return table[0][1]
+    for (n_low, cost_low), (n_high, cost_high) in zip(table, table[1:]):
+        if num_decoding <= n_high:
+            return cost_low + (cost_high - cost_low) * (num_decoding - n_low) / (n_high - n_low)
+    return table[-1][1]
+
+
+def paying_length(rate: float, cost: float, limit: int) -> int:
+    """The longest draft, up to `limit`, whose last token is still accepted with a probability above
+    `cost`: the largest k with rate**k > cost."""
+    if limit <= 0 or rate <= cost or rate <= 0.0:
+        return 0
+    if rate >= 1.0 or cost <= 0.0:
+        return limit
+    return min(limit, max(math.ceil(math.log(cost) / math.log(rate)) - 1, 1))
+
+
+@dataclass
+class Acceptance:
+    """A sequence's chance that a drafted token is accepted once the one before it was: accepted tokens
+    over accepted tokens plus rejections (a draft cut short), decayed, with a prior."""
+
+    accepted: float = PRIOR_RATE * PRIOR_WEIGHT
+    rejected: float = (1.0 - PRIOR_RATE) * PRIOR_WEIGHT
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / (self.accepted + self.rejected)
+
+    def record(self, num_drafted: int, num_accepted: int) -> None:
+        if num_drafted <= 0:
+            return
+        decay = DECAY ** num_drafted
+        self.accepted = self.accepted * decay + num_accepted
+        self.rejected = self.rejected * decay + (1 if num_accepted < num_drafted else 0)
