@@ -32,9 +32,11 @@ MEASURED_TOKEN_COST = ((1, 0.30), (2, 0.45), (4, 0.65), (8, 0.85), (16, 0.95))
 # A new sequence's acceptance rate until its own drafts say more: drafting is tried where it is cheap
 # (few streams) and not where a failing draft would cost most of a decoded token.
 PRIOR_RATE, PRIOR_WEIGHT = 0.7, 2.0
-# How fast a sequence's estimate forgets: each drafted token's weight decays by this factor per later
-# draft token (about the last ten count), so a sequence that stops copying soon stops drafting.
-DECAY = 0.9
+# How fast a sequence's estimate forgets: every step, its counts move this much of the way back to the
+# prior's (about the last ten steps count). A sequence whose drafts failed is thus tried again after a
+# while (its first drafts may fail on a preamble before it starts to copy), and one that stops copying
+# stops drafting.
+STEP_DECAY = 0.9
 
 
 def token_cost(num_decoding: int, table: tuple[tuple[int, float], ...] = MEASURED_TOKEN_COST) -> float:
@@ -60,7 +62,7 @@ def paying_length(rate: float, cost: float, limit: int) -> int:
 @dataclass
 class Acceptance:
     """A sequence's chance that a drafted token is accepted once the one before it was: accepted tokens
-    over accepted tokens plus rejections (a draft cut short), decayed, with a prior."""
+    over accepted tokens plus rejections (drafts cut short), the latest steps weighing most, with a prior."""
 
     accepted: float = PRIOR_RATE * PRIOR_WEIGHT
     rejected: float = (1.0 - PRIOR_RATE) * PRIOR_WEIGHT
@@ -69,9 +71,12 @@ class Acceptance:
     def rate(self) -> float:
         return self.accepted / (self.accepted + self.rejected)
 
+    def next_step(self) -> None:
+        """A step passed: older evidence weighs less, and the prior more."""
+        self.accepted = self.accepted * STEP_DECAY + PRIOR_RATE * PRIOR_WEIGHT * (1 - STEP_DECAY)
+        self.rejected = self.rejected * STEP_DECAY + (1 - PRIOR_RATE) * PRIOR_WEIGHT * (1 - STEP_DECAY)
+
     def record(self, num_drafted: int, num_accepted: int) -> None:
-        if num_drafted <= 0:
-            return
-        decay = DECAY ** num_drafted
-        self.accepted = self.accepted * decay + num_accepted
-        self.rejected = self.rejected * decay + (1 if num_accepted < num_drafted else 0)
+        if num_drafted > 0:
+            self.accepted += num_accepted
+            self.rejected += 1 if num_accepted < num_drafted else 0

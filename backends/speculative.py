@@ -138,6 +138,7 @@ class Speculation:
         """This step's draft: at most `limit` tokens (the room left in the request and its context), and
         only as many as pay for themselves when a verified token costs `token_cost` decode tokens
         (backends/draft_policy.py)."""
+        self._acceptance.next_step()
         length = min(self._length.next_length(), limit)
         length = paying_length(self._acceptance.rate, token_cost, length)
         return self._lookup.draft(length) if length > 0 else []

@@ -10,7 +10,7 @@ The D draft tokens go to one sequence ("one": a single stream drafting) or are s
 over all N ("spread"). Configurations run in interleaved rounds, so a busy machine slows them alike;
 reported per (N, D): the median wall and process-CPU time of the step, and the cost of the D drafts in
 "decode tokens": (T(N, D) - T(N, 0)) / (T(N, 0) / N), i.e. how many of the step's own decode tokens the
-drafts cost. A draft pays when its expected accepted tokens exceed that cost (backends/draft_policy.py).
+drafts cost (from wall time, and from CPU time, which a busy machine disturbs less). A draft pays when its expected accepted tokens exceed that cost (backends/draft_policy.py).
 
     PYTHONPATH=. python -m benchmarks.draft_step_cost [--sequences 1,2,4,8,16] [--drafts 0,1,2,4,8,16] \
         [--rounds 5] [--steps 8] [--placement one|spread|both]
@@ -37,13 +37,13 @@ def _prefill(backend, num_sequences: int, num_prompt_tokens: int) -> None:
     """Give each sequence `num_prompt_tokens` cached tokens (and a pending token to decode)."""
     text = " ".join(f"word{i}" for i in range(num_prompt_tokens))
     tokens = backend.tokenize(text)[:num_prompt_tokens]
-    backend._batch.n_tokens = 0
-    for slot in backend._slots[:num_sequences]:
+    for slot in backend._slots[:num_sequences]:  # one sequence a batch: the batch holds 2,048 tokens
+        backend._batch.n_tokens = 0
         for token in tokens:
             backend._add_token(slot, token, wants_logits=False)
         slot.pending_token = tokens[-1]
-    if ll.llama_decode(backend._ctx, backend._batch) != 0:
-        raise RuntimeError("prefill failed")
+        if ll.llama_decode(backend._ctx, backend._batch) != 0:
+            raise RuntimeError("prefill failed")
 
 
 def _draft_counts(num_sequences: int, num_drafts: int, spread: bool) -> list[int]:
@@ -104,7 +104,7 @@ def main() -> None:
                 _prefill(backend, n, args.prompt_tokens)
                 for _, d, spread in [c for c in configs if c[0] == n][round_index % 3:] + \
                         [c for c in configs if c[0] == n][:round_index % 3]:
-                    for step in range(args.steps + 1):
+                    for step in range(args.steps + 1 if round_index else 1):  # warm-up: build each graph once
                         wall, cpu = time_step(backend, sampler, n, _draft_counts(n, d, spread))
                         if round_index and step == 0:  # the shape changed: llama.cpp builds a new graph
                             first_times[(n, d, spread)].append(wall)
@@ -116,16 +116,19 @@ def main() -> None:
         ll.llama_sampler_free(sampler)
         backend.close()
     rows = []
-    print(f"{'N':>3} {'D':>3} {'drafts':>7} {'wall ms':>8} {'CPU ms':>8} {'cost (decode tokens)':>21} "
+    print(f"{'N':>3} {'D':>3} {'drafts':>7} {'wall ms':>8} {'CPU ms':>8} {'cost (decode tokens)':>21} {'CPU cost':>9} "
           f"{'new-shape step ms':>18}")
     for n, d, spread in configs:
         wall, cpu = statistics.median(times[(n, d, spread)]), statistics.median(cpu_times[(n, d, spread)])
         base = statistics.median(times[(n, 0, False)])
         cost = (wall - base) / (base / n)
+        cpu_base = statistics.median(cpu_times[(n, 0, False)])
+        cpu_cost = (cpu - cpu_base) / (cpu_base / n)
         first = statistics.median(first_times[(n, d, spread)])
         rows.append({"sequences": n, "drafts": d, "spread": spread, "wall_ms": wall, "cpu_ms": cpu,
-                     "cost_in_decode_tokens": cost, "new_shape_wall_ms": first})
-        print(f"{n:>3} {d:>3} {'spread' if spread else 'one':>7} {wall:8.2f} {cpu:8.2f} {cost:21.2f} {first:18.2f}")
+                     "cost_in_decode_tokens": cost, "cpu_cost_in_decode_tokens": cpu_cost,
+                     "new_shape_wall_ms": first})
+        print(f"{n:>3} {d:>3} {'spread' if spread else 'one':>7} {wall:8.2f} {cpu:8.2f} {cost:21.2f} {cpu_cost:9.2f} {first:18.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1) + "\n")
 

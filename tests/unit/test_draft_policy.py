@@ -47,14 +47,32 @@ def test_acceptance_starts_at_the_prior_and_follows_the_drafts():
     assert unchanged.rate == pytest.approx(PRIOR_RATE)
 
 
-def test_acceptance_forgets_old_drafts():
+def test_acceptance_forgets_old_drafts_and_returns_to_the_prior():
     acceptance = Acceptance()
     for _ in range(10):
+        acceptance.next_step()
         acceptance.record(8, 8)
     copying = acceptance.rate
-    for _ in range(6):
+    assert copying > 0.95
+    for _ in range(3):
+        acceptance.next_step()
         acceptance.record(2, 0)
-    assert copying > 0.95 and acceptance.rate < 0.6
+    assert acceptance.rate < copying - 0.03
+    for _ in range(80):  # steps without drafts
+        acceptance.next_step()
+    assert acceptance.rate == pytest.approx(PRIOR_RATE, abs=0.02)
+
+
+def test_a_sequence_whose_first_drafts_failed_drafts_again_later():
+    acceptance = Acceptance()
+    for _ in range(2):
+        acceptance.next_step()
+        acceptance.record(3, 0)
+    cost = 0.5  # a step of a few streams
+    assert paying_length(acceptance.rate, cost, limit=4) == 0
+    for _ in range(20):
+        acceptance.next_step()
+    assert paying_length(acceptance.rate, cost, limit=4) > 0
 
 
 def test_speculation_drafts_only_what_pays_at_the_load():
