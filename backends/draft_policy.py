@@ -11,7 +11,8 @@ that it is accepted exceeds
 At one stream a decode step is bound by reading the weights, and an extra token costs a fraction of one;
 with many streams the step is compute bound and an extra token costs nearly a whole decoded one (on a
 2-core CPU; on a GPU the step stays memory bound far longer). `MEASURED_TOKEN_COST` is that cost from
-benchmarks/draft_step_cost.py on this repository's 2-core machine (SmolLM2-135M Q4_1, 2 threads).
+benchmarks/draft_step_cost.py on this repository's 2-core machine (SmolLM2-135M Q4_1). From 8 streams
+on it is above one decoded token: no draft pays there, whatever its acceptance rate.
 
 The gain. Drafted tokens are accepted in a run: the k-th is accepted only if the k-1 before it were. With
 `rate` the chance that a drafted token is accepted after its predecessor was, the k-th is accepted with
@@ -25,10 +26,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# (sequences decoding in the step, cost of one more verified token in decode tokens of that step),
-# benchmarks/draft_step_cost.py, median of the rounds. Between two rows the cost is interpolated,
-# beyond the last it stays.
-MEASURED_TOKEN_COST = ((1, 0.30), (2, 0.45), (4, 0.65), (8, 0.85), (16, 0.95))
+# (sequences decoding in the step, cost of one verified draft token in decode tokens of that step):
+# the cost of an 8-token draft over 8, from process CPU time (`python -m benchmarks.draft_step_cost
+# --threads 1 --drafts 0,1,2,4,8 --placement one --prompt-tokens 128`, benchmarks/results/
+# draft_step_cost_1thread_busy.json). One thread, because the machine was oversubscribed (load 15 on 2
+# cores) and two threads' spin barriers then measure scheduling, not compute. A single draft token costs
+# more (0.84 at one stream: a step of one token runs matrix-vector products, of two matrix-matrix
+# ones). Between two rows the cost is interpolated, beyond the last it stays.
+MEASURED_TOKEN_COST = ((1, 0.60), (2, 0.66), (4, 0.86), (8, 1.02), (16, 1.17))
 # A new sequence's acceptance rate until its own drafts say more: drafting is tried where it is cheap
 # (few streams) and not where a failing draft would cost most of a decoded token.
 PRIOR_RATE, PRIOR_WEIGHT = 0.7, 2.0
