@@ -20,12 +20,12 @@ import asyncio
 import logging
 import os
 import queue
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from backends.base import VLLM_KV_TYPES, BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplateError
+from backends.vllm_loop import EngineLoop
 from serve.errors import ConfigError, ModelLoadError
 from serve.sequence import (Batch, FinishReason, OutputConstraint, SamplingParams, Sequence, StepOutput,
                             TokenLogprob)
@@ -33,7 +33,6 @@ from serve.sequence import (Batch, FinishReason, OutputConstraint, SamplingParam
 log = logging.getLogger(__name__)
 
 LOAD_TIMEOUT_SECONDS = 3600  # a 70B checkpoint from a slow disk; the CPU test model takes ~35 s
-CLOSE_TIMEOUT_SECONDS = 60
 # vLLM's SamplingParams rejects values outside these (OpenAI's own ranges); clamp rather than fail a
 # request that another route (Ollama) let through.
 MAX_TEMPERATURE = 2.0
@@ -154,13 +153,11 @@ class VLLMBackend:
         self._outputs: queue.SimpleQueue[StepOutput] = queue.SimpleQueue()
         self._notify: Callable[[], None] = lambda: None
         self._tasks: dict[str, asyncio.Task] = {}  # touched only on the vLLM loop thread
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop", daemon=True)
-        self._thread.start()
+        self._loop = EngineLoop("vllm-loop")
         try:
-            self._engine = self._on_loop(self._create_engine(settings), LOAD_TIMEOUT_SECONDS)
+            self._engine = self._loop.run(self._create_engine(settings), LOAD_TIMEOUT_SECONDS)
         except Exception as exc:
-            self._stop_loop()
+            self._loop.stop()
             raise ModelLoadError(f"vLLM could not load {settings.model_path}: {exc}") from exc
         model_config = self._engine.model_config
         # vLLM chunks and batches prompts itself: the step budget holds every running prompt whole (each is
@@ -186,13 +183,6 @@ class VLLMBackend:
         args = AsyncEngineArgs(**engine_kwargs(settings, on_cpu=current_platform.is_cpu()))
         # Created on this loop so AsyncLLM's output handler task lives here.
         return AsyncLLM.from_engine_args(args)
-
-    def _on_loop(self, coroutine, timeout: float):
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=CLOSE_TIMEOUT_SECONDS)
 
     # -- text ----------------------------------------------------------------------------------------
 
@@ -228,7 +218,7 @@ class VLLMBackend:
 
     def step(self, batch: Batch) -> list[StepOutput]:
         for sequence in batch.released:
-            self._loop.call_soon_threadsafe(self._cancel, sequence.request_id)
+            self._loop.call_soon(self._cancel, sequence.request_id)
         for chunk in batch.prefill:
             if chunk.start == 0:  # the first and only chunk: vLLM states room for whole prompts
                 self._start(chunk.sequence)
@@ -251,7 +241,7 @@ class VLLMBackend:
             self._emit(StepOutput(request.request_id, finish_reason=FinishReason.ABORT,
                                   error=f"vLLM rejected the sampling parameters: {exc}"))
             return
-        self._loop.call_soon_threadsafe(self._spawn, request.request_id, list(request.prompt_token_ids), params)
+        self._loop.call_soon(self._spawn, request.request_id, list(request.prompt_token_ids), params)
 
     def _emit(self, output: StepOutput) -> None:
         """Queue an output for the next step and wake the engine loop (any thread)."""
@@ -282,7 +272,7 @@ class VLLMBackend:
     # -- the vLLM loop thread ------------------------------------------------------------------------
 
     def _spawn(self, request_id: str, token_ids: list[int], params) -> None:
-        self._tasks[request_id] = self._loop.create_task(self._generate(request_id, token_ids, params))
+        self._tasks[request_id] = self._loop.loop.create_task(self._generate(request_id, token_ids, params))
 
     def _cancel(self, request_id: str) -> None:
         task = self._tasks.pop(request_id, None)
@@ -346,14 +336,7 @@ class VLLMBackend:
         del engine
 
     def close(self) -> None:
-        if not self._thread.is_alive():
-            return
-        try:
-            self._on_loop(self._shutdown(), CLOSE_TIMEOUT_SECONDS)
-        except Exception:
-            log.exception("vLLM did not shut down cleanly")
-        finally:
-            self._stop_loop()
+        self._loop.close(self._shutdown, "vLLM")
 
 
 def _load_tokenizer(model_path: Path):

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
-import threading
 import uuid
 from dataclasses import replace
 
 from backends.base import BackendSettings
-from backends.vllm import CLOSE_TIMEOUT_SECONDS, LOAD_TIMEOUT_SECONDS, _load_tokenizer, engine_kwargs
+from backends.vllm import LOAD_TIMEOUT_SECONDS, _load_tokenizer, engine_kwargs
+from backends.vllm_loop import EngineLoop
 from serve.errors import ModelLoadError
 
-log = logging.getLogger(__name__)
 
 _VLLM_POOLING = {"mean": "MEAN", "cls": "CLS", "last": "LAST"}
 
@@ -43,13 +41,11 @@ def pooling_engine_kwargs(settings: BackendSettings, pooling: str | None, *, on_
 class VLLMPooler:
     def __init__(self, settings: BackendSettings, pooling: str | None):
         self._tokenizer = _load_tokenizer(settings.model_path)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-pooling-loop", daemon=True)
-        self._thread.start()
+        self._loop = EngineLoop("vllm-pooling-loop")
         try:
-            self._engine, tasks = self._on_loop(self._create_engine(settings, pooling), LOAD_TIMEOUT_SECONDS)
+            self._engine, tasks = self._loop.run(self._create_engine(settings, pooling), LOAD_TIMEOUT_SECONDS)
         except Exception as exc:
-            self._stop_loop()
+            self._loop.stop()
             raise ModelLoadError(f"vLLM could not load {settings.model_path} for pooling: {exc}") from exc
         model_config = self._engine.model_config
         self.pooling = pooling or self._declared_pooling(tasks, model_config)
@@ -75,13 +71,6 @@ class VLLMPooler:
         kind = getattr(pooler_config, "seq_pooling_type", None) or "MEAN"
         return {value: name for name, value in _VLLM_POOLING.items()}.get(str(kind), "mean")
 
-    def _on_loop(self, coroutine, timeout: float):
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=CLOSE_TIMEOUT_SECONDS)
-
     # -- tokens --------------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
@@ -96,7 +85,7 @@ class VLLMPooler:
 
     def pool(self, inputs: list[list[int]]) -> concurrent.futures.Future:
         """Cancelling the future cancels the encodes, which makes vLLM abort the requests."""
-        return asyncio.run_coroutine_threadsafe(self._pool_all(inputs), self._loop)
+        return self._loop.submit(self._pool_all(inputs))
 
     async def _pool_all(self, inputs: list[list[int]]) -> list[list[float]]:
         return list(await asyncio.gather(*(self._pool_one(tokens) for tokens in inputs)))
@@ -120,14 +109,7 @@ class VLLMPooler:
         del engine
 
     def close(self) -> None:
-        if not self._thread.is_alive():
-            return
-        try:
-            self._on_loop(self._shutdown(), CLOSE_TIMEOUT_SECONDS)
-        except Exception:
-            log.exception("vLLM's pooling engine did not shut down cleanly")
-        finally:
-            self._stop_loop()
+        self._loop.close(self._shutdown, "vLLM's pooling engine")
 
 
 def create_pooler(settings: BackendSettings, pooling: str | None) -> VLLMPooler:
