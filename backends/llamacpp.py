@@ -29,6 +29,7 @@ from backends.llamacpp_context import ContextShape, create_context, load_model, 
 from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
 from backends.llamacpp_sampler import make_sampler
 from backends.llamacpp_vocab import Vocabulary
+from backends.draft_policy import token_cost
 from backends.speculative import Speculation, accepted_run, share_budget
 from backends.llamacpp_tokens import special_token_pieces
 from backends.logprobs import log_softmax, token_logprob
@@ -235,8 +236,9 @@ class LlamaCppBackend:
 
     def _drafts(self, decoding: list[_Slot], budget: int) -> dict[int, list[int]]:
         """Each speculating sequence's draft (seq id -> tokens after its pending one), within the step's
-        draft budget and the room its request and context have left."""
-        proposals, wanted = {}, {}
+        draft budget, the room its request and context have left and (prompt lookup) what pays at this
+        load."""
+        proposals, wanted, cost = {}, {}, token_cost(len(decoding))
         for slot in decoding:
             if slot.speculation is not None:
                 room = min(slot.sequence.request.params.max_tokens - slot.num_generated,
@@ -244,7 +246,7 @@ class LlamaCppBackend:
                 if self._draft_model is not None:  # drafted together below (backends/draft_model.py)
                     wanted[slot.seq_id] = (slot.cached_tokens + [slot.pending_token], slot.speculation.wanted(room))
                 else:
-                    proposals[slot.seq_id] = slot.speculation.propose(room)
+                    proposals[slot.seq_id] = slot.speculation.propose(room, cost)
         if self._draft_model is not None:
             return self._draft_model.drafts(wanted, budget)
         grants = share_budget({seq_id: len(tokens) for seq_id, tokens in proposals.items()}, budget)

@@ -15,15 +15,18 @@ speculative sampling: the drafted token t is accepted with probability p(t), and
 token comes from p without t, renormalised), a seeded request draws the same random numbers, and
 grammars, penalties and logprobs see only emitted tokens. Nothing is advanced by a rejected draft.
 
-The draft length adapts per sequence (`DraftLength`): it doubles while drafts are accepted whole, falls to
-one more than what was accepted, and after drafts keep failing, drafting pauses for a number of steps
-that doubles with every further failure (a verified token costs nearly as much as a decoded one on a
-CPU, so failing drafts must stop).
+How long a draft may be comes from two limits. The load (backends/draft_policy.py): a draft token must
+be accepted with a higher probability than what verifying it costs the step, and that cost grows with
+the number of sequences decoding. And the sequence's record (`DraftLength`): the length doubles while
+drafts are accepted whole, falls to one more than what was accepted, and after drafts keep failing,
+drafting pauses for a number of steps that doubles with every further failure.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+
+from backends.draft_policy import Acceptance, paying_length
 
 NGRAM_MAX = 8  # the longest suffix compared; a longer match predicts no better
 NGRAM_MIN = 2  # a single-token match is mostly chance
@@ -127,12 +130,17 @@ class Speculation:
     def __init__(self, prompt: list[int]):
         self._lookup = PromptLookup(prompt)
         self._length = DraftLength()
+        self._acceptance = Acceptance()
         self.num_drafted = 0
         self.num_accepted = 0
 
-    def propose(self, limit: int) -> list[int]:
-        """This step's draft: at most `limit` tokens (the room left in the request and its context)."""
+    def propose(self, limit: int, token_cost: float = 0.0) -> list[int]:
+        """This step's draft: at most `limit` tokens (the room left in the request and its context), and
+        only as many as pay for themselves when a verified token costs `token_cost` decode tokens
+        (backends/draft_policy.py)."""
+        self._acceptance.next_step()
         length = min(self._length.next_length(), limit)
+        length = paying_length(self._acceptance.rate, token_cost, length)
         return self._lookup.draft(length) if length > 0 else []
 
     def record(self, drafted: list[int], emitted: list[int]) -> int:
@@ -141,6 +149,7 @@ class Speculation:
         num_accepted = accepted_run(drafted, emitted)
         self._lookup.extend(emitted)
         self._length.record(len(drafted), num_accepted)
+        self._acceptance.record(len(drafted), num_accepted)
         self.num_drafted += len(drafted)
         self.num_accepted += num_accepted
         return num_accepted

@@ -30,10 +30,11 @@ GPU_BATCH_TOKENS = 2048  # llama-server's and vLLM's API-server default
 BIG_GPU_BATCH_TOKENS, BIG_GPU_PARALLEL = 8192, 1024  # vLLM's defaults on >= 70 GiB GPUs other than A100
 VLLM_GPU_PARALLEL = 256  # vLLM pages its KV cache: many short sequences share it
 SMALL_MODEL_PARAMS = 3_000_000_000
-# Off by default: on this repository's 2-core CPU, verifying drafts is not free while several streams
-# decode (repeated short prompts, 8 and 16 clients: 149 and 163 tok/s with ngram drafts against 204 and
-# 227 without, benchmarks/prompt_reuse_check.py). Opt in with --speculative ngram where output copies input.
-DEFAULT_SPECULATIVE = "off"
+# On by default: a sequence drafts only the tokens likely enough to be accepted to pay for verifying them
+# at the step's load (backends/draft_policy.py), so busy steps, where a verified token costs nearly a
+# decoded one, draft little or nothing. (Drafting regardless of load cost 27% at 8 and 16 clients on
+# this 2-core CPU: 149 and 163 tok/s against 204 and 227 without, benchmarks/prompt_reuse_check.py.)
+DEFAULT_SPECULATIVE = "ngram"
 SMALL_MODEL_PARALLEL, LARGE_MODEL_PARALLEL = 8, 4
 KV_RAM_SHARE = 0.5  # defaults leave half the RAM beyond the weights to the OS and other programs
 LLAMA_OVERHEAD_BYTES = 512 * MiB  # compute buffers (and the CUDA context, per GPU)
@@ -276,7 +277,7 @@ def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str |
     speculative = draft.mode if draft else asked.speculative or DEFAULT_SPECULATIVE
     reasons.append(draft.reason if draft else
                    "speculative decoding: drafts from each request's own prompt and output (n-gram lookup), "
-                   "only where they keep being accepted" if speculative == "ngram" else "speculative decoding off")
+                   "only where they pay at the load" if speculative == "ngram" else "speculative decoding off")
     settings = BackendSettings(num_threads=threads, n_gpu_layers=where.n_gpu_layers, context_length=context,
                                num_parallel=num_parallel, max_batch_tokens=batch, kv_cache_dtype=kv_type,
                                speculative=speculative,

@@ -1,4 +1,4 @@
-"""Prompt-lookup speculative decoding through the real server (`--speculative ngram`): the output
+"""Prompt-lookup speculative decoding through the real server (on by default for llama.cpp): the output
 is the same as without it (greedy, seeded sampling, grammar, penalties, logprobs), steps carry several
 tokens (streamed too), max_tokens and stop strings cut exactly, `"speculative": false` (OpenAI) and
 `options.speculative: false` (Ollama) opt out, and drafted/accepted tokens are counted.
@@ -18,6 +18,7 @@ import ollama
 import pytest
 
 from backends.base import BackendSettings
+from backends.draft_policy import PRIOR_RATE, token_cost
 from backends.llamacpp import LlamaCppBackend
 from serve.models.catalog import embedded_model_path
 from serve.runtime.scheduler import Scheduler
@@ -42,7 +43,7 @@ DRAFTED, ACCEPTED = "quantserve_spec_decode_num_draft_tokens_total", "quantserve
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with start_llamacpp_server(tmp_path_factory, "speculative", ["--parallel", "1", "--ctx", "2048", "--speculative", "ngram"]) as running:
+    with start_llamacpp_server(tmp_path_factory, "speculative", ["--parallel", "1", "--ctx", "2048"]) as running:
         yield running
 
 
@@ -197,3 +198,42 @@ def test_the_cache_holds_exactly_the_accepted_tokens_after_each_step():
         backend.close()
     assert max(output.num_new_tokens for output in outputs) > 1
     assert sum(output.num_accepted_tokens for output in outputs) > 0
+
+
+def _run_in_process(backend: LlamaCppBackend, prompts: list[str], max_tokens: int) -> list:
+    """Every prompt admitted at once (greedy, end-of-generation ignored, so all decode to the end together);
+    returns every step output."""
+    caps = backend.capabilities
+    scheduler = Scheduler(num_parallel=caps.num_parallel, max_waiting=len(prompts),
+                          max_batch_tokens=caps.max_batch_tokens,
+                          max_prefill_tokens_while_decoding=caps.max_prefill_tokens_while_decoding,
+                          admit=backend.admit, max_draft_tokens_per_step=caps.max_draft_tokens_per_step)
+    outputs = []
+    for i, prompt in enumerate(prompts):
+        text = backend.render_chat([{"role": "user", "content": prompt}])
+        params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+        scheduler.add(Sequence(Request(f"r{max_tokens}-{i}", "m", text, backend.tokenize(text), params),
+                               deliver=outputs.append))
+    while scheduler.has_work:
+        batch = scheduler.schedule()
+        scheduler.postprocess(batch, backend.step(batch))
+    return outputs
+
+
+def test_a_busy_step_drafts_only_what_pays_and_one_stream_drafts():
+    """With 8 sequences decoding, a verified token costs nearly a decoded one (backends/draft_policy.py's
+    measured table), more than a new sequence's prior acceptance rate: nobody drafts. The same copy
+    request alone drafts, and its drafts are mostly accepted."""
+    assert token_cost(8) > PRIOR_RATE > token_cost(1)  # the premise, from the measured table
+    settings = BackendSettings(model_path=embedded_model_path(), context_length=1024, num_parallel=8,
+                               num_threads=2, speculative="ngram")
+    backend = LlamaCppBackend(settings)
+    try:
+        busy = _run_in_process(backend, [COPY_PROMPTS[i % 3] for i in range(8)], max_tokens=24)
+        alone = _run_in_process(backend, [COPY_PROMPTS[0]], max_tokens=48)
+    finally:
+        backend.close()
+    assert sum(output.num_new_tokens for output in busy) == 8 * 24
+    assert sum(output.num_drafted_tokens for output in busy) == 0
+    drafted = sum(output.num_drafted_tokens for output in alone)
+    assert drafted > 0 and sum(output.num_accepted_tokens for output in alone) >= 0.5 * drafted

@@ -211,12 +211,13 @@ def test_avx512_server_plans_llamacpp_on_the_cpu(smollm2):
     assert _mentions(chosen, "no NVIDIA GPU found, so llama.cpp on the CPU", "4 physical cores: 4 threads")
 
 
-def test_speculative_decoding_is_off_by_default_and_can_be_switched_on(smollm2):
+def test_speculative_decoding_is_on_by_default_for_llamacpp_and_can_be_switched_off(smollm2):
     machine = load_machine("avx512-amx-m7i", has_vllm=True)
     default = make_plan(machine, smollm2)
-    assert default.settings.speculative == "off" and _mentions(default, "speculative decoding off")
-    on = make_plan(machine, smollm2, PlanChoices(speculative="ngram"))
-    assert on.settings.speculative == "ngram" and _mentions(on, "speculative decoding: drafts from")
+    assert default.settings.speculative == "ngram" and _mentions(default, "speculative decoding: drafts from",
+                                                                  "only where they pay at the load")
+    off = make_plan(machine, smollm2, PlanChoices(speculative="off"))
+    assert off.settings.speculative == "off" and _mentions(off, "speculative decoding off")
 
 
 def test_cpu_vllm_when_asked_takes_a_small_share_of_ram(smollm2):

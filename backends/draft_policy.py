@@ -1,0 +1,87 @@
+"""When a draft pays: how many tokens a sequence may draft in a step, from what verifying costs at the
+step's load and how often the sequence's drafts are accepted.
+
+The cost. Verifying a draft token means computing it, with logits, in the step's llama_decode, and
+sampling it. An accepted token saves producing it later, which costs the step's time per decoded
+token, T(n, 0) / n with n sequences decoding. So a draft token is worth its cost when the probability
+that it is accepted exceeds
+
+    cost(n) = (T(n, 1 more token) - T(n, 0)) / (T(n, 0) / n)        (in decode tokens)
+
+At one stream a decode step is bound by reading the weights, and an extra token costs a fraction of one;
+with many streams the step is compute bound and an extra token costs nearly a whole decoded one (on a
+2-core CPU; on a GPU the step stays memory bound far longer). `MEASURED_TOKEN_COST` is that cost from
+benchmarks/draft_step_cost.py on this repository's 2-core machine (SmolLM2-135M Q4_1). From 8 streams
+on it is above one decoded token: no draft pays there, whatever its acceptance rate.
+
+The gain. Drafted tokens are accepted in a run: the k-th is accepted only if the k-1 before it were. With
+`rate` the chance that a drafted token is accepted after its predecessor was, the k-th is accepted with
+probability rate**k, so the draft pays up to the largest k with rate**k > cost(n) (vLLM's and llama.cpp's
+n-gram drafters use a fixed length instead; llama-server drafts per slot whenever the room left allows
+at least n_min tokens, whatever the load). `Acceptance` estimates a sequence's rate from its own
+drafts, the latest weighing most, starting from a prior.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# (sequences decoding in the step, cost of one verified draft token in decode tokens of that step):
+# the cost of an 8-token draft over 8, from process CPU time (`python -m benchmarks.draft_step_cost
+# --threads 1 --drafts 0,1,2,4,8 --placement one --prompt-tokens 128`, benchmarks/results/
+# draft_step_cost_1thread_busy.json). One thread, because the machine was oversubscribed (load 15 on 2
+# cores) and two threads' spin barriers then measure scheduling, not compute. A single draft token costs
+# more (0.84 at one stream: a step of one token runs matrix-vector products, of two matrix-matrix
+# ones). Between two rows the cost is interpolated, beyond the last it stays.
+MEASURED_TOKEN_COST = ((1, 0.60), (2, 0.66), (4, 0.86), (8, 1.02), (16, 1.17))
+# A new sequence's acceptance rate until its own drafts say more: drafting is tried where it is cheap
+# (few streams) and not where a failing draft would cost most of a decoded token.
+PRIOR_RATE, PRIOR_WEIGHT = 0.7, 2.0
+# How fast a sequence's estimate forgets: every step, its counts move this much of the way back to the
+# prior's (about the last ten steps count). A sequence whose drafts failed is thus tried again after a
+# while (its first drafts may fail on a preamble before it starts to copy), and one that stops copying
+# stops drafting.
+STEP_DECAY = 0.9
+
+
+def token_cost(num_decoding: int, table: tuple[tuple[int, float], ...] = MEASURED_TOKEN_COST) -> float:
+    """What verifying one more draft token costs a step with `num_decoding` sequences, in decode tokens."""
+    if num_decoding <= table[0][0]:
+        return table[0][1]
+    for (n_low, cost_low), (n_high, cost_high) in zip(table, table[1:]):
+        if num_decoding <= n_high:
+            return cost_low + (cost_high - cost_low) * (num_decoding - n_low) / (n_high - n_low)
+    return table[-1][1]
+
+
+def paying_length(rate: float, cost: float, limit: int) -> int:
+    """The longest draft, up to `limit`, whose last token is still accepted with a probability above
+    `cost`: the largest k with rate**k > cost."""
+    if limit <= 0 or rate <= cost or rate <= 0.0:
+        return 0
+    if rate >= 1.0 or cost <= 0.0:
+        return limit
+    return min(limit, max(math.ceil(math.log(cost) / math.log(rate)) - 1, 1))
+
+
+@dataclass
+class Acceptance:
+    """A sequence's chance that a drafted token is accepted once the one before it was: accepted tokens
+    over accepted tokens plus rejections (drafts cut short), the latest steps weighing most, with a prior."""
+
+    accepted: float = PRIOR_RATE * PRIOR_WEIGHT
+    rejected: float = (1.0 - PRIOR_RATE) * PRIOR_WEIGHT
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / (self.accepted + self.rejected)
+
+    def next_step(self) -> None:
+        """A step passed: older evidence weighs less, and the prior more."""
+        self.accepted = self.accepted * STEP_DECAY + PRIOR_RATE * PRIOR_WEIGHT * (1 - STEP_DECAY)
+        self.rejected = self.rejected * STEP_DECAY + (1 - PRIOR_RATE) * PRIOR_WEIGHT * (1 - STEP_DECAY)
+
+    def record(self, num_drafted: int, num_accepted: int) -> None:
+        if num_drafted > 0:
+            self.accepted += num_accepted
+            self.rejected += 1 if num_accepted < num_drafted else 0
