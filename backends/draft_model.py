@@ -24,8 +24,9 @@ import llama_cpp.llama_cpp as ll
 import numpy as np
 
 from backends.base import DRAFT_MAX_TOKENS, BackendSettings
-from backends.llamacpp_context import ContextShape, create_context, load_model
+from backends.llamacpp_context import ContextShape, create_context, free_native, load_model
 from backends.llamacpp_vocab import Vocabulary
+from backends.slot_choice import common_prefix_length
 from backends.speculative import DraftLength, accepted_run, share_budget
 from serve.errors import ConfigError
 
@@ -149,7 +150,7 @@ class DraftModel:
         to_feed = {}
         for seq_id, tokens in sequences.items():
             cached = self._cached[seq_id]
-            kept = min(_common_prefix(cached, tokens), len(tokens) - 1)  # the last token is always fed
+            kept = min(common_prefix_length(cached, tokens), len(tokens) - 1)  # the last token is always fed
             if kept < len(cached):
                 if not ll.llama_memory_seq_rm(self._memory, seq_id, kept, -1):
                     ll.llama_memory_seq_rm(self._memory, seq_id, -1, -1)  # cannot cut partially: start over
@@ -199,21 +200,5 @@ class DraftModel:
         return best, float(1.0 / np.exp(logits - logits[best]).sum())
 
     def close(self) -> None:
-        if self._batch is not None:
-            ll.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx:
-            ll.llama_free(self._ctx)
-            self._ctx = None
-        if self._model:
-            ll.llama_model_free(self._model)
-            self._model = None
-
-
-def _common_prefix(first: list[int], second: list[int]) -> int:
-    count = 0
-    for a, b in zip(first, second):
-        if a != b:
-            break
-        count += 1
-    return count
+        free_native(self._batch, self._ctx, self._model)
+        self._batch = self._ctx = self._model = None

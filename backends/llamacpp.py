@@ -25,7 +25,7 @@ import numpy as np
 from backends.base import BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplate
 from backends.draft_model import DraftModel
-from backends.llamacpp_context import ContextShape, create_context, load_model, trained_context
+from backends.llamacpp_context import ContextShape, create_context, free_native, load_model, trained_context
 from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
 from backends.llamacpp_sampler import make_sampler
 from backends.llamacpp_vocab import Vocabulary
@@ -358,18 +358,11 @@ class LlamaCppBackend:
         for slot in self._slots:
             self._release(slot)
         self._grammars.close()  # before the vocabulary it reads goes with the model
-        if self._batch is not None:
-            ll.llama_batch_free(self._batch)
-            self._batch = None
         if self._draft_model is not None:
             self._draft_model.close()
             self._draft_model = None
-        if self._ctx:
-            ll.llama_free(self._ctx)
-            self._ctx = None
-        if self._model:
-            ll.llama_model_free(self._model)
-            self._model = None
+        free_native(self._batch, self._ctx, self._model)
+        self._batch = self._ctx = self._model = None
 
 
 def create_backend(settings: BackendSettings) -> LlamaCppBackend:

@@ -65,3 +65,14 @@ def create_context(model, shape: ContextShape):
         raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens "
                              f"({shape.num_parallel} x {shape.context_length}); lower --ctx or --parallel")
     return ctx
+
+
+def free_native(batch, ctx, model) -> None:
+    """Free what llama.cpp allocated for a model's use, each part that exists (None or NULL: skipped), in
+    the order it needs: the batch, then the context, then the model the context was made from."""
+    if batch is not None:
+        ll.llama_batch_free(batch)
+    if ctx:
+        ll.llama_free(ctx)
+    if model:
+        ll.llama_model_free(model)

@@ -34,6 +34,7 @@ import llama_cpp.llama_cpp as ll
 import numpy as np
 
 from backends.base import BackendSettings
+from backends.llamacpp_context import free_native, load_model
 from backends.llamacpp_vocab import tokenize
 from serve.errors import ModelLoadError
 
@@ -62,11 +63,7 @@ class LlamaCppPooler:
     def __init__(self, settings: BackendSettings, pooling: str | None):
         llama_cpp._logger.set_verbose(log.isEnabledFor(logging.DEBUG))
         ll.llama_backend_init()
-        params = ll.llama_model_default_params()
-        params.n_gpu_layers = settings.n_gpu_layers
-        self._model = ll.llama_model_load_from_file(str(settings.model_path).encode(), params)
-        if not self._model:
-            raise ModelLoadError(f"llama.cpp could not load {settings.model_path}: not a valid GGUF model file?")
+        self._model = load_model(settings.model_path, settings.n_gpu_layers)
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.vocab_size = ll.llama_vocab_n_tokens(self._vocab)
         n_ctx_train = ll.llama_model_n_ctx_train(self._model)
@@ -222,15 +219,8 @@ class LlamaCppPooler:
         if thread is not None and thread.is_alive():
             self._jobs.put(None)
             thread.join(timeout=60)
-        if getattr(self, "_batch", None) is not None:
-            ll.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx:
-            ll.llama_free(self._ctx)
-            self._ctx = None
-        if self._model:
-            ll.llama_model_free(self._model)
-            self._model = None
+        free_native(getattr(self, "_batch", None), self._ctx, self._model)
+        self._batch = self._ctx = self._model = None
 
 
 def create_pooler(settings: BackendSettings, pooling: str | None) -> LlamaCppPooler:
