@@ -27,13 +27,12 @@ import math
 from dataclasses import dataclass
 
 # (sequences decoding in the step, cost of one verified draft token in decode tokens of that step):
-# the cost of an 8-token draft over 8, from process CPU time (`python -m benchmarks.draft_step_cost
-# --threads 1 --drafts 0,1,2,4,8 --placement one --prompt-tokens 128`, benchmarks/results/
-# draft_step_cost_1thread_busy.json). One thread, because the machine was oversubscribed (load 15 on 2
-# cores) and two threads' spin barriers then measure scheduling, not compute. A single draft token costs
-# more (0.84 at one stream: a step of one token runs matrix-vector products, of two matrix-matrix
+# the wall time of an 8-token draft over 8, with the server's two threads on the idle machine
+# (`python -m benchmarks.draft_step_cost --threads 2 --rounds 3 --steps 8 --drafts 0,1,2,4,8 --placement
+# one --prompt-tokens 128`, benchmarks/results/draft_step_cost_2threads_quiet.json). A single draft token
+# costs more (0.76 at one stream: a step of one token runs matrix-vector products, of two matrix-matrix
 # ones). Between two rows the cost is interpolated, beyond the last it stays.
-MEASURED_TOKEN_COST = ((1, 0.60), (2, 0.66), (4, 0.86), (8, 1.02), (16, 1.17))
+MEASURED_TOKEN_COST = ((1, 0.49), (2, 0.60), (4, 0.86), (8, 1.06), (16, 1.14))
 # A new sequence's acceptance rate until its own drafts say more: drafting is tried where it is cheap
 # (few streams) and not where a failing draft would cost most of a decoded token.
 PRIOR_RATE, PRIOR_WEIGHT = 0.7, 2.0
