@@ -25,15 +25,15 @@ import numpy as np
 from backends.base import BackendSettings, Capabilities
 from backends.chat_template import CHATML_TEMPLATE, ChatTemplate
 from backends.draft_model import DraftModel
+from backends.draft_policy import token_cost
 from backends.llamacpp_context import ContextShape, create_context, free_native, load_model, trained_context
 from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
 from backends.llamacpp_sampler import make_sampler
-from backends.llamacpp_vocab import Vocabulary
-from backends.draft_policy import token_cost
-from backends.speculative import Speculation, accepted_run, share_budget
 from backends.llamacpp_tokens import special_token_pieces
+from backends.llamacpp_vocab import Vocabulary
 from backends.logprobs import log_softmax, token_logprob
 from backends.slot_choice import SlotState, choose_slot
+from backends.speculative import Speculation, accepted_run, share_budget
 from backends.text_output import TextOutput
 from serve.sequence import Batch, FinishReason, PrefillChunk, Sequence, StepOutput
 
