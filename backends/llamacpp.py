@@ -28,7 +28,7 @@ from backends.draft_model import DraftModel
 from backends.draft_policy import token_cost
 from backends.llamacpp_context import ContextShape, create_context, free_native, load_model, trained_context
 from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
-from backends.llamacpp_sampler import make_sampler
+from backends.llamacpp_sampler import draws_from_the_whole_distribution, make_sampler
 from backends.llamacpp_tokens import special_token_pieces
 from backends.llamacpp_vocab import Vocabulary
 from backends.logprobs import log_softmax, token_logprob
@@ -143,7 +143,8 @@ class LlamaCppBackend:
         self._num_admitted += 1
         slot.sequence, slot.last_used = sequence, self._num_admitted
         slot.sampler = make_sampler(sequence.request.params, self._num_vocab, self._eog_tokens)
-        slot.grammar, slot.error = self._grammars.create(sequence.request.params.constraint)
+        slot.grammar, slot.error = self._grammars.create(sequence.request.params.constraint,
+                                                         draws_from_the_whole_distribution(sequence.request.params))
         slot.text = TextOutput(sequence.request.params.stop)
         slot.kept_pieces = special_token_pieces(self._vocab, sequence.request.params.kept_special_tokens)
         slot.pending_token, slot.num_generated = None, 0
