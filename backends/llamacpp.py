@@ -250,6 +250,9 @@ class LlamaCppBackend:
                     proposals[slot.seq_id] = slot.speculation.propose(room, cost)
         if self._draft_model is not None:
             return self._draft_model.drafts(wanted, budget)
+        for slot in decoding:  # a draft token the grammar does not allow is never accepted: not verified
+            if slot.grammar is not None and proposals.get(slot.seq_id):
+                proposals[slot.seq_id] = self._grammars.valid_prefix(slot.grammar, proposals[slot.seq_id])
         grants = share_budget({seq_id: len(tokens) for seq_id, tokens in proposals.items()}, budget)
         return {seq_id: tokens[:grants[seq_id]] for seq_id, tokens in proposals.items() if grants[seq_id]}
 

@@ -162,6 +162,9 @@ class LlamaGrammar:
         ll.llama_sampler_accept(chain, token)
         return token
 
+    def valid_prefix(self, tokens: list[int]) -> list[int]:
+        return tokens  # checking past the first token would advance the grammar: drafts stay as they are
+
     def free(self) -> None:
         ll.llama_sampler_free(self._handle)
 
@@ -201,6 +204,10 @@ class GuidanceGrammar:
                 return token
             self.num_rejected += 1
         return self._sample_masked(chain, ctx, index)
+
+    def valid_prefix(self, tokens: list[int]) -> list[int]:
+        """The longest prefix of `tokens` (a draft after the sampled token) the grammar allows."""
+        return tokens[:self._matcher.validate_tokens(tokens)]
 
     def _is_wide(self) -> bool:
         return all(self._matcher.validate_tokens([token]) == 1 for token in self._probe_tokens)
@@ -294,6 +301,11 @@ class GrammarSampling:
     @staticmethod
     def sample(grammar, chain, ctx, index: int) -> int:
         return grammar.sample(chain, ctx, index)
+
+    @staticmethod
+    def valid_prefix(grammar, tokens: list[int]) -> list[int]:
+        """The part of a speculative draft that the sequence's grammar allows (at most all of it)."""
+        return grammar.valid_prefix(tokens)
 
     @staticmethod
     def free(grammar) -> None:

@@ -254,3 +254,14 @@ def test_checking_first_inside_strings_gives_schema_valid_output_and_greedy_is_u
     assert checked[0] > 0 and checked[1] == 0  # the name string was sampled by checking first
     if temperature == 0.0:
         assert texts[0] == texts[1]
+
+
+def test_a_speculative_draft_is_cut_where_the_grammar_stops_allowing_it(backend):
+    """A drafted token the grammar forbids could never be accepted, so it is not verified (llamacpp._drafts)."""
+    grammar, error = backend._grammars.create(schema_constraint(SCHEMA, "p"), True)
+    assert isinstance(grammar, GuidanceGrammar) and error is None
+    valid = backend.tokenize('{"name": "Ada", "age"')
+    draft = valid + backend.tokenize("\n\nWell")
+    assert backend._grammars.valid_prefix(grammar, draft) == valid
+    assert backend._grammars.valid_prefix(grammar, valid) == valid  # nothing was consumed by checking
+    assert backend._grammars.valid_prefix(grammar, backend.tokenize("Sure")) == []
