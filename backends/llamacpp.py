@@ -28,7 +28,7 @@ from backends.draft_model import DraftModel
 from backends.draft_policy import token_cost
 from backends.llamacpp_context import ContextShape, create_context, free_native, load_model, trained_context
 from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
-from backends.llamacpp_sampler import GreedyPick, greedy_pick, make_sampler
+from backends.llamacpp_sampler import GreedyPick, draws_from_the_whole_distribution, greedy_pick, make_sampler
 from backends.llamacpp_tokens import special_token_pieces
 from backends.llamacpp_vocab import Vocabulary
 from backends.logprobs import log_softmax, token_logprob
@@ -144,7 +144,8 @@ class LlamaCppBackend:
         self._num_admitted += 1
         slot.sequence, slot.last_used = sequence, self._num_admitted
         slot.sampler = make_sampler(sequence.request.params, self._num_vocab, self._eog_tokens)
-        slot.grammar, slot.error = self._grammars.create(sequence.request.params.constraint)
+        slot.grammar, slot.error = self._grammars.create(sequence.request.params.constraint,
+                                                         draws_from_the_whole_distribution(sequence.request.params))
         slot.greedy = greedy_pick(sequence.request.params, self._num_vocab, self._eog_tokens)
         slot.text = TextOutput(sequence.request.params.stop)
         slot.kept_pieces = special_token_pieces(self._vocab, sequence.request.params.kept_special_tokens)
@@ -251,6 +252,9 @@ class LlamaCppBackend:
                     proposals[slot.seq_id] = slot.speculation.propose(room, cost)
         if self._draft_model is not None:
             return self._draft_model.drafts(wanted, budget)
+        for slot in decoding:  # a draft token the grammar does not allow is never accepted: not verified
+            if slot.grammar is not None and proposals.get(slot.seq_id):
+                proposals[slot.seq_id] = self._grammars.valid_prefix(slot.grammar, proposals[slot.seq_id])
         grants = share_budget({seq_id: len(tokens) for seq_id, tokens in proposals.items()}, budget)
         return {seq_id: tokens[:grants[seq_id]] for seq_id, tokens in proposals.items() if grants[seq_id]}
 

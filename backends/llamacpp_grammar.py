@@ -5,8 +5,9 @@ Two engines, one grammar (the GBNF of the request's OutputConstraint):
 - llguidance (`GuidanceGrammar`), for every grammar that holds from the first token: it computes the
   set of allowed tokens in tens of microseconds (a lexer over a token trie), and the chain samples among
   them as it would over the whole vocabulary with the others at -inf (`Candidates.fill_allowed`: only
-  the allowed tokens where they are few). The GBNF goes over through llguidance's own GBNF -> Lark
-  converter, so exactly the grammar the API checked is enforced. Its tokenizer is built while the model
+  the allowed tokens where they are few). Where most tokens are allowed (inside a string), the chain's
+  native pick is checked first and the mask computed only if the grammar rejects it. The GBNF goes over
+  through llguidance's own GBNF -> Lark converter, so exactly the grammar the API checked is enforced. Its tokenizer is built while the model
   loads (backends/llguidance_tokenizer.py).
 - llama.cpp's grammar sampler (`LlamaGrammar`), for lazy grammars (trigger patterns: llguidance has no
   such start) and any GBNF llguidance's converter cannot take, used as llama-server uses it
@@ -41,6 +42,9 @@ GRAMMAR_ROOT = b"root"
 # of the whole vocabulary is cheaper to write than the list of allowed tokens.
 COMPACT_MAX_TOKENS = 8192
 MAX_CACHED_MATCHERS = 64  # compiled llguidance grammars kept per backend (a deep copy serves each sequence)
+# Ordinary text that any wide grammar state allows (string contents, free text) and structure (JSON keys,
+# punctuation, numbers) does not: where both are allowed, GuidanceGrammar checks the chain's pick first.
+PROBE_TEXTS = (" the", "ing")
 
 
 class GrammarInitError(ValueError):
@@ -158,14 +162,29 @@ class LlamaGrammar:
         ll.llama_sampler_accept(chain, token)
         return token
 
+    def valid_prefix(self, tokens: list[int]) -> list[int]:
+        return tokens  # checking past the first token would advance the grammar: drafts stay as they are
+
     def free(self) -> None:
         ll.llama_sampler_free(self._handle)
 
 
 class GuidanceGrammar:
-    """llguidance's matcher: the allowed tokens as a mask on the logits before the chain samples."""
+    """llguidance's matcher: the allowed tokens as a mask on the logits before the chain samples; or, where
+    the grammar allows most of the vocabulary (inside a JSON string), the chain's own pick checked first.
 
-    def __init__(self, matcher, candidates: Candidates, num_vocab: int):
+    Why both (measured along a workload answer, benchmarks/README.md): where few tokens are allowed
+    (punctuation, keys, digits: about 3 in 4 positions of a JSON answer) the mask and the chain over those
+    few take about 0.03 ms, a tenth of a free token's native llama_sampler_sample (0.45 ms). Where almost
+    every token is allowed, the mask alone takes about 0.4 ms (llguidance walks its whole token trie) and
+    the chain still softmaxes the whole vocabulary: about 1 ms. There the native sample comes first, its
+    token is checked with the matcher, and the mask is computed only when the check fails (llama-server's
+    order, common_sampler_sample). A state counts as wide when `probe_tokens` (ordinary words) are all
+    allowed, a check of about a microsecond each. Checking first is used only for chains where it keeps
+    the distribution exactly (llamacpp_sampler.draws_from_the_whole_distribution); `probe_tokens` is
+    empty otherwise."""
+
+    def __init__(self, matcher, candidates: Candidates, num_vocab: int, probe_tokens: tuple[int, ...] = ()):
         import llguidance.numpy
 
         self._matcher = matcher
@@ -173,8 +192,27 @@ class GuidanceGrammar:
         self._num_vocab = num_vocab
         self._fill_mask = llguidance.numpy.fill_next_token_bitmask
         self._bitmask = llguidance.numpy.allocate_token_bitmask(1, num_vocab)
+        self._probe_tokens = probe_tokens
+        self.num_checked = self.num_rejected = 0  # picks checked first, and those the grammar rejected
 
     def sample(self, chain, ctx, index: int) -> int:
+        if self._probe_tokens and self._is_wide():
+            # The chain keeps no state that llama_sampler_sample's accept of a rejected pick could change.
+            token = ll.llama_sampler_sample(chain, ctx, index)
+            self.num_checked += 1
+            if self._matcher.try_consume_tokens([token]) == 1:
+                return token
+            self.num_rejected += 1
+        return self._sample_masked(chain, ctx, index)
+
+    def valid_prefix(self, tokens: list[int]) -> list[int]:
+        """The longest prefix of `tokens` (a draft after the sampled token) the grammar allows."""
+        return tokens[:self._matcher.validate_tokens(tokens)]
+
+    def _is_wide(self) -> bool:
+        return all(self._matcher.validate_tokens([token]) == 1 for token in self._probe_tokens)
+
+    def _sample_masked(self, chain, ctx, index: int) -> int:
         try:
             self._fill_mask(self._matcher, self._bitmask, 0)
         except Exception as exc:  # llguidance raises on a matcher in error: fail this request only
@@ -214,18 +252,22 @@ class GrammarSampling:
         self._candidates: Candidates | None = None
         self._tokenizer_build = TokenizerBuild(vocab)
         self._matchers: dict[str, Any] = {}  # gbnf -> compiled matcher, least recently used first
+        self._probes: tuple[int, ...] | None = None  # GuidanceGrammar's probe tokens, once known
 
-    def create(self, constraint: OutputConstraint | None) -> tuple[Any, str | None]:
+    def create(self, constraint: OutputConstraint | None, can_check_first: bool = False) -> tuple[Any, str | None]:
         """The grammar for a sequence (None when unconstrained), or why it could not be built: the API
         checked the grammar before submitting, so this is a backstop that fails one request, never the
-        step."""
+        step. `can_check_first`: the sequence's chain allows checking its pick before masking
+        (llamacpp_sampler.draws_from_the_whole_distribution)."""
         if constraint is None:
             return None, None
         if self._candidates is None:
             self._candidates = Candidates(self._num_vocab)
         if not constraint.is_lazy:
             try:
-                return GuidanceGrammar(self._matcher(constraint.gbnf), self._candidates, self._num_vocab), None
+                probes = self._probe_tokens() if can_check_first else ()
+                return GuidanceGrammar(self._matcher(constraint.gbnf), self._candidates, self._num_vocab,
+                                       probes), None
             except Exception as exc:  # a GBNF construct llguidance's converter lacks: llama.cpp's sampler
                 log.info("llguidance cannot take this grammar (%s); using llama.cpp's grammar sampler", exc)
         try:
@@ -248,9 +290,22 @@ class GrammarSampling:
             self._matchers.pop(next(iter(self._matchers)))
         return compiled.deep_copy()
 
+    def _probe_tokens(self) -> tuple[int, ...]:
+        """The first token of each probe text (none if one is missing: a state is then never wide)."""
+        if self._probes is None:
+            tokenizer = self._tokenizer_build.result()
+            probes = tuple(tokens[0] for tokens in map(tokenizer.tokenize_str, PROBE_TEXTS) if tokens)
+            self._probes = probes if len(probes) == len(PROBE_TEXTS) else ()
+        return self._probes
+
     @staticmethod
     def sample(grammar, chain, ctx, index: int) -> int:
         return grammar.sample(chain, ctx, index)
+
+    @staticmethod
+    def valid_prefix(grammar, tokens: list[int]) -> list[int]:
+        """The part of a speculative draft that the sequence's grammar allows (at most all of it)."""
+        return grammar.valid_prefix(tokens)
 
     @staticmethod
     def free(grammar) -> None:

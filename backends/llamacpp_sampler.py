@@ -71,3 +71,18 @@ def make_sampler(params: SamplingParams, num_vocab: int, eog_tokens: frozenset[i
     seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
     ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
     return chain
+
+
+def draws_from_the_whole_distribution(params: SamplingParams) -> bool:
+    """Whether the chain's pick is the argmax or a plain draw from softmax((logits + bias) / T), through
+    samplers that keep no state (no penalties, which llama_sampler_sample would make remember the pick).
+
+    Then a grammar may check the chain's pick first and mask only when it rejects it: a rejected draw,
+    followed by a draw from the grammar-masked distribution, gives each allowed token p(t) + (1 - Z) p(t) / Z
+    = p(t) / Z (Z the allowed tokens' share), exactly the masked distribution; greedy keeps the allowed
+    argmax. Truncating samplers (top-k, top-p, min-p) cut the whole vocabulary differently from the allowed
+    tokens alone, so with them the mask comes first."""
+    if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+        return False
+    return params.is_greedy or (params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0.0)
+

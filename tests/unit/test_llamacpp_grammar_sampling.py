@@ -14,7 +14,7 @@ import pytest
 from backends.base import BackendSettings
 from backends.llamacpp import LlamaCppBackend
 from backends.llamacpp_grammar import Candidates, GuidanceGrammar, LlamaGrammar
-from backends.llamacpp_sampler import make_sampler
+from backends.llamacpp_sampler import draws_from_the_whole_distribution, make_sampler
 from backends.llguidance_tokenizer import token_bytes
 from serve.grammar import schema_constraint
 from serve.models.catalog import embedded_model_path
@@ -174,3 +174,94 @@ def test_a_rejected_first_sample_falls_back_to_the_grammar_masked_distribution(b
     assert checks[0] is False  # the first pick (prose) was rejected by the grammar
     assert outputs[-1].finish_reason.value == "stop", text
     jsonschema.validate(json.loads(text), SCHEMA)
+
+
+@pytest.mark.parametrize("params, expected", [
+    (dict(temperature=0.8), True), (dict(temperature=0.0), True), (dict(temperature=0.8, logit_bias={2: 1.0}), True),
+    (dict(temperature=0.8, top_k=40), False), (dict(temperature=0.8, top_p=0.9), False),
+    (dict(temperature=0.8, min_p=0.05), False), (dict(temperature=0.0, repeat_penalty=1.1), False),
+    (dict(temperature=0.8, presence_penalty=0.5), False)])
+def test_a_pick_is_checked_first_only_where_that_keeps_the_masked_distribution(params, expected):
+    assert draws_from_the_whole_distribution(SamplingParams(**params)) is expected
+
+
+class FakeMatcher:
+    """A seam for GuidanceGrammar: a grammar allowing a fixed set of tokens at every position."""
+
+    def __init__(self, allowed: set[int]):
+        self.allowed = allowed
+
+    def validate_tokens(self, tokens):
+        return int(tokens[0] in self.allowed)
+
+    def try_consume_tokens(self, tokens):
+        return int(tokens[0] in self.allowed)
+
+    def consume_token(self, token):
+        return token in self.allowed
+
+
+def test_checking_the_pick_first_samples_the_masked_distribution(backend):
+    """A rejected draw followed by a draw among the allowed tokens gives each allowed token p(t) / Z: over
+    2,000 seeds, the checked-first picks follow the exact masked softmax as closely as the masked picks."""
+    sequence = _sequence(backend, "check-first", SamplingParams(max_tokens=1), [])
+    index = _prefill(backend, sequence)
+    num_vocab = backend._num_vocab
+    logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(backend._ctx, index), shape=(num_vocab,)).copy()
+    ranked = [int(t) for t in np.argsort(logits)[::-1]]
+    allowed = set(ranked[1:12:2])  # the most likely token and every other one excluded: many rejections
+    exact = np.exp(logits[sorted(allowed)] - logits[sorted(allowed)].max())
+    exact /= exact.sum()
+    mask = _mask(num_vocab, sorted(allowed))
+    candidates = Candidates(num_vocab)
+    frequencies = {}
+    for probes in ((), tuple(sorted(allowed)[:2])):
+        grammar = GuidanceGrammar(FakeMatcher(allowed), candidates, num_vocab, probes)
+        grammar._fill_mask = lambda matcher, bitmask, row: bitmask.__setitem__(row, mask)
+        counts = dict.fromkeys(sorted(allowed), 0)
+        for seed in range(2000):
+            chain = make_sampler(SamplingParams(temperature=1.0, seed=seed), num_vocab, frozenset())
+            counts[grammar.sample(chain, backend._ctx, index)] += 1
+            ll.llama_sampler_free(chain)
+        frequencies[probes] = np.array(list(counts.values())) / 2000
+        assert grammar.num_checked == (2000 if probes else 0)
+    assert grammar.num_rejected > 300  # the most likely token, excluded, is drawn often
+    for observed in frequencies.values():
+        assert 0.5 * np.abs(observed - exact).sum() < 0.05, (observed, exact)
+    backend.step(Batch(released=[sequence]))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_checking_first_inside_strings_gives_schema_valid_output_and_greedy_is_unchanged(backend, monkeypatch,
+                                                                                         temperature):
+    """Greedy: the constrained argmax either way, so the same text with and without checking first."""
+    texts, grammars = [], []
+    create = backend._grammars.create
+
+    def recording_create(constraint, can_check_first=False):
+        grammars.append(create(constraint, can_check_first)[0])
+        return grammars[-1], None
+    monkeypatch.setattr(backend._grammars, "create", recording_create)
+    for can_check_first in (True, False):
+        monkeypatch.setattr("backends.llamacpp.draws_from_the_whole_distribution", lambda params: can_check_first)
+        outputs = []
+        sequence = _sequence(backend, f"probe-{temperature}-{can_check_first}", SamplingParams(
+            max_tokens=120, temperature=temperature, seed=5, constraint=schema_constraint(SCHEMA, "p")), outputs)
+        text, _ = _run(backend, sequence, outputs)
+        jsonschema.validate(json.loads(text), SCHEMA)
+        texts.append(text)
+    checked = [grammar.num_checked for grammar in grammars]
+    assert checked[0] > 0 and checked[1] == 0  # the name string was sampled by checking first
+    if temperature == 0.0:
+        assert texts[0] == texts[1]
+
+
+def test_a_speculative_draft_is_cut_where_the_grammar_stops_allowing_it(backend):
+    """A drafted token the grammar forbids could never be accepted, so it is not verified (llamacpp._drafts)."""
+    grammar, error = backend._grammars.create(schema_constraint(SCHEMA, "p"), True)
+    assert isinstance(grammar, GuidanceGrammar) and error is None
+    valid = backend.tokenize('{"name": "Ada", "age"')
+    draft = valid + backend.tokenize("\n\nWell")
+    assert backend._grammars.valid_prefix(grammar, draft) == valid
+    assert backend._grammars.valid_prefix(grammar, valid) == valid  # nothing was consumed by checking
+    assert backend._grammars.valid_prefix(grammar, backend.tokenize("Sure")) == []
