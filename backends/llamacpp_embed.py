@@ -8,11 +8,13 @@ step nor delays one (the two compete only for CPU cores, as two processes would)
 the engine thread would stall every running stream for the whole decode of a 32-input batch, and teach the
 scheduler a second kind of work; a thread per pooling context keeps both loops simple.
 
-Batching, as llama-server does it: the worker takes every job waiting (one request's inputs each), packs the
-inputs into one llama_batch, each input its own sequence id, at most `n_batch` tokens and MAX_SEQUENCES
-sequences, calls llama_decode once and reads each sequence's pooled output (`llama_get_embeddings_seq`).
-Mean and cls pooling happen inside one micro-batch, so a sequence must never span two: the context is
-built with n_ubatch = n_batch = the per-input context (llama-server forces the same for `--embeddings`).
+Batching: the worker takes every job waiting (one request's inputs each), packs consecutive inputs into
+llama_batches, each input its own sequence id, calls llama_decode once per batch and reads each sequence's
+pooled output (`llama_get_embeddings_seq`). A batch holds at most PACK_TOKENS tokens (llama-server packs up to
+n_batch; smaller decodes spend less on attention across inputs: backends/llamacpp_pool_batch.py) and at most
+MAX_SEQUENCES inputs. Mean and cls pooling happen inside one micro-batch, so a sequence must never span two:
+the context is built with n_ubatch = n_batch = the per-input context (llama-server forces the same for
+`--embeddings`), and an input longer than PACK_TOKENS is decoded alone.
 
 The model is loaded again from its file for this context: an embedding-only model has no generation side,
 and a chat model that also embeds (`--pooling`) shares the mapped file's pages through the page cache.
@@ -35,6 +37,7 @@ import numpy as np
 
 from backends.base import BackendSettings
 from backends.llamacpp_context import free_native, load_model
+from backends.llamacpp_pool_batch import PoolingBatch, pack
 from backends.llamacpp_vocab import tokenize
 from serve.errors import ModelLoadError
 
@@ -77,7 +80,7 @@ class LlamaCppPooler:
         self.num_dimensions = (ll.llama_model_n_cls_out(self._model) if self.pooling == "rank"
                                else ll.llama_model_n_embd_out(self._model))
         self._memory = ll.llama_get_memory(self._ctx)  # None for encoder-only models (BERT): nothing to clear
-        self._batch = ll.llama_batch_init(self.context_length, 0, 1)
+        self._batch = PoolingBatch(self.context_length)  # NumPy owns its arrays: never llama_batch_free it
         template = ll.llama_model_chat_template(self._model, b"rerank")
         self._rerank_template = template.decode("utf-8") if template else None
         # A rerank request pairs one query with many documents: tokenize the query once, not per document.
@@ -176,30 +179,15 @@ class LlamaCppPooler:
             job.future.set_result(outputs[id(job)])
 
     def _chunks(self, work: list) -> list[list]:
-        """Consecutive inputs packed into decodes of at most n_batch tokens and MAX_SEQUENCES inputs."""
-        chunks, current, num_tokens = [], [], 0
-        for item in work:
-            size = len(item[2])
-            if current and (num_tokens + size > self.context_length or len(current) == MAX_SEQUENCES):
-                chunks.append(current)
-                current, num_tokens = [], 0
-            current.append(item)
-            num_tokens += size
-        return chunks + [current] if current else chunks
+        """Consecutive inputs grouped into decodes (backends/llamacpp_pool_batch.py: pack)."""
+        groups = pack([len(item[2]) for item in work], self.context_length, MAX_SEQUENCES)
+        return [work[group.start:group.stop] for group in groups]
 
     def _decode(self, inputs: list[list[int]]) -> list[list[float]]:
-        batch = self._batch
-        batch.n_tokens = 0
-        for seq_id, tokens in enumerate(inputs):
-            for position, token in enumerate(tokens):
-                i = batch.n_tokens
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
-                batch.seq_id[i][0] = seq_id
-                batch.logits[i] = 1  # pooling reads every token's output
-                batch.n_tokens = i + 1
+        self._batch.fill(inputs)
         if self._memory:  # forget the last decode's cells; their data need not be zeroed (llama-server neither)
             ll.llama_memory_clear(self._memory, False)
-        status = ll.llama_decode(self._ctx, batch)
+        status = ll.llama_decode(self._ctx, self._batch.batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
         return [self._pooled(seq_id) for seq_id in range(len(inputs))]
@@ -212,14 +200,14 @@ class LlamaCppPooler:
                                        shape=(self.num_dimensions,))
         if self.pooling == "rank":
             return [sigmoid(float(values[0]))]
-        return values.astype(np.float64).tolist()
+        return values.tolist()  # float32 values as Python floats (exact)
 
     def close(self) -> None:
         thread = getattr(self, "_thread", None)
         if thread is not None and thread.is_alive():
             self._jobs.put(None)
             thread.join(timeout=60)
-        free_native(getattr(self, "_batch", None), self._ctx, self._model)
+        free_native(None, self._ctx, self._model)  # the PoolingBatch's memory is NumPy's
         self._batch = self._ctx = self._model = None
 
 
