@@ -1,14 +1,17 @@
 """A request's native llama.cpp sampler chain: logit bias, penalties, then greedy or top-k/top-p/min-p,
 temperature and a seeded draw (llama-server's order). The caller frees it with llama_sampler_free.
 
-A greedy request with nothing but logit biases (no penalties, no grammar: the benchmarks' and most evals'
-shape) also gets a GreedyPick, which makes the chain's choice from the logits with numpy: per token, the
-native chain copies every logit into a candidate array (about 100 us for a 49k vocabulary on this machine,
-8 times a step at 8 streams, on the engine thread between two llama_decode calls); an argmax takes 10-20 us.
+A request with nothing but logit biases and a temperature (no penalties, no top-k/top-p/min-p, no grammar:
+the benchmarks', most evals' and the OpenAI API's default shape) also gets a numpy pick (`numpy_pick`):
+per token, the native chain copies every logit into a candidate array and, when sampling without a
+truncating sampler, takes a softmax over all of them (about 100 us greedy and 400 us sampled for a 49k
+vocabulary on this machine, 8 times a step at 8 streams, on the engine thread between two llama_decode
+calls). With numpy: an argmax takes 10-20 us (GreedyPick, the chain's very token), a draw from the same
+softmax about 100 us (SoftmaxDraw, the same distribution with numpy's random generator).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llama_cpp.llama_cpp as ll
 import numpy as np
@@ -28,18 +31,60 @@ class GreedyPick:
     biases: np.ndarray
 
     def pick(self, logits: np.ndarray) -> int:
-        if len(self.token_ids):
-            logits = logits.copy()
-            logits[self.token_ids] += self.biases
-        return int(logits.argmax())
+        return int(self._biased(logits).argmax())
+
+    def _biased(self, logits: np.ndarray) -> np.ndarray:
+        """The logits with the biases added, in a copy: the model's own logits stay (logprobs read them)."""
+        if not len(self.token_ids):
+            return logits
+        logits = logits.copy()
+        logits[self.token_ids] += self.biases
+        return logits
 
 
-def greedy_pick(params: SamplingParams, num_vocab: int, eog_tokens: frozenset[int]) -> GreedyPick | None:
-    """The numpy pick for a greedy request without penalties (the caller leaves grammars to the chain)."""
-    if not params.is_greedy or params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+@dataclass(frozen=True)
+class SoftmaxDraw(GreedyPick):
+    """A draw from softmax((logits + bias) / T), the distribution of the chain [logit bias, temperature,
+    dist], with the request's own seeded generator (so a seed repeats its answer, as with the chain).
+
+    The draw finds where a uniform number falls in the cumulative probabilities, a block at a time: block
+    sums, then a cumulative sum inside one block of BLOCK tokens (a float64 cumulative sum over the whole
+    vocabulary costs more than the softmax)."""
+
+    BLOCK = 256
+    inverse_temperature: np.float32 = np.float32(1.0)
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+
+    def pick(self, logits: np.ndarray) -> int:
+        logits = self._biased(logits)
+        top = logits.max()
+        if not np.isfinite(top):  # every token banned (-inf): what the argmax makes of it, as greedy would
+            return int(logits.argmax())
+        weights = np.zeros(-(-len(logits) // self.BLOCK) * self.BLOCK, dtype=np.float32)  # padded with 0
+        np.exp((logits - top) * self.inverse_temperature, out=weights[:len(logits)])  # the largest is 1
+        block_ends = np.cumsum(weights.reshape(-1, self.BLOCK).sum(axis=1, dtype=np.float64))
+        target = self.rng.random() * block_ends[-1]
+        block = int(np.searchsorted(block_ends, target, side="right"))  # a block with weight: target < its end
+        target -= block_ends[block - 1] if block else 0.0
+        inside = np.cumsum(weights[block * self.BLOCK:(block + 1) * self.BLOCK], dtype=np.float64)
+        token = block * self.BLOCK + min(int(np.searchsorted(inside, target, side="right")), self.BLOCK - 1)
+        while weights[token] == 0.0:  # rounding past the block's last weighted token: step back to it
+            token -= 1
+        return token
+
+
+def numpy_pick(params: SamplingParams, num_vocab: int, eog_tokens: frozenset[int]) -> GreedyPick | None:
+    """The numpy pick for a request the chain would serve with [logit bias, greedy] or [logit bias,
+    temperature, dist], None for any other (the caller leaves grammars to the chain)."""
+    if not draws_from_the_whole_distribution(params):
         return None
     biases = {t: b for t, b in _biases(params, eog_tokens).items() if 0 <= t < num_vocab}  # llama.cpp skips others
-    return GreedyPick(np.array(list(biases), dtype=np.int64), np.array(list(biases.values()), dtype=np.float32))
+    token_ids = np.array(list(biases), dtype=np.int64)
+    bias_values = np.array(list(biases.values()), dtype=np.float32)
+    if params.is_greedy:
+        return GreedyPick(token_ids, bias_values)
+    seed = None if params.seed is None else params.seed & 0xFFFFFFFF
+    return SoftmaxDraw(token_ids, bias_values, np.float32(1.0 / params.temperature), np.random.default_rng(seed))
 
 
 def _biases(params: SamplingParams, eog_tokens: frozenset[int]) -> dict[int, float]:
