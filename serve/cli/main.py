@@ -105,11 +105,12 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     hw = probe()
     try:
-        spec = resolve_model(args.model, load_catalog(args.catalog_file or USER_CATALOG_FILE))
+        catalog = load_catalog(args.catalog_file or USER_CATALOG_FILE)
+        spec = resolve_model(args.model, catalog)
         choices = PlanChoices(backend=args.backend, kv_type=args.kv_type.lower() if args.kv_type else None,
                               speculative=args.speculative, draft_model=args.draft_model,
                               draft_max_tokens=args.draft_max_tokens)
-        report = hardware_report(hw, make_plan(hw, spec, choices))
+        report = hardware_report(hw, make_plan(hw, spec, choices, lambda draft: resolve_model(draft, catalog)))
     except ServeError as exc:  # still show the hardware, with why there is no plan
         report = hardware_report(hw, None, error=exc.message)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
