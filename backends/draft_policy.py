@@ -84,3 +84,57 @@ class Acceptance:
         if num_drafted > 0:
             self.accepted += num_accepted
             self.rejected += 1 if num_accepted < num_drafted else 0
+
+
+# Draft-model speculation (backends/draft_model.py): a drafted token costs a draft-model decode besides
+# its verification. That cost is measured as the server runs, as the ratio of a draft decode's wall time
+# to a target decode step's (one token per sequence in both), each a moving average of the latest steps.
+# A 135M Q4_1 draft costs about what a 135M F16 target does (the steps' fixed costs dominate, ratio ~1),
+# so no draft pays there; for a 1B target it costs a fraction (~0.1-0.2).
+COST_WEIGHT = 0.2  # weight of the latest measurement in each moving average
+PROBE_EVERY_STEPS = 64  # while no draft pays, one step in this many drafts anyway, to measure again
+
+
+@dataclass
+class DraftModelCost:
+    """What one drafted token costs, in decode tokens of the step: verifying it (token_cost) plus
+    producing it (a draft decode against a target decode, measured)."""
+
+    counts_draft: bool = True  # False (--speculative draft): a draft decode is taken as free, drafting always
+    draft_seconds: float | None = None  # a draft decode of one token per drafting sequence
+    target_seconds: float | None = None  # a target decode step of one token per sequence, no draft
+    steps_since_draft: int = 0
+
+    def observe_draft(self, seconds: float) -> None:
+        self.draft_seconds = _average(self.draft_seconds, seconds)
+
+    def observe_target(self, seconds: float, num_decoding: int, num_drafted: int) -> None:
+        """A decode step's wall time, with `num_drafted` draft tokens verified in it (taken out as
+        token_cost says: T = T0 * (1 + cost * drafted / decoding))."""
+        if num_decoding <= 0:
+            return
+        base = seconds / (1 + token_cost(num_decoding) * num_drafted / num_decoding)
+        self.target_seconds = _average(self.target_seconds, base)
+        self.steps_since_draft = self.steps_since_draft + 1 if num_drafted == 0 else 0
+
+    def ratio(self) -> float:
+        """A draft decode's cost in target decodes (0 until both are measured: try drafting first)."""
+        if not self.counts_draft or not self.draft_seconds or not self.target_seconds:
+            return 0.0
+        return self.draft_seconds / self.target_seconds
+
+    def token_cost(self, num_decoding: int) -> float:
+        """What one more drafted token costs the step: verifying it and drafting it. After
+        PROBE_EVERY_STEPS steps without a draft, only verifying it: a probe, so that the draft's cost is
+        measured again (the load, and so both costs, may have changed)."""
+        probing = self.steps_since_draft >= PROBE_EVERY_STEPS
+        return token_cost(num_decoding) + (0.0 if probing else self.ratio())
+
+    def drafting_pays(self, num_decoding: int) -> bool:
+        """Whether a drafted token could pay at all: False while even one accepted for sure would cost
+        more than it saves (a draft model about as slow as its target)."""
+        return self.token_cost(num_decoding) < 1.0
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else old + COST_WEIGHT * (new - old)

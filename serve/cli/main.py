@@ -11,8 +11,9 @@ from serve.errors import ServeError
 
 SPECULATIVE_CHOICES = ("ngram", "draft", "off")
 SPECULATIVE_HELP = ("llama.cpp: speculative decoding; ngram (the default) drafts from the request's own prompt and "
-                    "output where that pays at the load, draft from a draft model (the default when one is "
-                    "given), off disables it; each token is sampled as without drafts")
+                    "output where that pays at the load, draft from a draft model (given one, drafting is the "
+                    "default where a draft decode's measured cost pays; --speculative draft drafts whatever it "
+                    "costs), off disables it; each token is sampled as without drafts")
 DRAFT_MODEL_HELP = ("llama.cpp: a smaller or more quantized sibling of the model (same tokenizer) that drafts "
                     "tokens for it to verify: catalog alias, hf://org/repo:QUANT, or a local path")
 DRAFT_MAX_HELP = "llama.cpp: tokens a request drafts with the draft model in one step at most (default 8)"

@@ -31,6 +31,7 @@ class DraftChoice:
     max_tokens: int  # tokens a request drafts in one step at most
     reason: str
     footprint: Footprint | None = None  # the draft's weights and f16 KV bytes per token; None: not known
+    always: bool = False  # --speculative draft asked: draft whatever a draft decode costs
 
 
 def draft_choice(asked: PlanChoices, spec: ModelSpec, resolve: DraftResolver | None = None) -> DraftChoice | None:
@@ -47,13 +48,15 @@ def draft_choice(asked: PlanChoices, spec: ModelSpec, resolve: DraftResolver | N
             raise ConfigError(f"--draft-model is used only with --speculative draft, not with --speculative "
                               f"{asked.speculative}: drop one of them")
         return None  # the catalog's draft stays unused, as asked
-    why = "as asked" if asked.speculative == "draft" else f"chosen because {source} names a draft model"
+    always = asked.speculative == "draft"
+    why = ("as asked, whatever a draft decode costs" if always else f"chosen because {source} names a draft "
+           "model; only where a draft decode's cost, measured as it runs, pays")
     max_tokens = asked.draft_max_tokens or DRAFT_MAX_TOKENS
     footprint = gguf_footprint(resolve(named)) if resolve is not None else None
     return DraftChoice("draft", named, max_tokens,
                        f"speculative decoding: the draft model {named} (from {source}) drafts up to {max_tokens} "
                        f"tokens a step for each request in its own context, verified in the model's batched decode "
-                       f"({why})", footprint if footprint is not None and footprint.weights_bytes else None)
+                       f"({why})", footprint if footprint is not None and footprint.weights_bytes else None, always)
 
 
 def draft_footprint(draft: DraftChoice | None, kv_type: str) -> Footprint | None:

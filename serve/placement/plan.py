@@ -281,7 +281,8 @@ def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str |
     settings = BackendSettings(num_threads=threads, n_gpu_layers=where.n_gpu_layers, context_length=context,
                                num_parallel=num_parallel, max_batch_tokens=batch, kv_cache_dtype=kv_type,
                                speculative=speculative,
-                               draft_max_tokens=draft.max_tokens if draft else DRAFT_MAX_TOKENS)
+                               draft_max_tokens=draft.max_tokens if draft else DRAFT_MAX_TOKENS,
+                               draft_always=bool(draft and draft.always))
     return Plan(backend="llamacpp", reasons=tuple(reasons), device=where.device, settings=settings, model=spec.name,
                 weights_bytes=fp.weights_bytes, kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel,
                 draft_model=draft.draft_model if draft else None,
