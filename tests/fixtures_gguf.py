@@ -95,7 +95,7 @@ def _widened(name: str, values: np.ndarray, ffn_length: int | None) -> np.ndarra
     shape = _widened_shape(name, values.shape, ffn_length)
     if shape == values.shape:
         return values
-    if ffn_length < max(values.shape):
+    if any(new < old for new, old in zip(shape, values.shape)):
         raise ValueError(f"cannot narrow {name} {values.shape} to {ffn_length} MLP units")
     padded = np.zeros(shape, dtype=values.dtype)
     padded[:values.shape[0], :values.shape[1]] = values
