@@ -5,8 +5,8 @@ The cost tables here are fakes (FAKE_COSTS), not measurements."""
 import pytest
 
 from backends.draft_model import DraftedSequence
-from backends.draft_policy import (MEASURED_TOKEN_COST, PRIOR_RATE, PROBE_EVERY_STEPS, Acceptance, DraftModelCost,
-                                   paying_length, token_cost)
+from backends.draft_policy import (MEASURED_TOKEN_COST, PLAIN_EVERY_STEPS, PRIOR_RATE, PROBE_EVERY_STEPS, Acceptance,
+                                   DraftModelCost, paying_length, token_cost)
 from backends.speculative import Speculation
 
 FAKE_COSTS = ((1, 0.2), (4, 0.5), (8, 0.9))
@@ -99,10 +99,30 @@ def test_a_draft_model_s_token_costs_its_verification_plus_a_draft_decode_agains
     cost.observe_draft(0.010)
     assert cost.ratio() == pytest.approx(0.1)
     assert cost.token_cost(1) == pytest.approx(token_cost(1) + 0.1) and cost.drafting_pays(1)
-    # a step that verified 4 drafts took longer; the target's own step time is taken out of it
+    # a step that verified 4 drafts took longer: as long as the table says, or (a 1B F16 target) less
     steady = DraftModelCost(draft_seconds=0.010, target_seconds=0.100)
     steady.observe_target(0.100 * (1 + token_cost(1) * 4), num_decoding=1, num_drafted=4)
-    assert steady.target_seconds == pytest.approx(0.100)
+    assert steady.target_seconds == pytest.approx(0.100) and steady.verify_scale == pytest.approx(1.0)
+    for _ in range(30):
+        steady.observe_target(0.100 * (1 + 0.05 * 4), num_decoding=1, num_drafted=4)
+    assert steady.verify_cost(1) == pytest.approx(0.05, abs=0.01)
+    assert steady.token_cost(1) == pytest.approx(0.05 + 0.1, abs=0.01)
+    # before any plain step, the target's time is backed out of a drafted one with the table
+    first = DraftModelCost()
+    first.observe_target(0.100 * (1 + token_cost(1) * 4), num_decoding=1, num_drafted=4)
+    assert first.target_seconds == pytest.approx(0.100)
+
+
+def test_one_step_in_many_drafts_nothing_to_time_the_target_s_own_decode():
+    cost = DraftModelCost(draft_seconds=0.010, target_seconds=0.100)
+    for _ in range(PLAIN_EVERY_STEPS - 1):
+        cost.observe_target(0.120, num_decoding=1, num_drafted=4)
+    assert cost.drafting_pays(1)
+    cost.observe_target(0.120, num_decoding=1, num_drafted=4)
+    assert not cost.drafting_pays(1)  # this step is plain
+    cost.observe_target(0.090, num_decoding=1, num_drafted=0)
+    assert cost.drafting_pays(1) and cost.target_seconds == pytest.approx(0.098)
+    assert DraftModelCost(counts_draft=False, steps_since_plain=PLAIN_EVERY_STEPS).drafting_pays(1)  # always
 
 
 def test_a_draft_as_slow_as_its_target_drafts_nothing_but_is_measured_again_now_and_then():
