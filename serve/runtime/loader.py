@@ -20,7 +20,6 @@ log = logging.getLogger("serve.runtime.loader")
 class ModelLoader:
     def __init__(self, config: ServerConfig, catalog: Catalog, hw: Hardware):
         self._config = config
-        self._catalog = catalog
         self._access = ModelAccess.from_config(config, catalog)
         self._hw = hw
         self._served_names: dict[str, None] = {}  # what this loader loaded: requests may ask for it again
@@ -51,7 +50,7 @@ class ModelLoader:
             print(f"  - {reason}", flush=True)
         model_path = ensure_model_file(spec, chosen.backend)
         settings = replace(settings, model_path=model_path)
-        if chosen.draft_model:  # named on the command line or in the catalog: any spec, like --model
+        if chosen.draft_model:  # --draft-model or a catalog entry's draft, under the access rules (resolve_draft)
             settings = replace(settings, draft_model_path=ensure_model_file(
                 self.resolve_draft(chosen.draft_model), chosen.backend))
         tasks = model_tasks(spec, model_path, self._config.pooling)
