@@ -29,7 +29,7 @@ from backends.draft_model import DraftModel
 from backends.draft_policy import token_cost
 from backends.llamacpp_context import ContextShape, create_context, free_native, load_model, trained_context
 from backends.llamacpp_grammar import GrammarRejectedError, GrammarSampling
-from backends.llamacpp_sampler import make_sampler
+from backends.llamacpp_sampler import GreedyPick, greedy_pick, make_sampler
 from backends.llamacpp_tokens import special_token_pieces
 from backends.llamacpp_vocab import Vocabulary
 from backends.logprobs import log_softmax, token_logprob
@@ -56,6 +56,7 @@ class _Slot:
     cached_tokens: list[int] = field(default_factory=list)  # tokens whose KV is in this seq id
     sequence: Sequence | None = None
     sampler: Any = None
+    greedy: GreedyPick | None = None  # the sampler's choice made with numpy, where that is the same token
     grammar: Any = None  # llama.cpp's grammar sampler, only for a constrained request (structured output)
     error: str | None = None  # why the request cannot run (its grammar was refused); sent at its first step
     text: TextOutput | None = None
@@ -145,6 +146,7 @@ class LlamaCppBackend:
         slot.sequence, slot.last_used = sequence, self._num_admitted
         slot.sampler = make_sampler(sequence.request.params, self._num_vocab, self._eog_tokens)
         slot.grammar, slot.error = self._grammars.create(sequence.request.params.constraint)
+        slot.greedy = greedy_pick(sequence.request.params, self._num_vocab, self._eog_tokens)
         slot.text = TextOutput(sequence.request.params.stop)
         slot.kept_pieces = special_token_pieces(self._vocab, sequence.request.params.kept_special_tokens)
         slot.pending_token, slot.num_generated = None, 0
@@ -192,7 +194,7 @@ class LlamaCppBackend:
             self._slot_of.pop(slot.sequence.request_id, None)
         # The KV cache (cached_tokens) stays for prefix reuse by a later request.
         slot.sequence, slot.sampler, slot.text, slot.pending_token = None, None, None, None
-        slot.grammar, slot.error, slot.speculation = None, None, None
+        slot.grammar, slot.error, slot.speculation, slot.greedy = None, None, None, None
 
     # -- the step ----------------------------------------------------------------------------------
 
@@ -271,10 +273,12 @@ class LlamaCppBackend:
             self._add_token(slot, token, wants_logits=scores_prompt)
         return self._add_token(slot, tokens[-1], wants_logits=chunk.is_last or scores_prompt)
 
+    def _logits_at(self, index: int) -> np.ndarray:
+        return np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, index), shape=(self._num_vocab,))
+
     def _logprobs_at(self, index: int) -> np.ndarray:
         """The log-softmax of the batch position's logits (the model's own distribution, before sampling)."""
-        logits = ll.llama_get_logits_ith(self._ctx, index)
-        return log_softmax(np.ctypeslib.as_array(logits, shape=(self._num_vocab,)))
+        return log_softmax(self._logits_at(index))
 
     def _score_prompts(self) -> None:
         """Each scored prompt position's logits give the logprob of the prompt token after it."""
@@ -357,6 +361,8 @@ class LlamaCppBackend:
         if slot.error is not None:
             raise GrammarRejectedError(slot.error)
         if slot.grammar is None:
+            if slot.greedy is not None:
+                return slot.greedy.pick(self._logits_at(index))
             return ll.llama_sampler_sample(slot.sampler, self._ctx, index)
         return self._grammars.sample(slot.grammar, slot.sampler, self._ctx, index)
 

@@ -5,7 +5,10 @@
          +------------- per-request asyncio queue <---------+
 
 The loop thread is the only one touching the backend and the running sequences. Outputs cross back to
-the event loop through `loop.call_soon_threadsafe` into one asyncio queue per request.
+the event loop into one asyncio queue per request: a step's outputs are collected (`_Outbox`) and handed
+over with one `loop.call_soon_threadsafe` after the step, not one per output, so a step of 16 streams wakes
+the event loop once (each wake-up is a syscall on this thread and a pass of the loop, on cores the model's
+threads need).
 
 A step that produced nothing and computed no prompt (nothing to do, or a backend generating on threads of
 its own, like vLLM, with nothing new yet) puts the loop to sleep on one wake-up event: set by a new request,
@@ -110,6 +113,31 @@ class RequestStream:
         return f" drafted={drafted} accepted={accepted} ({accepted / drafted:.0%})" if drafted else ""
 
 
+class _Outbox:
+    """The outputs of one engine step, per event loop, until `send` hands each loop its share in one call.
+    Filled and sent on the engine thread only."""
+
+    def __init__(self) -> None:
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, StepOutput]]] = {}
+
+    def for_queue(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> Callable[[StepOutput], None]:
+        """A sequence's `deliver`: its outputs go to `queue` on `loop` at the next `send`."""
+        return lambda output: self._pending.setdefault(loop, []).append((queue, output))
+
+    def send(self) -> None:
+        pending, self._pending = self._pending, {}
+        for loop, items in pending.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the event loop is already closed: nobody is listening
+                pass
+
+
+def _put_all(items: list[tuple[asyncio.Queue, StepOutput]]) -> None:
+    for queue, output in items:
+        queue.put_nowait(output)
+
+
 class Engine:
     """Serves one loaded model; `submit` is called on the event loop thread."""
 
@@ -134,6 +162,7 @@ class Engine:
             max_prefill_tokens_while_decoding=caps.max_prefill_tokens_while_decoding, admit=self._admit,
             max_draft_tokens_per_step=caps.max_draft_tokens_per_step)
         self._wakeup = threading.Event()
+        self._outbox = _Outbox()
         self._stopping = False
         self._is_admitting = True
         self._on_idle: Callable[[], None] = lambda: None
@@ -161,9 +190,8 @@ class Engine:
         if self._stopping or not self._is_admitting:
             raise ServerStoppingError("the server is shutting down; retry against another instance")
         self._validate(request)
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        sequence = Sequence(request, deliver=lambda output: loop.call_soon_threadsafe(queue.put_nowait, output))
+        sequence = Sequence(request, deliver=self._outbox.for_queue(asyncio.get_running_loop(), queue))
         stream = RequestStream(self, sequence, queue)
         self.scheduler.add(sequence)
         self.wake()
@@ -254,8 +282,11 @@ class Engine:
 
     def _step(self) -> None:
         batch = self.scheduler.schedule()
-        outputs = self.backend.step(batch)
-        self.scheduler.postprocess(batch, outputs)
+        try:
+            outputs = self.backend.step(batch)
+            self.scheduler.postprocess(batch, outputs)
+        finally:
+            self._outbox.send()  # also what admission failures delivered before a failed step
         if not outputs and not batch.prefill and not batch.released:  # released: the freed slots take work next
             self._sleep_until_woken()
 
@@ -274,13 +305,10 @@ class Engine:
         except Exception:
             log.exception("could not release the aborted sequences")
         for sequence in sequences:
-            if sequence.is_aborted:
-                continue
-            try:
+            if not sequence.is_aborted:
                 sequence.deliver(StepOutput(sequence.request_id, finish_reason=FinishReason.ABORT, error=reason,
                                             is_server_stopping=is_server_stopping))
-            except RuntimeError:  # the event loop is already closed: nobody is listening
-                pass
+        self._outbox.send()
 
     def stop_admitting(self) -> None:
         """The server is draining: new requests get ServerStoppingError (503); running and queued ones go on."""

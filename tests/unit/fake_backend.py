@@ -33,9 +33,10 @@ class FakeBackend:
 
     # -- commands from the test ----------------------------------------------------------------------
 
-    def finish(self, request_id: str, reason: FinishReason = FinishReason.STOP) -> None:
+    def finish(self, *request_ids: str, reason: FinishReason = FinishReason.STOP) -> None:
+        """End these requests at the next step (all in the same one, when they run together)."""
         with self._lock:
-            self._finishes[request_id] = reason
+            self._finishes.update(dict.fromkeys(request_ids, reason))
         self._notify()
 
     def fail_next_step(self, message: str) -> None:

@@ -277,3 +277,12 @@ def test_error_after_the_stream_started_is_an_error_event_then_done():
     assert events[-1] == "data: [DONE]\n\n"
     error = json.loads(events[-2][6:])["error"]
     assert error["code"] == "context_length_exceeded" and error["message"] == "context full"
+
+
+@pytest.mark.parametrize("shape", [CHAT_CHUNK, TEXT_CHUNK], ids=["chat", "text"])
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize("model", ["SmolLM2-135M-Instruct.Q4_1", "a\x00text\x00b"], ids=["model", "marker-in-name"])
+def test_a_text_delta_from_the_stream_template_is_the_chunk_byte_for_byte(shape, include_usage, model):
+    header = StreamHeader("cmpl-1", model, 1764288000, shape, include_usage)
+    for text in ["", " hello", 'quote " back \\ newline \n tab \t', "é中文🙂", "\x00\x01\x1f", "\u2028", "\x00text\x00"]:
+        assert header.text_chunk(text) == header.chunk([shape.choice(text, None)])

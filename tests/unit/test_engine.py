@@ -34,6 +34,29 @@ def test_a_request_streams_until_the_backend_finishes_it():
     asyncio.run(scenario())
 
 
+def test_a_step_hands_all_its_outputs_to_the_event_loop_at_once():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        handoffs = []
+        call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counted(callback, *args):
+            handoffs.append(threading.current_thread().name)
+            return call_soon_threadsafe(callback, *args)
+
+        loop.call_soon_threadsafe = counted  # each call wakes the event loop: one per step, not per output
+        with running_engine() as (engine, backend):
+            streams = [engine.submit(make_request("r1")), engine.submit(make_request("r2"))]
+            await until(lambda: backend.admitted == ["r1", "r2"], "both run")
+            handoffs.clear()
+            backend.finish("r1", "r2")
+            for stream in streams:
+                assert [(o.text, o.finish_reason) for o in await collect(stream)] == [("done", FinishReason.STOP)]
+            assert handoffs == ["engine-m"]
+
+    asyncio.run(scenario())
+
+
 def test_the_loop_sleeps_while_nothing_happens():
     async def scenario():
         with running_engine() as (engine, backend):

@@ -7,6 +7,7 @@ Chunks are plain dicts: one is built per generated token, and pydantic would onl
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Optional
@@ -18,6 +19,7 @@ from serve.errors import ServeError
 from serve.sequence import StepOutput, TokenLogprob
 
 DONE = b"data: [DONE]\n\n"
+_TEXT_MARKER = "\x00text\x00"  # stands for the text in a delta's template (NUL: in no id or model name)
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:
@@ -68,6 +70,26 @@ class StreamHeader:
     shape: ChunkShape
     include_usage: bool
 
+    def text_chunk(self, text: str) -> bytes:
+        """`chunk` of a plain text delta, the event of nearly every token: the same bytes, from a template
+        made once per stream, so a token costs the JSON encoding of its text only (this runs on the event
+        loop, beside the model's threads)."""
+        if self._text_template is None:
+            return self.chunk([self.shape.choice(text, None)])
+        head, tail = self._text_template
+        return head + json.dumps(text, ensure_ascii=False).encode() + tail
+
+    @functools.cached_property
+    def _text_template(self) -> tuple[bytes, bytes] | None:
+        """The text delta's bytes before and after its JSON-encoded text; None when the marker standing for
+        the text is not found exactly once (an id or model name holding it)."""
+        marker = json.dumps(_TEXT_MARKER).encode()
+        whole = self.chunk([self.shape.choice(_TEXT_MARKER, None)])
+        if whole.count(marker) != 1:
+            return None
+        head, _, tail = whole.partition(marker)
+        return head, tail
+
     def chunk(self, choices: list[dict[str, Any]], usage: dict | None = None) -> bytes:
         payload: dict[str, Any] = {"id": self.request_id, "object": self.shape.object_name,
                                    "created": self.created, "model": self.model,
@@ -93,7 +115,7 @@ class SSEFraming:
 
     def delta(self, text: str, *, reasoning: str = "", logprobs: Optional[list[TokenLogprob]] = None) -> bytes:
         if not reasoning and logprobs is None:
-            return self.header.chunk([self.header.shape.choice(text, None)])
+            return self.header.text_chunk(text)
         return self.header.chunk([self.header.shape.split_choice(text, reasoning, logprobs, self._text_offset)])
 
     def tool_call(self, event: ToolEvent) -> list[bytes]:
