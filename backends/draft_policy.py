@@ -104,7 +104,7 @@ class DraftModelCost:
     """What one drafted token costs, in decode tokens of the step: verifying it plus producing it (a
     draft decode against a plain target decode step), from the steps' measured wall times."""
 
-    counts_draft: bool = True  # False (--speculative draft): a draft decode is taken as free, drafting always
+    counts_draft: bool = True  # False (--speculative draft): no cost counts, every step drafts (llama-server's way)
     draft_seconds: float | None = None  # a draft decode of one token per drafting sequence
     target_seconds: float | None = None  # a target decode step of one token per sequence, no draft
     verify_scale: float = 1.0  # this model's verification cost over MEASURED_TOKEN_COST's
@@ -145,6 +145,8 @@ class DraftModelCost:
         """What one more drafted token costs the step: verifying it and drafting it. After
         PROBE_EVERY_STEPS steps without a draft, only verifying it: a probe, so that the draft's cost is
         measured again (the load, and so both costs, may have changed)."""
+        if not self.counts_draft:
+            return 0.0
         probing = self.steps_since_draft >= PROBE_EVERY_STEPS
         return self.verify_cost(num_decoding) + (0.0 if probing else self.ratio())
 
@@ -152,7 +154,9 @@ class DraftModelCost:
         """Whether this step should draft: not while even a token accepted for sure would cost more than
         it saves (a draft model about as slow as its target), nor on the plain step that, once in
         PLAIN_EVERY_STEPS, times the target's own decode."""
-        if self.counts_draft and self.steps_since_plain >= PLAIN_EVERY_STEPS:
+        if not self.counts_draft:
+            return True
+        if self.steps_since_plain >= PLAIN_EVERY_STEPS:
             return False
         return self.token_cost(num_decoding) < 1.0
 

@@ -122,7 +122,8 @@ def test_one_step_in_many_drafts_nothing_to_time_the_target_s_own_decode():
     assert not cost.drafting_pays(1)  # this step is plain
     cost.observe_target(0.090, num_decoding=1, num_drafted=0)
     assert cost.drafting_pays(1) and cost.target_seconds == pytest.approx(0.098)
-    assert DraftModelCost(counts_draft=False, steps_since_plain=PLAIN_EVERY_STEPS).drafting_pays(1)  # always
+    always = DraftModelCost(counts_draft=False, steps_since_plain=PLAIN_EVERY_STEPS, verify_scale=5.0)
+    assert always.drafting_pays(1) and always.token_cost(1) == 0.0  # --speculative draft: whatever it costs
 
 
 def test_a_draft_as_slow_as_its_target_drafts_nothing_but_is_measured_again_now_and_then():
