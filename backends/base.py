@@ -62,6 +62,9 @@ class BackendSettings:
     speculative: str = "off"  # llama.cpp: one of SPECULATIVE_MODES
     draft_model_path: Path | None = None  # speculative "draft": the draft model's GGUF (left to the loader)
     draft_max_tokens: int = DRAFT_MAX_TOKENS  # speculative "draft": tokens a sequence drafts in one step at most
+    # speculative "draft": draft whatever a draft decode costs (--speculative draft asked, as llama-server
+    # does); False: only where the measured cost pays (backends/draft_policy.py's DraftModelCost)
+    draft_always: bool = False
     # vLLM only
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1

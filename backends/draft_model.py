@@ -9,7 +9,11 @@ target rejected, are dropped; the tokens the target accepted or emitted since ar
 last), then drafts greedily for all of them together, one batched draft decode per drafted position, as
 llama.cpp's draft-simple does: up to `--draft-max` tokens (8), stopping a sequence's draft before a token
 whose probability under the draft falls below DRAFT_MIN_PROBABILITY (llama.cpp's p_min), or after an
-end-of-generation token. The target verifies the drafts in its ordinary batched decode and samples each
+end-of-generation token. How many tokens a sequence may draft follows what a drafted token costs
+(backends/draft_policy.py's DraftModelCost: verifying it, plus a draft decode, measured against a target
+decode step as the server runs) and how often its drafts are accepted, as for prompt lookup: the k-th
+token is drafted while rate**k exceeds the cost. Where even a sure token costs more than it saves (a draft
+as slow as its target), nothing is drafted. `--speculative draft` drafts whatever a draft decode costs. The target verifies the drafts in its ordinary batched decode and samples each
 position in turn (backends/speculative.py), so the output is the same with or without a draft model.
 
 A draft must share the target's vocabulary (`vocabulary_mismatch`, after llama.cpp's
@@ -18,12 +22,14 @@ common_speculative_are_compatible): its token ids are fed to the target as they 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import llama_cpp.llama_cpp as ll
 import numpy as np
 
 from backends.base import DRAFT_MAX_TOKENS, BackendSettings
+from backends.draft_policy import Acceptance, DraftModelCost, paying_length
 from backends.llamacpp_context import ContextShape, create_context, free_native, load_model
 from backends.llamacpp_vocab import Vocabulary
 from backends.slot_choice import common_prefix_length
@@ -68,17 +74,22 @@ class DraftedSequence:
     def __init__(self, max_tokens: int) -> None:
         self._max_tokens = max_tokens
         self._length = DraftLength(current=max_tokens)
+        self._acceptance = Acceptance()
         self.num_drafted = 0
         self.num_accepted = 0
 
-    def wanted(self, room: int) -> int:
-        """Tokens to draft this step (call once per step): 0 while drafts keep failing (DraftLength)."""
-        return max(min(self._length.next_length(), self._max_tokens, room), 0)
+    def wanted(self, room: int, token_cost: float = 0.0) -> int:
+        """Tokens to draft this step (call once per step): 0 while drafts keep failing (DraftLength), and
+        only as many as pay for themselves when a drafted token costs `token_cost` decode tokens."""
+        self._acceptance.next_step()
+        length = max(min(self._length.next_length(), self._max_tokens, room), 0)
+        return paying_length(self._acceptance.rate, token_cost, length)
 
     def record(self, drafted: list[int], emitted: list[int]) -> int:
         """The step's outcome; returns how many drafted tokens were accepted."""
         num_accepted = accepted_run(drafted, emitted)
         self._length.record(len(drafted), num_accepted)
+        self._acceptance.record(len(drafted), num_accepted)
         self.num_drafted += len(drafted)
         self.num_accepted += num_accepted
         return num_accepted
@@ -95,10 +106,10 @@ class DraftModel:
             raise ConfigError("--speculative draft needs a draft model: give --draft-model MODEL")
         return cls(settings.draft_model_path, target_model, shape, settings.n_gpu_layers,
                    target_name=settings.model_path.name if settings.model_path else "the model",
-                   max_tokens=settings.draft_max_tokens)
+                   max_tokens=settings.draft_max_tokens, always=settings.draft_always)
 
     def __init__(self, path: Path, target_model, shape: ContextShape, n_gpu_layers: int = 0,
-                 target_name: str = "the model", max_tokens: int = DRAFT_MAX_TOKENS):
+                 target_name: str = "the model", max_tokens: int = DRAFT_MAX_TOKENS, always: bool = False):
         self.max_tokens = max_tokens
         self._model = load_model(path, n_gpu_layers, "draft model")
         self._ctx = self._batch = None
@@ -118,13 +129,18 @@ class DraftModel:
         vocabulary = Vocabulary(self._model)
         self._num_vocab, self._eog_tokens = vocabulary.num_tokens, vocabulary.eog_tokens
         self._cached: list[list[int]] = [[] for _ in range(shape.num_parallel)]  # per sequence id
+        self.cost = DraftModelCost(counts_draft=not always)  # the backend reports its decode steps' times to it
 
     def new_sequence(self) -> DraftedSequence:
         return DraftedSequence(self.max_tokens)
 
-    def drafts(self, sequences: dict[int, tuple[list[int], int]], budget: int) -> dict[int, list[int]]:
+    def drafts(self, sequences: dict[int, tuple[list[int], int]], budget: int,
+               num_decoding: int = 1) -> dict[int, list[int]]:
         """Drafts for sequences given as seq id -> (every token so far, the last being the one the target
-        decodes next; tokens wanted), within the step's draft budget shared between them."""
+        decodes next; tokens wanted), within the step's draft budget shared between them, in a step where
+        `num_decoding` sequences decode."""
+        if not self.cost.drafting_pays(num_decoding):
+            return {}
         grants = share_budget({seq_id: wanted for seq_id, (_, wanted) in sequences.items()}, budget)
         limits = {seq_id: count for seq_id, count in grants.items() if count > 0}
         if not limits:
@@ -188,9 +204,12 @@ class DraftModel:
                 batch.n_tokens = i + 1
                 cached.append(token)
             last_index[seq_id] = batch.n_tokens - 1
+        started = time.perf_counter()
         status = ll.llama_decode(self._ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode of the draft model failed with status {status}")
+        if with_logits and max(len(tokens) for tokens in sequences.values()) <= 2:  # a drafting decode
+            self.cost.observe_draft(time.perf_counter() - started)
         return last_index
 
     def _most_likely(self, index: int) -> tuple[int, float]:

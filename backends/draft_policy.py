@@ -84,3 +84,82 @@ class Acceptance:
         if num_drafted > 0:
             self.accepted += num_accepted
             self.rejected += 1 if num_accepted < num_drafted else 0
+
+
+# Draft-model speculation (backends/draft_model.py): a drafted token costs a draft-model decode besides
+# its verification, and both are measured as the server runs, as moving averages of the latest steps:
+# - a draft decode's wall time against a plain target decode step's (one token per sequence in both, no
+#   draft verified). A 135M Q4_1 draft costs about what a 135M F16 target does (the steps' fixed costs
+#   dominate: ratio ~1), so no draft pays there; drafting for a 1B target costs a fraction of a decode;
+# - what verifying costs this model: MEASURED_TOKEN_COST (SmolLM2-135M Q4_1) scaled by what the drafted
+#   steps show, (T(n, d) / T(n, 0) - 1) * n / d. A 1B F16 target verifies 8 drafts for 0.38 decode tokens
+#   (benchmarks/draft_step_cost.py --model padded-1b), far below the table's 0.49 for each one.
+COST_WEIGHT = 0.2  # weight of the latest measurement in each moving average
+PROBE_EVERY_STEPS = 64  # while no draft pays, one step in this many drafts anyway, to measure again
+PLAIN_EVERY_STEPS = 64  # while every step drafts, one in this many drafts nothing, to time a plain step
+
+
+@dataclass
+class DraftModelCost:
+    """What one drafted token costs, in decode tokens of the step: verifying it plus producing it (a
+    draft decode against a plain target decode step), from the steps' measured wall times."""
+
+    counts_draft: bool = True  # False (--speculative draft): no cost counts, every step drafts (llama-server's way)
+    draft_seconds: float | None = None  # a draft decode of one token per drafting sequence
+    target_seconds: float | None = None  # a target decode step of one token per sequence, no draft
+    verify_scale: float = 1.0  # this model's verification cost over MEASURED_TOKEN_COST's
+    steps_since_draft: int = 0
+    steps_since_plain: int = 0
+
+    def observe_draft(self, seconds: float) -> None:
+        self.draft_seconds = _average(self.draft_seconds, seconds)
+
+    def observe_target(self, seconds: float, num_decoding: int, num_drafted: int) -> None:
+        """A decode step's wall time, with `num_drafted` draft tokens verified in it: a plain step times
+        the target's decode; a drafted one, against it, what verifying cost (before any plain step, the
+        target's time is backed out of it with the table: T = T0 * (1 + cost * drafted / decoding))."""
+        if num_decoding <= 0:
+            return
+        if num_drafted == 0:
+            self.target_seconds = _average(self.target_seconds, seconds)
+            self.steps_since_draft, self.steps_since_plain = self.steps_since_draft + 1, 0
+            return
+        self.steps_since_draft, self.steps_since_plain = 0, self.steps_since_plain + 1
+        table = token_cost(num_decoding)
+        if self.target_seconds is None:
+            self.target_seconds = seconds / (1 + table * self.verify_scale * num_drafted / num_decoding)
+            return
+        measured = max(seconds / self.target_seconds - 1, 0.0) * num_decoding / num_drafted
+        self.verify_scale = _average(self.verify_scale, measured / table)
+
+    def ratio(self) -> float:
+        """A draft decode's cost in target decodes (0 until both are measured: try drafting first)."""
+        if not self.counts_draft or not self.draft_seconds or not self.target_seconds:
+            return 0.0
+        return self.draft_seconds / self.target_seconds
+
+    def verify_cost(self, num_decoding: int) -> float:
+        return token_cost(num_decoding) * self.verify_scale
+
+    def token_cost(self, num_decoding: int) -> float:
+        """What one more drafted token costs the step: verifying it and drafting it. After
+        PROBE_EVERY_STEPS steps without a draft, only verifying it: a probe, so that the draft's cost is
+        measured again (the load, and so both costs, may have changed)."""
+        if not self.counts_draft:
+            return 0.0
+        probing = self.steps_since_draft >= PROBE_EVERY_STEPS
+        return self.verify_cost(num_decoding) + (0.0 if probing else self.ratio())
+
+    def drafting_pays(self, num_decoding: int) -> bool:
+        """Whether this step should draft: not while even a token accepted for sure would cost more than
+        it saves (a draft model about as slow as its target), nor on the plain step that, once in
+        PLAIN_EVERY_STEPS, times the target's own decode."""
+        if not self.counts_draft:
+            return True
+        if self.steps_since_plain >= PLAIN_EVERY_STEPS:
+            return False
+        return self.token_cost(num_decoding) < 1.0
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else old + COST_WEIGHT * (new - old)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -206,9 +207,13 @@ class LlamaCppBackend:
         to_sample = self._fill_batch(batch)
         if self._batch.n_tokens == 0:
             return []
+        started = time.perf_counter()
         status = ll.llama_decode(self._ctx, self._batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
+        if self._draft_model is not None and not batch.prefill:  # what a draft saves: a decode step's time
+            self._draft_model.cost.observe_target(time.perf_counter() - started, len(batch.decode),
+                                                  sum(len(draft) for _, _, draft in to_sample))
         self._score_prompts()
         return [self._sample(slot, index, drafts) for slot, index, drafts in to_sample]
 
@@ -247,11 +252,12 @@ class LlamaCppBackend:
                 room = min(slot.sequence.request.params.max_tokens - slot.num_generated,
                            self._context_length - len(slot.cached_tokens) - 1) - 1
                 if self._draft_model is not None:  # drafted together below (backends/draft_model.py)
-                    wanted[slot.seq_id] = (slot.cached_tokens + [slot.pending_token], slot.speculation.wanted(room))
+                    wanted[slot.seq_id] = (slot.cached_tokens + [slot.pending_token], slot.speculation.wanted(
+                        room, self._draft_model.cost.token_cost(len(decoding))))
                 else:
                     proposals[slot.seq_id] = slot.speculation.propose(room, cost)
         if self._draft_model is not None:
-            return self._draft_model.drafts(wanted, budget)
+            return self._draft_model.drafts(wanted, budget, len(decoding))
         for slot in decoding:  # a draft token the grammar does not allow is never accepted: not verified
             if slot.grammar is not None and proposals.get(slot.seq_id):
                 proposals[slot.seq_id] = self._grammars.valid_prefix(slot.grammar, proposals[slot.seq_id])

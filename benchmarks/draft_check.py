@@ -2,8 +2,10 @@
 client, on an input-grounded prompt set and a free-generation one.
 
 The target is SmolLM2-135M-Instruct as F16 (made locally from the shipped Q4_1 GGUF with the `gguf`
-package, tests/fixtures_gguf.py) or as Q8_0 (that F16 through llama.cpp's quantizer); the draft is the
-shipped Q4_1. The issue's target: >= 1.4x the target's tok/s without a draft, one client.
+package, tests/fixtures_gguf.py) or as Q8_0 (that F16 through llama.cpp's quantizer), or that F16 widened to
+~1B parameters with zero MLP units (`--target padded-1b`, benchmarks/padded_target.py: the same outputs at
+a 1B model's cost, a realistic size ratio for a 135M draft); the draft is the shipped Q4_1. The issue's
+target: >= 1.4x the target's tok/s without a draft, one client.
 
 Prompt sets (greedy, end-of-generation banned so every server writes the same number of tokens, one
 request at a time, each round's prompts opened with its own number so no prompt is cached from an earlier
@@ -13,8 +15,9 @@ round):
 - free: open questions and stories with no passage to copy from, 128-256 output tokens.
 
 Servers (they run side by side and take turns, a round at a time, in a rotated order):
-`target` (quantserve --speculative off), `target+draft` (quantserve --draft-model), and on request
-`target+ngram`, `llama-server` and `llama-server+draft` (its draft-simple, `--spec-draft-model`).
+`target` (quantserve --speculative off), `target+draft` (quantserve --draft-model: drafting where the
+measured cost of a draft decode pays), and on request `target+draft-always` (with --speculative draft:
+drafting whatever it costs), `target+ngram`, `llama-server` and `llama-server+draft` (its draft-simple, `--spec-draft-model`).
 Reported per prompt set and server: output tok/s (median of the rounds, and the range), CPU seconds per
 1,000 output tokens, the acceptance rate (drafted and accepted tokens: quantserve's /metrics), the
 speed-up of target+draft over target, and the share of answers identical to the target's.
@@ -22,6 +25,7 @@ speed-up of target+draft over target, and the share of answers identical to the 
     python -m benchmarks.draft_check                                    # 3 rounds, 6 + 6 prompts
     python -m benchmarks.draft_check --rounds 1 --num-prompts 1 --max-tokens 32 --name draft_short
     python -m benchmarks.draft_check --servers target,target+draft,llama-server,llama-server+draft
+    python -m benchmarks.draft_check --target padded-1b --name draft_padded_1b
 """
 from __future__ import annotations
 
@@ -36,7 +40,8 @@ from benchmarks.speculative_check import _start, build_workload, run_round
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CACHE_DIR = Path(__file__).resolve().parent / ".cache" / "draft"
-SERVER_NAMES = ("target", "target+draft", "target+ngram", "llama-server", "llama-server+draft")
+SERVER_NAMES = ("target", "target+draft", "target+draft-always", "target+ngram", "llama-server",
+                "llama-server+draft")
 DEFAULT_SERVERS = ("target", "target+draft")
 FREE_PROMPTS = (
     "Write a story about a lighthouse keeper who finds a message in a bottle.",
@@ -56,6 +61,8 @@ def _server_flags(name: str, draft_path: str, draft_max: int | None) -> tuple[st
     draft_max_flags = ("--draft-max", str(draft_max)) if draft_max else ()
     return {"target": ("quantserve", ("--speculative", "off")),
             "target+draft": ("quantserve", ("--draft-model", draft_path, *draft_max_flags)),
+            "target+draft-always": ("quantserve", ("--draft-model", draft_path, "--speculative", "draft",
+                                                   *draft_max_flags)),
             "target+ngram": ("quantserve", ("--speculative", "ngram")),
             "llama-server": ("llama-server", ()),
             "llama-server+draft": ("llama-server", ("--spec-type", "draft-simple", "--spec-draft-model", draft_path, *(
@@ -63,7 +70,13 @@ def _server_flags(name: str, draft_path: str, draft_max: int | None) -> tuple[st
 
 
 def target_model(kind: str) -> str:
-    """The target GGUF: "f16" (built once, cached), "q8_0" (that F16 quantized once) or a path."""
+    """The target GGUF: "f16" (built once, cached), "q8_0" (that F16 quantized once), "padded-1b" or
+    "padded-1b-q8_0" (the F16 widened to ~1B parameters with zero MLP units, benchmarks/padded_target.py)
+    or a path."""
+    if kind.startswith("padded-1b"):
+        from benchmarks.padded_target import padded_target
+
+        return str(padded_target("q8_0" if kind.endswith("q8_0") else "f16"))
     if kind not in ("f16", "q8_0"):
         return kind
     from tests.fixtures_gguf import f16_gguf
@@ -101,8 +114,9 @@ def summarize(rounds: dict[str, dict[str, list[dict]]]) -> dict:
                           "accepted": accepted,
                           "identical_to_target": (sum(a == b for a, b in zip(answers, reference)) / len(reference)
                                                   if reference and name.startswith("target") else None)}
-        if "target" in rows and "target+draft" in rows:
-            rows["speedup_draft_over_target"] = rows["target+draft"]["tok_s"] / rows["target"]["tok_s"]
+        for drafted in ("target+draft", "target+draft-always"):
+            if "target" in rows and drafted in rows:
+                rows[f"speedup_{drafted}"] = rows[drafted]["tok_s"] / rows["target"]["tok_s"]
         summary[set_name] = rows
     return summary
 
@@ -118,8 +132,8 @@ def print_table(summary: dict) -> None:
             same = f"{row['identical_to_target']:.0%}" if row["identical_to_target"] is not None else "-"
             print(f"{set_name:9} {name:20} {row['tok_s']:8.1f} {low:7.1f}-{high:<7.1f} "
                   f"{row['cpu_s_per_1k_tokens']:13.1f} {accept:>7} {same:>6}")
-        if "speedup_draft_over_target" in rows:
-            print(f"{set_name:9} target+draft / target: {rows['speedup_draft_over_target']:.2f}x (target >= 1.4x)")
+        for key in (k for k in rows if k.startswith("speedup_")):
+            print(f"{set_name:9} {key.removeprefix('speedup_')} / target: {rows[key]:.2f}x (target >= 1.4x)")
 
 
 def plot(summary: dict, title: str, path: Path) -> Path:
@@ -154,7 +168,9 @@ def plot(summary: dict, title: str, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="f16", help="f16 (default), q8_0, or a GGUF path")
+    parser.add_argument("--target", default="f16",
+                        help="f16 (default), q8_0, padded-1b, padded-1b-q8_0 (~1B parameters, the same function), "
+                             "or a GGUF path")
     parser.add_argument("--draft", help="the draft GGUF (default: the shipped SmolLM2-135M Q4_1)")
     parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS), help=f"of {', '.join(SERVER_NAMES)}")
     parser.add_argument("--sets", default="grounded,free", help="prompt sets: grounded, free")

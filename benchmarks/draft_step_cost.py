@@ -13,7 +13,7 @@ reported per (N, D): the median wall and process-CPU time of the step, and the c
 drafts cost (from wall time, and from CPU time, which a busy machine disturbs less). A draft pays when its expected accepted tokens exceed that cost (backends/draft_policy.py).
 
     PYTHONPATH=. python -m benchmarks.draft_step_cost [--sequences 1,2,4,8,16] [--drafts 0,1,2,4,8,16] \
-        [--rounds 5] [--steps 8] [--placement one|spread|both]
+        [--rounds 5] [--steps 8] [--placement one|spread|both] [--model padded-1b|PATH]
 """
 from __future__ import annotations
 
@@ -82,11 +82,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per configuration and round")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--model", default=None, help="the GGUF (default: the shipped SmolLM2-135M Q4_1); "
+                        "padded-1b: benchmarks/padded_target.py's ~1B F16 target")
     args = parser.parse_args()
     sequence_counts = [int(x) for x in args.sequences.split(",")]
     draft_counts = [int(x) for x in args.drafts.split(",")]
+    model_path = embedded_model_path() if args.model is None else Path(args.model)
+    if args.model == "padded-1b":
+        from benchmarks.padded_target import padded_target
+
+        model_path = padded_target("f16")
     backend = llamacpp.LlamaCppBackend(BackendSettings(
-        model_path=embedded_model_path(), context_length=1024, num_parallel=max(sequence_counts),
+        model_path=model_path, context_length=1024, num_parallel=max(sequence_counts),
         num_threads=args.threads, max_batch_tokens=2048))
     sampler = ll.llama_sampler_init_greedy()
     times: dict[tuple, list[float]] = defaultdict(list)

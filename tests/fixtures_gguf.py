@@ -1,6 +1,8 @@
 """Real GGUF test files made from the embedded SmolLM2-135M-Instruct Q4_1 model with the `gguf` package.
 
 - an F16 GGUF: every quantized tensor dequantized to float16 (what a Hub repo's `*-f16.gguf` looks like);
+- a widened F16 GGUF: the same function at the cost of a bigger model, each layer's MLP padded with zero units
+  (benchmarks/padded_target.py: a ~1B-parameter target for draft-model speculation);
 - a split GGUF: the same Q4_1 tensors written as `<stem>-0000i-of-0000N.gguf` shards, as `gguf-split` does;
 - a "Mistral-marked" GGUF: the same model whose vocabulary has `[TOOL_CALLS]` as a special (control) token, as
   Mistral's has (an unused special token of SmolLM2's is renamed), and a Mistral-style chat template with tools.
@@ -45,18 +47,23 @@ def _arch(reader: gguf.GGUFReader) -> str:
     return reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
 
 
-def _build_f16(src: Path, dst: Path) -> None:
+def _build_f16(src: Path, dst: Path, ffn_length: int | None = None) -> None:
+    """`src` with every quantized tensor dequantized to float16; with `ffn_length`, each layer's MLP widened
+    to that many units by zero ones (see _widened)."""
     reader = gguf.GGUFReader(src)
     tmp = dst.with_suffix(".tmp")
     writer = gguf.GGUFWriter(tmp, _arch(reader))
-    _copy_metadata(reader, writer, {gguf.Keys.General.FILE_TYPE: int(gguf.LlamaFileType.MOSTLY_F16)})
+    overrides = {gguf.Keys.General.FILE_TYPE: int(gguf.LlamaFileType.MOSTLY_F16)}
+    if ffn_length:
+        overrides[gguf.Keys.LLM.FEED_FORWARD_LENGTH.format(arch=_arch(reader))] = ffn_length
+    _copy_metadata(reader, writer, overrides)
     for tensor in reader.tensors:
         if tensor.tensor_type in _UNQUANTIZED:
             writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
                                    tensor.tensor_type)
         else:
-            shape = tuple(int(d) for d in reversed(tensor.shape))
-            writer.add_tensor_info(tensor.name, shape, np.dtype(np.float16), int(tensor.n_elements) * 2)
+            shape = _widened_shape(tensor.name, tuple(int(d) for d in reversed(tensor.shape)), ffn_length)
+            writer.add_tensor_info(tensor.name, shape, np.dtype(np.float16), int(np.prod(shape)) * 2)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -64,9 +71,35 @@ def _build_f16(src: Path, dst: Path) -> None:
         if tensor.tensor_type in _UNQUANTIZED:
             writer.write_tensor_data(tensor.data)
         else:
-            writer.write_tensor_data(gguf.dequantize(tensor.data, tensor.tensor_type).astype(np.float16))
+            values = gguf.dequantize(tensor.data, tensor.tensor_type).astype(np.float16)
+            writer.write_tensor_data(_widened(tensor.name, values, ffn_length))
     writer.close()
     tmp.replace(dst)
+
+
+def _widened_shape(name: str, shape: tuple[int, ...], ffn_length: int | None) -> tuple[int, ...]:
+    """A tensor's shape (numpy order) once its MLP has `ffn_length` units: gate and up get rows, down columns."""
+    if not ffn_length:
+        return shape
+    if name.endswith(("ffn_gate.weight", "ffn_up.weight")):
+        return (ffn_length, shape[1])
+    if name.endswith("ffn_down.weight"):
+        return (shape[0], ffn_length)
+    return shape
+
+
+def _widened(name: str, values: np.ndarray, ffn_length: int | None) -> np.ndarray:
+    """`values` padded with zeros to _widened_shape. The function is unchanged: an added unit's gate and up
+    rows are zero, so its activation is silu(0) * 0 = 0, and its zero column of down adds nothing (only the
+    order of the float sums may differ)."""
+    shape = _widened_shape(name, values.shape, ffn_length)
+    if shape == values.shape:
+        return values
+    if any(new < old for new, old in zip(shape, values.shape)):
+        raise ValueError(f"cannot narrow {name} {values.shape} to {ffn_length} MLP units")
+    padded = np.zeros(shape, dtype=values.dtype)
+    padded[:values.shape[0], :values.shape[1]] = values
+    return padded
 
 
 def _build_split(src: Path, stem: Path, num_shards: int) -> list[Path]:
@@ -91,6 +124,16 @@ def f16_gguf() -> Path:
     dst = cache_dir() / "SmolLM2-135M-Instruct-F16.gguf"
     if not dst.exists():
         _build_f16(embedded_model_path(), dst)
+    return dst
+
+
+def widened_f16_gguf(ffn_length: int, directory: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as an F16 GGUF whose MLPs have `ffn_length` units (1,536 are real, the rest
+    zero): the same outputs at a bigger model's cost. Built once, in `directory` (default: cache_dir())."""
+    dst = (directory or cache_dir()) / f"SmolLM2-135M-Instruct-ffn{ffn_length}-F16.gguf"
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _build_f16(embedded_model_path(), dst, ffn_length)
     return dst
 
 

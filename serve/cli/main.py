@@ -11,8 +11,9 @@ from serve.errors import ServeError
 
 SPECULATIVE_CHOICES = ("ngram", "draft", "off")
 SPECULATIVE_HELP = ("llama.cpp: speculative decoding; ngram (the default) drafts from the request's own prompt and "
-                    "output where that pays at the load, draft from a draft model (the default when one is "
-                    "given), off disables it; each token is sampled as without drafts")
+                    "output where that pays at the load, draft from a draft model (given one, drafting is the "
+                    "default where a draft decode's measured cost pays; --speculative draft drafts whatever it "
+                    "costs), off disables it; each token is sampled as without drafts")
 DRAFT_MODEL_HELP = ("llama.cpp: a smaller or more quantized sibling of the model (same tokenizer) that drafts "
                     "tokens for it to verify: catalog alias, hf://org/repo:QUANT, or a local path")
 DRAFT_MAX_HELP = "llama.cpp: tokens a request drafts with the draft model in one step at most (default 8)"
@@ -105,11 +106,12 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     hw = probe()
     try:
-        spec = resolve_model(args.model, load_catalog(args.catalog_file or USER_CATALOG_FILE))
+        catalog = load_catalog(args.catalog_file or USER_CATALOG_FILE)
+        spec = resolve_model(args.model, catalog)
         choices = PlanChoices(backend=args.backend, kv_type=args.kv_type.lower() if args.kv_type else None,
                               speculative=args.speculative, draft_model=args.draft_model,
                               draft_max_tokens=args.draft_max_tokens)
-        report = hardware_report(hw, make_plan(hw, spec, choices))
+        report = hardware_report(hw, make_plan(hw, spec, choices, lambda draft: resolve_model(draft, catalog)))
     except ServeError as exc:  # still show the hardware, with why there is no plan
         report = hardware_report(hw, None, error=exc.message)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -5,6 +5,11 @@ named on the command line, or a Hub spec whose files are already in the local ca
 operator's to give: on the command line, or by putting files under `--models-dir`. Downloads from a request
 (an `hf://` spec not yet cached, Ollama's /api/pull) need `--allow-pull`.
 
+A draft model (speculative decoding) passes the same rules: `--draft-model` is the operator's, as `--model`
+is; a draft a catalog entry names is resolved as if a request had named it (an alias, a cached or, with
+`--allow-pull`, any Hub spec, a path under `--models-dir`), so loading a model never reaches a file or a
+download that naming it directly could not.
+
 Everything else gets one refusal, the same words whatever the name points at. The decision is made on the
 name alone before anything is opened, so a client cannot learn which files exist or make the server parse
 an arbitrary file; inside `--models-dir` every path component is checked with lstat, and a symbolic link
@@ -33,6 +38,7 @@ class ModelAccess:
     models_dir: Path | None = None  # resolved: symlink-free and absolute
     models_dir_given: Path | None = None  # as the operator wrote it (absolute): request paths may use it too
     allow_pull: bool = False
+    configured_draft: str | None = None  # --draft-model: the operator's, always allowed as a draft
 
     @classmethod
     def from_config(cls, config: ServerConfig, catalog: Catalog) -> ModelAccess:
@@ -43,7 +49,8 @@ class ModelAccess:
             models_dir = given.resolve()
             if not models_dir.is_dir():
                 raise ConfigError(f"--models-dir {config.models_dir} is not a directory")
-        return cls(catalog, tuple(config.models), models_dir, given, config.allow_pull)
+        return cls(catalog, tuple(config.models), models_dir, given, config.allow_pull,
+                   config.plan_choices.draft_model)
 
     def resolve(self, name: str | None, loaded: Iterable[str] = ()) -> ModelSpec:
         """The spec a request's model `name` stands for, if the request may load it; else the refusal
@@ -59,6 +66,19 @@ class ModelAccess:
         if spec is None:
             raise self.refusal(name, loaded)
         return spec
+
+    def resolve_draft(self, name: str) -> ModelSpec:
+        """The spec of a draft model named by --draft-model (allowed) or by a catalog entry (allowed if a
+        request could name it); else a refusal that names the draft and what would allow it."""
+        if name == self.configured_draft:
+            return resolve_model(name, self.catalog)
+        try:
+            return self.resolve(name)
+        except ModelNotAvailableError:
+            raise ModelNotAvailableError(
+                f"draft model {name} is not available: a catalog entry's draft must be a catalog alias, a Hub spec "
+                f"already pulled (or any with --allow-pull), or a path under --models-dir; or give it with "
+                f"--draft-model", param="model") from None
 
     def resolve_pull(self, name: str, loaded: Iterable[str] = ()) -> ModelSpec:
         """The spec to download for a pull asked over HTTP (Ollama's /api/pull)."""

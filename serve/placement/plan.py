@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from backends.base import DRAFT_MAX_TOKENS, LLAMACPP_KV_TYPES, VLLM_KV_TYPES, BackendSettings
 from serve.config import PlanChoices
 from serve.models.catalog import ModelSpec
-from serve.placement.drafter import draft_choice
+from serve.placement.drafter import (DraftResolver, draft_choice, draft_footprint, draft_memory_reason,
+                                    llamacpp_only_speculation, plus_draft)
 from serve.placement.cuda_fit import MIN_CONTEXT, VLLM_GPU_UTILIZATION, NoFit, choose_quantization, fit_cuda, told_quantization
 from serve.errors import ConfigError
 from serve.placement.footprint import (KV_TYPE_BITS, Footprint, checkpoint_quantization, fitting_context, gguf_footprint,
@@ -57,18 +58,22 @@ class Plan:
     weights_bytes: int = 0  # estimates behind the plan, for the report and the pool's memory budget
     kv_cache_bytes: int = 0
     draft_model: str | None = None  # llama.cpp's speculative "draft": the draft's model spec, for the loader
+    draft_weights_bytes: int = 0  # of weights_bytes and kv_cache_bytes, the draft model's share
+    draft_kv_cache_bytes: int = 0
 
 
-def make_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices = PlanChoices()) -> Plan:
-    """Choose the backend and its settings for `spec` on `hw`; what the user chose overrides the choices."""
+def make_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices = PlanChoices(),
+              resolve_draft: DraftResolver | None = None) -> Plan:
+    """Choose the backend and its settings for `spec` on `hw`; what the user chose overrides the choices.
+    `resolve_draft` turns a draft model's name into its spec, for its size (None: the size is not counted)."""
     _check_against_model(asked, spec)
     if asked.backend == "llamacpp":
         if asked.wants_vllm_only:
             raise ConfigError("--tensor-parallel, --pipeline-parallel and --ray-address need --backend vllm")
-        return _llamacpp_plan(hw, spec, asked, None)
+        return _llamacpp_plan(hw, spec, asked, None, resolve_draft)
     if asked.backend == "vllm" or asked.wants_vllm_only:
         return _forced_vllm_plan(hw, spec, asked)
-    return _auto_plan(hw, spec, asked)
+    return _auto_plan(hw, spec, asked, resolve_draft)
 
 
 def _check_against_model(asked: PlanChoices, spec: ModelSpec) -> None:
@@ -89,25 +94,16 @@ def _why_not_vllm(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> str | No
         return f"{spec.name} has no vLLM checkpoint in the catalog"
     if asked.kv_type is not None and asked.kv_type not in VLLM_KV_TYPES:
         return f"--kv-type {asked.kv_type} is llama.cpp's (vLLM's 8-bit KV cache is fp8)"
-    return _llamacpp_only_speculation(asked)
-
-
-def _llamacpp_only_speculation(asked: PlanChoices) -> str | None:
-    """Why vLLM cannot honour the speculation asked for: quantserve's drafters live in the llama.cpp backend."""
-    if asked.draft_model or asked.draft_max_tokens:
-        return "--draft-model and --draft-max are llama.cpp's (quantserve runs no draft model on vLLM)"
-    if asked.speculative in ("ngram", "draft"):
-        return f"--speculative {asked.speculative} is llama.cpp's (quantserve's vLLM backend does not speculate)"
-    return None
+    return llamacpp_only_speculation(asked)
 
 
 def _refuse_llamacpp_only(asked: PlanChoices) -> None:
-    why = _llamacpp_only_speculation(asked)
+    why = llamacpp_only_speculation(asked)
     if why is not None:
         raise ConfigError(f"{why}: drop it, or use --backend llamacpp")
 
 
-def _auto_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> Plan:
+def _auto_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, resolve_draft: DraftResolver | None) -> Plan:
     why = _why_not_vllm(hw, spec, asked)
     if why is None:
         try:
@@ -115,7 +111,7 @@ def _auto_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices) -> Plan:
         except NoFit as exc:
             why = f"vLLM does not fit: {exc}"
     if spec.gguf is not None:
-        return _llamacpp_plan(hw, spec, asked, why)
+        return _llamacpp_plan(hw, spec, asked, why, resolve_draft)
     if spec.vllm is not None and not hw.gpus:
         _refuse_llamacpp_only(asked)
         if not hw.has_vllm:
@@ -254,9 +250,12 @@ def _llama_placement(hw: Hardware, fp: Footprint, context: int) -> _Placement:
     return _Placement("cpu", 0, room, hard_room, KV_RAM_SHARE, "of free RAM", "on the CPU", gpu_miss)
 
 
-def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str | None) -> Plan:
+def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str | None,
+                   resolve_draft: DraftResolver | None = None) -> Plan:
     kv_type, kv_reason = _kv_type(asked, "llamacpp")
-    fp = with_kv_type(gguf_footprint(spec), kv_type)
+    draft = draft_choice(asked, spec, resolve_draft)  # a draft model, when one is named (serve/placement/drafter.py)
+    draft_fp = draft_footprint(draft, kv_type)
+    fp = plus_draft(with_kv_type(gguf_footprint(spec), kv_type), draft_fp)  # the draft's memory counts too
     context = asked.context_length or min(spec.context_length, DEFAULT_CONTEXT)
     where = _llama_placement(hw, fp, context)
     context_reason = f"context {context} tokens per sequence" + (" as asked" if asked.context_length else "")
@@ -273,18 +272,21 @@ def _llamacpp_plan(hw: Hardware, spec: ModelSpec, asked: PlanChoices, why: str |
         reasons.append(f"the weights ({gib(fp.weights_bytes)}) exceed the {gib(hw.memory.available_bytes)} of "
                        "free RAM: expect paging")
     batch = _batch_tokens(asked, CPU_BATCH_TOKENS if where.device == "cpu" else GPU_BATCH_TOKENS, num_parallel)
-    draft = draft_choice(asked, spec)  # a draft model, when one is named (serve/placement/drafter.py)
     speculative = draft.mode if draft else asked.speculative or DEFAULT_SPECULATIVE
     reasons.append(draft.reason if draft else
                    "speculative decoding: drafts from each request's own prompt and output (n-gram lookup), "
                    "only where they pay at the load" if speculative == "ngram" else "speculative decoding off")
+    draft_kv_bytes = draft_fp.kv_bytes_per_token * context * num_parallel if draft_fp else 0
+    reasons += [r for r in (draft_memory_reason(draft, draft_fp, draft_kv_bytes),) if r]
     settings = BackendSettings(num_threads=threads, n_gpu_layers=where.n_gpu_layers, context_length=context,
                                num_parallel=num_parallel, max_batch_tokens=batch, kv_cache_dtype=kv_type,
                                speculative=speculative,
-                               draft_max_tokens=draft.max_tokens if draft else DRAFT_MAX_TOKENS)
+                               draft_max_tokens=draft.max_tokens if draft else DRAFT_MAX_TOKENS,
+                               draft_always=bool(draft and draft.always))
     return Plan(backend="llamacpp", reasons=tuple(reasons), device=where.device, settings=settings, model=spec.name,
                 weights_bytes=fp.weights_bytes, kv_cache_bytes=fp.kv_bytes_per_token * context * num_parallel,
-                draft_model=draft.draft_model if draft else None)
+                draft_model=draft.draft_model if draft else None,
+                draft_weights_bytes=draft_fp.weights_bytes if draft_fp else 0, draft_kv_cache_bytes=draft_kv_bytes)
 
 
 # ---- vLLM ----------------------------------------------------------------------------------------

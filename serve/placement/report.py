@@ -44,11 +44,16 @@ def _plan_report(plan: Plan) -> dict:
         del settings[name]
     return {"backend": plan.backend, "reasons": list(plan.reasons), "device": plan.device, **settings,
             "model": plan.model, "weights_bytes": plan.weights_bytes, "kv_cache_bytes": plan.kv_cache_bytes,
-            "draft_model": plan.draft_model}
+            "draft_model": plan.draft_model, "draft_weights_bytes": plan.draft_weights_bytes,
+            "draft_kv_cache_bytes": plan.draft_kv_cache_bytes}
 
 
 def _gib(num_bytes: int) -> str:
     return f"{num_bytes / GiB:.1f} GiB"
+
+
+def _size(num_bytes: int) -> str:
+    return _gib(num_bytes) if num_bytes >= GiB else f"{num_bytes / 1024**2:.0f} MiB"
 
 
 def _hardware_lines(report: dict) -> list[str]:
@@ -98,6 +103,12 @@ def _plan_lines(plan: dict) -> list[str]:
         if plan["distributed_executor_backend"]:
             settings.append(f"executor {plan['distributed_executor_backend']}")
     lines.append("  settings: " + ", ".join(settings))
+    if plan["weights_bytes"]:
+        drafts = plan.get("draft_weights_bytes") or plan.get("draft_kv_cache_bytes")
+        of_draft = (f" (of which the draft model: weights {_size(plan['draft_weights_bytes'])}, KV cache "
+                    f"{_size(plan['draft_kv_cache_bytes'])})" if drafts else "")
+        lines.append(f"  memory: weights {_size(plan['weights_bytes'])} + KV cache {_size(plan['kv_cache_bytes'])}"
+                     f"{of_draft}")
     return lines
 
 

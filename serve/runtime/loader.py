@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from backends.base import PoolingOnlyBackend, load_backend, load_pooler
 from serve.models.access import ModelAccess
-from serve.models.catalog import Catalog, ModelSpec, resolve_model
+from serve.models.catalog import Catalog, ModelSpec
 from serve.models.tasks import POOLING_TASKS, ModelTasks, model_tasks, pooling_task
 from serve.config import ServerConfig
 from serve.runtime.engine import Engine
@@ -20,7 +20,6 @@ log = logging.getLogger("serve.runtime.loader")
 class ModelLoader:
     def __init__(self, config: ServerConfig, catalog: Catalog, hw: Hardware):
         self._config = config
-        self._catalog = catalog
         self._access = ModelAccess.from_config(config, catalog)
         self._hw = hw
         self._served_names: dict[str, None] = {}  # what this loader loaded: requests may ask for it again
@@ -32,7 +31,13 @@ class ModelLoader:
         return self._access.resolve(spec_text, loaded=list(self._served_names))
 
     def make_plan(self, spec: ModelSpec) -> Plan:
-        return make_plan(self._hw, spec, self._config.plan_choices)
+        """The plan for `spec`; a draft model it names must pass the access policy too (resolve_draft)."""
+        return make_plan(self._hw, spec, self._config.plan_choices, self.resolve_draft)
+
+    def resolve_draft(self, spec_text: str) -> ModelSpec:
+        """A draft model's spec, under the same rules as a model a request names (--draft-model is the
+        operator's, as --model is); a refusal names the draft, not only the model asked for."""
+        return self._access.resolve_draft(spec_text)
 
     def load(self, spec: ModelSpec, chosen: Plan) -> Engine:
         """Blocking: download what is missing, load the weights, start the engine thread."""
@@ -45,9 +50,9 @@ class ModelLoader:
             print(f"  - {reason}", flush=True)
         model_path = ensure_model_file(spec, chosen.backend)
         settings = replace(settings, model_path=model_path)
-        if chosen.draft_model:  # named on the command line or in the catalog: any spec, like --model
+        if chosen.draft_model:  # --draft-model or a catalog entry's draft, under the access rules (resolve_draft)
             settings = replace(settings, draft_model_path=ensure_model_file(
-                resolve_model(chosen.draft_model, self._catalog), chosen.backend))
+                self.resolve_draft(chosen.draft_model), chosen.backend))
         tasks = model_tasks(spec, model_path, self._config.pooling)
         backend, pooler = _load_sides(chosen.backend, settings, tasks)
         supported = tasks.tasks

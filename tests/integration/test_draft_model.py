@@ -28,8 +28,10 @@ MAX_TOKENS = 48  # an F16 target on a loaded 2-core machine is slow: short answe
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    args = ["--model", str(f16_gguf()), "--draft-model", str(embedded_model_path()), "--parallel", "1",
-            "--ctx", "2048"]
+    # --speculative draft: drafts whatever they cost. At 135M a draft decode costs about what the target's
+    # does, so the default (drafting where the measured cost pays) would draft next to nothing here.
+    args = ["--model", str(f16_gguf()), "--draft-model", str(embedded_model_path()), "--speculative", "draft",
+            "--parallel", "1", "--ctx", "2048"]
     with start_llamacpp_server(tmp_path_factory, "draft-model", args) as running:
         yield running
 
@@ -128,7 +130,7 @@ def _run_backend(speculative: str, prompts: list[str], check_caches: bool = Fals
     `check_caches`, after every step each sequence's KV cells end where its token list does, in the
     model's context and in the draft's (rejected drafts leave nothing behind in either)."""
     settings = BackendSettings(model_path=f16_gguf(), context_length=1024, num_parallel=2, num_threads=2,
-                               speculative=speculative, draft_model_path=embedded_model_path())
+                               speculative=speculative, draft_model_path=embedded_model_path(), draft_always=True)
     backend = LlamaCppBackend(settings)
     caps = backend.capabilities
     scheduler = Scheduler(num_parallel=2, max_waiting=4, max_batch_tokens=caps.max_batch_tokens,

@@ -1,9 +1,12 @@
 """When a draft pays (backends/draft_policy.py): the cost of a verified token at a load, the longest draft
-that pays at an acceptance rate, a sequence's acceptance estimate; and Speculation drafting only what pays.
+that pays at an acceptance rate, a sequence's acceptance estimate; and Speculation drafting only what pays;
+for a draft model, a drafted token's cost with its draft decode (DraftModelCost, fed fake timings).
 The cost tables here are fakes (FAKE_COSTS), not measurements."""
 import pytest
 
-from backends.draft_policy import MEASURED_TOKEN_COST, PRIOR_RATE, Acceptance, paying_length, token_cost
+from backends.draft_model import DraftedSequence
+from backends.draft_policy import (MEASURED_TOKEN_COST, PLAIN_EVERY_STEPS, PRIOR_RATE, PROBE_EVERY_STEPS, Acceptance,
+                                   DraftModelCost, paying_length, token_cost)
 from backends.speculative import Speculation
 
 FAKE_COSTS = ((1, 0.2), (4, 0.5), (8, 0.9))
@@ -85,3 +88,71 @@ def test_speculation_drafts_only_what_pays_at_the_load():
         draft = copying.propose(limit=16, token_cost=cheap)
         copying.record(draft, draft)
     assert copying.propose(limit=16, token_cost=dear) != []
+
+
+# --- draft-model speculation: a drafted token also costs a draft decode, measured as the server runs ------
+
+def test_a_draft_model_s_token_costs_its_verification_plus_a_draft_decode_against_a_target_step():
+    cost = DraftModelCost()
+    assert cost.ratio() == 0.0 and cost.token_cost(1) == token_cost(1)  # unmeasured: try drafting
+    cost.observe_target(0.100, num_decoding=1, num_drafted=0)
+    cost.observe_draft(0.010)
+    assert cost.ratio() == pytest.approx(0.1)
+    assert cost.token_cost(1) == pytest.approx(token_cost(1) + 0.1) and cost.drafting_pays(1)
+    # a step that verified 4 drafts took longer: as long as the table says, or (a 1B F16 target) less
+    steady = DraftModelCost(draft_seconds=0.010, target_seconds=0.100)
+    steady.observe_target(0.100 * (1 + token_cost(1) * 4), num_decoding=1, num_drafted=4)
+    assert steady.target_seconds == pytest.approx(0.100) and steady.verify_scale == pytest.approx(1.0)
+    for _ in range(30):
+        steady.observe_target(0.100 * (1 + 0.05 * 4), num_decoding=1, num_drafted=4)
+    assert steady.verify_cost(1) == pytest.approx(0.05, abs=0.01)
+    assert steady.token_cost(1) == pytest.approx(0.05 + 0.1, abs=0.01)
+    # before any plain step, the target's time is backed out of a drafted one with the table
+    first = DraftModelCost()
+    first.observe_target(0.100 * (1 + token_cost(1) * 4), num_decoding=1, num_drafted=4)
+    assert first.target_seconds == pytest.approx(0.100)
+
+
+def test_one_step_in_many_drafts_nothing_to_time_the_target_s_own_decode():
+    cost = DraftModelCost(draft_seconds=0.010, target_seconds=0.100)
+    for _ in range(PLAIN_EVERY_STEPS - 1):
+        cost.observe_target(0.120, num_decoding=1, num_drafted=4)
+    assert cost.drafting_pays(1)
+    cost.observe_target(0.120, num_decoding=1, num_drafted=4)
+    assert not cost.drafting_pays(1)  # this step is plain
+    cost.observe_target(0.090, num_decoding=1, num_drafted=0)
+    assert cost.drafting_pays(1) and cost.target_seconds == pytest.approx(0.098)
+    always = DraftModelCost(counts_draft=False, steps_since_plain=PLAIN_EVERY_STEPS, verify_scale=5.0)
+    assert always.drafting_pays(1) and always.token_cost(1) == 0.0  # --speculative draft: whatever it costs
+
+
+def test_a_draft_as_slow_as_its_target_drafts_nothing_but_is_measured_again_now_and_then():
+    cost = DraftModelCost(draft_seconds=0.010, target_seconds=0.011)  # 135M Q4_1 drafting for 135M F16
+    assert not cost.drafting_pays(1)
+    assert DraftedSequence(8).wanted(room=100, token_cost=cost.token_cost(1)) == 0
+    for _ in range(PROBE_EVERY_STEPS):
+        cost.observe_target(0.011, num_decoding=1, num_drafted=0)
+    assert cost.drafting_pays(1) and cost.token_cost(1) == pytest.approx(token_cost(1))  # one probe step
+    cost.observe_target(0.015, num_decoding=1, num_drafted=2)
+    assert not cost.drafting_pays(1)
+
+
+def test_a_drafted_sequence_drafts_what_pays_at_its_acceptance():
+    cheap, dear = 0.2, 0.8
+    sure = DraftedSequence(8)
+    for _ in range(20):
+        sure.wanted(room=100, token_cost=cheap)
+        sure.record([1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 7, 8, 9])
+    assert sure.wanted(room=100, token_cost=cheap) == 8 and sure.wanted(room=3, token_cost=cheap) == 3
+    half = DraftedSequence(8)  # half of every draft accepted: a rate of about 4 / 5
+    for _ in range(20):
+        half.wanted(room=100, token_cost=cheap)
+        half.record([1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 0])
+    assert half.wanted(room=100, token_cost=cheap) == 5  # one more than it got accepted (DraftLength)
+    assert 0 < half.wanted(room=100, token_cost=0.5) < 5  # 0.8**k > 0.5 for fewer at a dearer token
+    assert half.wanted(room=100, token_cost=dear) == 0
+    failing = DraftedSequence(8)
+    for _ in range(3):
+        failing.wanted(room=100, token_cost=cheap)
+        failing.record([1, 2], [3])
+    assert failing.wanted(room=100, token_cost=cheap) == 0

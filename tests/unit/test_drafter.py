@@ -104,3 +104,39 @@ def test_a_drafted_sequence_counts_and_backs_off_after_failing_drafts():
     for _ in range(2):
         sequence.record([1], [2])  # nothing accepted, twice: drafting pauses
     assert sequence.wanted(room=100) == 0
+
+
+def test_the_draft_model_s_weights_and_kv_cache_count_in_the_memory_estimate(machine, smollm2):
+    """The draft's context is shaped like the model's: its KV cache holds every sequence's context too, in
+    the model's KV type. SmolLM2-135M: 30 layers x 3 KV heads x (64 + 64) x 2 bytes = 22.5 KiB a token."""
+    catalog = load_catalog()
+    draft_file = smollm2.gguf.local_path
+    resolve = lambda name: resolve_model(name, catalog)  # noqa: E731 - what `serve probe` passes
+    without = make_plan(machine, smollm2, PlanChoices(num_parallel=4, context_length=2048))
+    plan = make_plan(machine, smollm2, PlanChoices(num_parallel=4, context_length=2048, draft_model=str(draft_file)),
+                     resolve)
+    draft_kv = 30 * 3 * (64 + 64) * 2 * 2048 * 4
+    assert plan.draft_weights_bytes == draft_file.stat().st_size and plan.draft_kv_cache_bytes == draft_kv
+    assert plan.weights_bytes == without.weights_bytes + plan.draft_weights_bytes
+    assert plan.kv_cache_bytes == without.kv_cache_bytes + draft_kv
+    assert any("the draft model adds its weights" in r and "22.5 KiB a token" in r for r in plan.reasons)
+    report = hardware_report(machine, plan)
+    assert report["plan"]["draft_kv_cache_bytes"] == draft_kv
+    assert "(of which the draft model: weights 94 MiB, KV cache 180 MiB)" in format_report(report)
+    quantized = make_plan(machine, smollm2, PlanChoices(num_parallel=4, context_length=2048, kv_type="q8_0",
+                                                       draft_model=str(draft_file)), resolve)
+    assert quantized.draft_kv_cache_bytes == int(30 * 3 * 128 * 2 * 8.5 / 16) * 2048 * 4  # the model's KV type
+    # without a resolver (or before a Hub draft is downloaded) the size is unknown, and the plan says so
+    unknown = make_plan(machine, smollm2, PlanChoices(draft_model="small.gguf"))
+    assert unknown.draft_weights_bytes == 0 and any("leaves it out" in r for r in unknown.reasons)
+
+
+def test_the_default_parallel_count_makes_room_for_the_draft_s_kv_cache(smollm2):
+    """On a machine with little free RAM, the draft's KV cache takes room the model's sequences had."""
+    small = load_machine("avx512-amx-m7i")
+    small = replace(small, memory=replace(small.memory, available_bytes=int(2.5 * 2**30)))
+    catalog = load_catalog()
+    alone = make_plan(small, smollm2)
+    drafted = make_plan(small, smollm2, PlanChoices(draft_model=str(smollm2.gguf.local_path)),
+                        lambda name: resolve_model(name, catalog))
+    assert alone.settings.num_parallel == 8 and drafted.settings.num_parallel == 5

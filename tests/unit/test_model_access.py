@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.config import ServerConfig
+from serve.config import PlanChoices, ServerConfig
 from serve.errors import ConfigError, ModelNotAvailableError, PullNotAllowedError
 from serve.models import cache
 from serve.models.access import MAX_NAMES_LISTED, ModelAccess, path_inside
@@ -250,3 +250,50 @@ def test_pulls_over_http_need_allow_pull(catalog):
     assert access(catalog, allow_pull=True).resolve_pull("hf://someone/some-repo").gguf.repo == "someone/some-repo"
     with pytest.raises(ModelNotAvailableError):
         access(catalog, allow_pull=True).resolve_pull("/etc/passwd")
+
+
+# --- a draft model (speculative decoding) ------------------------------------------------------------------
+
+def draft_refusal(policy: ModelAccess, name: str) -> str:
+    with pytest.raises(ModelNotAvailableError) as refused:
+        policy.resolve_draft(name)
+    assert refused.value.status_code == 404 and refused.value.param == "model"
+    return refused.value.message
+
+
+def test_the_command_line_draft_model_is_allowed_anywhere(catalog, models_dir):
+    outside = str(models_dir.parent / "outside" / "outside.gguf")
+    spec = access(catalog, plan_choices=PlanChoices(draft_model=outside)).resolve_draft(outside)
+    assert spec.gguf.local_path == Path(outside).resolve()
+    # the operator named it as a draft, not as a model requests may load
+    assert "not available" in refusal_text(access(catalog, plan_choices=PlanChoices(draft_model=outside)), outside)
+
+
+def test_a_catalog_entry_s_draft_passes_the_rules_of_a_request_s_name(catalog, monkeypatch, models_dir, hf_cache):
+    policy = access(catalog, models_dir=models_dir)
+    assert policy.resolve_draft("qwen2.5-0.5b-q8") == catalog.get("qwen2.5-0.5b-q8")  # an alias
+    assert policy.resolve_draft("inside.gguf").gguf.local_path == models_dir / "inside.gguf"
+    assert policy.resolve_draft(f"hf://{REPO}:Q4_K_M").gguf.local_path is not None  # cached
+    outside = str(models_dir.parent / "outside" / "outside.gguf")
+    with file_access(monkeypatch) as seen:
+        message = draft_refusal(policy, outside)
+    assert all(Path(path).is_relative_to(models_dir) for path in seen), seen  # refused untouched
+    assert message.startswith(f"draft model {outside} is not available") and "--draft-model" in message
+    uncached = "hf://someone/some-repo:Q4_K_M"
+    assert "--allow-pull" in draft_refusal(policy, uncached)
+    assert access(catalog, allow_pull=True).resolve_draft(uncached).gguf.repo == "someone/some-repo"
+
+
+def test_loading_a_model_whose_draft_is_refused_stops_at_the_plan(catalog, models_dir):
+    from dataclasses import replace
+
+    from machines import load_machine
+
+    from serve.runtime.loader import ModelLoader
+
+    loader = ModelLoader(ServerConfig(models_dir=models_dir), catalog, load_machine("avx512-amx-m7i"))
+    model = catalog.get(DEFAULT_ALIAS)
+    with pytest.raises(ModelNotAvailableError, match="draft model .*outside.gguf is not available"):
+        loader.make_plan(replace(model, draft=str(models_dir.parent / "outside" / "outside.gguf")))
+    plan = loader.make_plan(replace(model, draft="inside.gguf"))
+    assert plan.draft_model == "inside.gguf" and plan.draft_weights_bytes == embedded_model_path().stat().st_size
