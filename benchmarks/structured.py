@@ -81,6 +81,18 @@ def _is_valid(text: str) -> bool:
 
 
 async def stream_one(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    """One streamed chat completion (see `_stream_once`), sent again once if the server closed the kept-alive
+    connection as the request went out: llama-server's HTTP library closes a connection after a few
+    requests, and a request racing that close gets no response at all (it never reached the server)."""
+    try:
+        return await _stream_once(client, body)
+    except httpx.RemoteProtocolError as exc:
+        if "without sending a response" not in str(exc):
+            raise
+        return await _stream_once(client, body)
+
+
+async def _stream_once(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
     """One streamed chat completion: its text, completion tokens, finish reason, and the times (from the
     request) of its first content chunk and of its last chunk."""
     start = time.perf_counter()
