@@ -83,14 +83,15 @@ _COUNTER = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+([0-9.eE+-]+|NaN)\s*$"
 def parse_draft_counters(metrics_text: str) -> Optional[dict[str, float]]:
     """Speculative-decoding counters in a Prometheus text page: the sum of the `*_total` counters whose
     name says "accept" (accepted draft tokens) and of those whose name says "draft" but neither "accept"
-    nor "reject" (drafted tokens), among the counters about drafts or speculation. None when there are
+    nor "reject" (drafted tokens), among the counters about drafts or speculation (quantserve's and vLLM's
+    `spec_decode_num_accepted_tokens_total` says neither "draft" nor "specul"). None when there are
     none (the server does not speculate, or does not report it)."""
     drafted = accepted = 0.0
     found = False
     for line in metrics_text.splitlines():
         match = _COUNTER.match(line)
         name = match.group(1) if match else ""
-        if not name.endswith("_total") or not any(word in name for word in ("draft", "specul")):
+        if not name.endswith("_total") or not any(word in name for word in ("draft", "specul", "spec_decode")):
             continue
         found = True
         if "accept" in name:

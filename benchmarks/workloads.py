@@ -100,7 +100,8 @@ def _workload_run(workload: str, server: peers.RunningServer, model: str, concur
                                                               eos_logit_bias(args.model_path))
         summary = chat_load.summarize_chat(results, duration)
         after = await chat_load.draft_counters(server.base_url)
-        if before is not None and after is not None and "draft_tokens" not in summary:
+        if after is not None and "draft_tokens" not in summary:
+            before = before or {"drafted": 0.0, "accepted": 0.0}  # a labelled counter appears at its first draft
             summary["draft_tokens"] = round(after["drafted"] - before["drafted"])
             summary["draft_tokens_accepted"] = round(after["accepted"] - before["accepted"])
         if workload != "grounded":

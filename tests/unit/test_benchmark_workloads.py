@@ -115,6 +115,16 @@ quantserve_requests_total 5
     assert parse_draft_counters("quantserve_requests_total 5\n") is None
 
 
+def test_quantserve_and_vllm_speculation_counters_are_read():
+    """The real names (serve/runtime/metrics.py, vLLM's): the accepted counter says neither draft nor specul."""
+    from serve.runtime.metrics import SPEC_ACCEPTED_TOKENS, SPEC_DRAFT_TOKENS
+
+    page = "".join(f"{counter._name}_total{{model=\"m\"}} {value}\n"
+                   for counter, value in ((SPEC_DRAFT_TOKENS, 40), (SPEC_ACCEPTED_TOKENS, 30)))
+    page += "vllm:spec_decode_num_draft_tokens_total 10\nvllm:spec_decode_num_accepted_tokens_total 5\n"
+    assert parse_draft_counters(page) == {"drafted": 50.0, "accepted": 35.0}
+
+
 def test_cached_prompt_tokens_only_from_responses_that_report_them():
     reported = _done(usage={"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": 6}})
     reported.num_prompt_tokens = 9
