@@ -109,15 +109,15 @@ class DraftModelCost:
     target_seconds: float | None = None  # a target decode step of one token per sequence, no draft
     verify_scale: float = 1.0  # this model's verification cost over MEASURED_TOKEN_COST's
     steps_since_draft: int = 0
-    steps_since_plain: int = 0
+    # The first decode step is plain: the target's own time, measured before any verification is judged.
+    steps_since_plain: int = PLAIN_EVERY_STEPS
 
     def observe_draft(self, seconds: float) -> None:
         self.draft_seconds = _average(self.draft_seconds, seconds)
 
     def observe_target(self, seconds: float, num_decoding: int, num_drafted: int) -> None:
         """A decode step's wall time, with `num_drafted` draft tokens verified in it: a plain step times
-        the target's decode; a drafted one, against it, what verifying cost (before any plain step, the
-        target's time is backed out of it with the table: T = T0 * (1 + cost * drafted / decoding))."""
+        the target's decode; a drafted one, against it, what verifying cost."""
         if num_decoding <= 0:
             return
         if num_drafted == 0:
@@ -126,9 +126,8 @@ class DraftModelCost:
             return
         self.steps_since_draft, self.steps_since_plain = 0, self.steps_since_plain + 1
         table = token_cost(num_decoding)
-        if self.target_seconds is None:
-            self.target_seconds = seconds / (1 + table * self.verify_scale * num_drafted / num_decoding)
-            return
+        if self.target_seconds is None:  # (a plain step comes first; backing it out of this one with the
+            return                       # 135M table undercounted a 1B target's decode 3-fold and stopped drafting)
         measured = max(seconds / self.target_seconds - 1, 0.0) * num_decoding / num_drafted
         self.verify_scale = _average(self.verify_scale, measured / table)
 

@@ -107,14 +107,17 @@ def test_a_draft_model_s_token_costs_its_verification_plus_a_draft_decode_agains
         steady.observe_target(0.100 * (1 + 0.05 * 4), num_decoding=1, num_drafted=4)
     assert steady.verify_cost(1) == pytest.approx(0.05, abs=0.01)
     assert steady.token_cost(1) == pytest.approx(0.05 + 0.1, abs=0.01)
-    # before any plain step, the target's time is backed out of a drafted one with the table
+    # the first decode step is plain: the target's time is measured, never guessed from a drafted step
     first = DraftModelCost()
+    assert not first.drafting_pays(1)
     first.observe_target(0.100 * (1 + token_cost(1) * 4), num_decoding=1, num_drafted=4)
-    assert first.target_seconds == pytest.approx(0.100)
+    assert first.target_seconds is None
+    first.observe_target(0.300, num_decoding=1, num_drafted=0)
+    assert first.target_seconds == pytest.approx(0.300) and first.drafting_pays(1)
 
 
 def test_one_step_in_many_drafts_nothing_to_time_the_target_s_own_decode():
-    cost = DraftModelCost(draft_seconds=0.010, target_seconds=0.100)
+    cost = DraftModelCost(draft_seconds=0.010, target_seconds=0.100, steps_since_plain=0)  # just timed
     for _ in range(PLAIN_EVERY_STEPS - 1):
         cost.observe_target(0.120, num_decoding=1, num_drafted=4)
     assert cost.drafting_pays(1)
